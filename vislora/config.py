@@ -1,0 +1,95 @@
+"""AdapterConfig: everything needed to rebuild an adapter's structure; stored as JSON in saved files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Union
+
+from .targets import TargetRule
+
+TargetsArg = Union[str, list, tuple, Mapping[str, Any]]
+
+CONV_KINDS = ("locon", "tucker")
+INITS = ("default", "random")
+
+
+def _rules(targets: TargetsArg) -> tuple[TargetRule, ...]:
+    """Accepts "vit.attn", ["unet.attn", "unet.conv"], or {"unet.attn": 4, "unet.conv": {"rank": 8, "alpha": 4}}."""
+    if isinstance(targets, str):
+        return (TargetRule(targets),)
+    if isinstance(targets, Mapping):
+        rules = []
+        for pattern, spec in targets.items():
+            if spec is None:
+                rules.append(TargetRule(pattern))
+            elif isinstance(spec, int) and not isinstance(spec, bool):
+                rules.append(TargetRule(pattern, rank=spec))
+            elif isinstance(spec, Mapping) and set(spec) <= {"rank", "alpha"}:
+                rules.append(TargetRule(pattern, spec.get("rank"), spec.get("alpha")))
+            else:
+                raise ValueError(f"target {pattern!r}: expected a rank or {{'rank': .., 'alpha': ..}}, got {spec!r}")
+        return tuple(rules)
+    rules = []
+    for item in targets:
+        if isinstance(item, TargetRule):
+            rules.append(item)
+        elif isinstance(item, str):
+            rules.append(TargetRule(item))
+        elif isinstance(item, Mapping) and "pattern" in item:
+            rules.append(TargetRule(item["pattern"], item.get("rank"), item.get("alpha")))
+        else:
+            raise ValueError(f"cannot read target {item!r}")
+    return tuple(rules)
+
+
+@dataclass
+class AdapterConfig:
+    """How to build an adapter.
+
+    targets: preset names, globs or regexes, optionally with per-target rank/alpha (see `vislora.targets`).
+    rank, alpha: defaults for every target; alpha=None means alpha = rank (scale 1).
+    scale = alpha / rank, or alpha / sqrt(rank) with rslora.
+    conv: "locon" (k x k down, 1 x 1 up) or "tucker" (1 x 1 down, k x k core, 1 x 1 up) for k x k convs.
+    init: "default" (up = 0: a fresh adapter is an exact no-op) or "random" (non-zero, for checks).
+    modules_to_save: modules trained in full and saved with the adapter (e.g. a new classifier "head").
+    """
+
+    targets: TargetsArg
+    rank: int = 8
+    alpha: float | None = None
+    dropout: float = 0.0
+    rslora: bool = False
+    conv: str = "locon"
+    init: str = "default"
+    modules_to_save: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        self.targets = _rules(self.targets)
+        self.modules_to_save = tuple(self.modules_to_save)
+        if not self.targets:
+            raise ValueError("an adapter needs at least one target")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.conv not in CONV_KINDS:
+            raise ValueError(f"conv must be one of {CONV_KINDS}, got {self.conv!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (a stored 0 disables the adapter in other tools), got {self.alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = [asdict(r) for r in self.targets]
+        d["modules_to_save"] = list(self.modules_to_save)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdapterConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

@@ -1,0 +1,169 @@
+"""diffusers / PEFT LoRA files: `<path>.lora_A.weight` / `<path>.lora_B.weight` and their older spellings.
+
+Read (formats spec section 5): current PEFT names, the `lora.down/up` and `lora_linear_layer` spellings,
+the old attention-processor names (`attn1.processor.to_q_lora.down.weight`), PEFT's `base_model.model.`
+prefix, and the component prefixes `unet.`, `text_encoder.`, `text_encoder_2.`. The scale comes from
+`lora_adapter_metadata` (r, lora_alpha, rank_pattern, alpha_pattern, use_rslora) or, without it, is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..errors import AdapterFormatError
+from . import ModuleWeights
+
+FORMAT = "peft_diffusers"
+METADATA_KEY = "lora_adapter_metadata"
+
+# key suffix -> factor, longest first so ".lora.down.weight" wins over a shorter match
+_SUFFIXES = (
+    (".lora_linear_layer.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"),
+    (".lora_A.default.weight", "down"),
+    (".lora_B.default.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".lora_mid.weight", "mid"),
+    (".alpha", "alpha"),
+)
+# Parts of other adapter methods we do not apply: loading them as plain LoRA would be silently wrong.
+_UNSUPPORTED = (".lora_magnitude_vector", ".lora_B.bias", ".dora_scale")
+# Old attention-processor spelling: <attn>.processor.to_q_lora.down.weight -> <attn>.to_q
+_PROCESSOR = re.compile(r"^(?P<attn>.*)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
+_TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+_PEFT_PREFIX = "base_model.model."
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """(module path, factor) for a LoRA tensor key, or None if the key is not one."""
+    m = _PROCESSOR.match(key)
+    if m:
+        proj = m["proj"]
+        if ".self_attn" in m["attn"] or m["attn"].endswith("self_attn"):  # CLIP text encoder, monkey-patch era
+            module = f"{m['attn']}.{_TEXT_PROJ[proj]}"
+        else:
+            module = f"{m['attn']}.{proj}" + (".0" if proj == "to_out" else "")
+        return module, m["part"]
+    # text-encoder attention in the monkey-patch era has no ".processor": self_attn.to_q_lora.down.weight
+    m = re.match(r"^(?P<attn>.*self_attn)\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$", key)
+    if m:
+        return f"{m['attn']}.{_TEXT_PROJ[m['proj']]}", m["part"]
+    for suffix, factor in _SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], factor
+    return None
+
+
+def strip_prefix(path: str) -> str:
+    return path[len(_PEFT_PREFIX):] if path.startswith(_PEFT_PREFIX) else path
+
+
+def detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
+    return any(split_key(k) is not None for k in tensors)
+
+
+def _kind(factors: dict[str, torch.Tensor]) -> str:
+    if "mid" in factors:
+        return "tucker"
+    return "locon" if factors["down"].dim() == 4 else "lora"
+
+
+def _peft_alpha(config: dict[str, Any], module: str, rank: int) -> tuple[float, bool]:
+    """PEFT's rule: alpha_pattern entry whose regex matches the module's tail, else lora_alpha."""
+    alpha = config.get("lora_alpha", rank)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = value
+            break
+    return float(alpha), bool(config.get("use_rslora", False))
+
+
+def scale_configs(metadata: dict[str, str], path: str) -> dict[str, dict[str, Any]]:
+    """Per component prefix ("" for none): the LoraConfig fields in `lora_adapter_metadata`."""
+    raw = metadata.get(METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except ValueError as e:
+        raise AdapterFormatError(f"{METADATA_KEY} is not JSON: {e}", path=path, category="bad-metadata") from None
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        comp, _, field = key.rpartition(".") if key.count(".") == 1 else ("", "", key)
+        out.setdefault(comp, {})[field] = value
+    return out
+
+
+def parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
+          peft_config: dict[str, Any] | None = None) -> tuple[dict[str, ModuleWeights], list[str]]:
+    """Group LoRA tensors by module. Returns the modules and the keys that are not LoRA tensors."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    leftovers = []
+    for key, value in tensors.items():
+        if key.endswith(_UNSUPPORTED):
+            raise AdapterFormatError(
+                f"{key!r}: DoRA magnitudes and LoRA biases are not supported yet; loading this file as plain "
+                "LoRA would change its effect", path=path, category="unsupported")
+        split = split_key(key)
+        if split is None:
+            leftovers.append(key)
+            continue
+        module, factor = split
+        module = strip_prefix(module)
+        if factor in grouped.setdefault(module, {}):
+            raise AdapterFormatError(f"module {module!r} has two {factor!r} tensors (two spellings of one key?)",
+                                     path=path, category="duplicate")
+        grouped[module][factor] = value
+    configs = scale_configs(metadata, path)
+    modules = {}
+    for module, factors in grouped.items():
+        if "down" not in factors or "up" not in factors:
+            raise AdapterFormatError(f"module {module!r} has {sorted(factors)} but needs both down (lora_A) "
+                                     "and up (lora_B)", path=path, category="incomplete")
+        rank = factors["down"].shape[0]
+        alpha_t = factors.pop("alpha", None)
+        comp, _, local = module.partition(".")
+        config = peft_config if peft_config is not None else configs.get(comp, configs.get("", None))
+        if alpha_t is not None:
+            alpha, rslora = float(alpha_t.float().reshape(-1)[0]), False
+        elif config is not None:
+            alpha, rslora = _peft_alpha(config, local if comp in configs else module, rank)
+        else:
+            alpha, rslora = float(rank), False  # no alpha anywhere: scale 1, as every consumer does
+        modules[module] = ModuleWeights(_kind(factors), factors, rank, alpha, rslora)
+    return modules, leftovers
+
+
+def lora_adapter_metadata(entries: dict[str, tuple[str, int, float]]) -> str:
+    """LoraConfig fields for diffusers, from {component-prefixed path: (component, file rank, alpha)}.
+
+    The most common rank and alpha per component become r / lora_alpha; the rest go to rank_pattern /
+    alpha_pattern keyed by the escaped full path, which PEFT matches as `(.*\\.)?(<path>)$`.
+    """
+    by_comp: dict[str, dict[str, tuple[int, float]]] = {}
+    for full, (comp, rank, alpha) in entries.items():
+        local = full[len(comp) + 1:] if comp else full
+        by_comp.setdefault(comp, {})[local] = (rank, alpha)
+    flat: dict[str, Any] = {}
+    for comp, mods in by_comp.items():
+        r = Counter(rk for rk, _ in mods.values()).most_common(1)[0][0]
+        a = Counter(al for _, al in mods.values()).most_common(1)[0][0]
+        fields = {
+            "r": r,
+            "lora_alpha": a,
+            "rank_pattern": {re.escape(m): rk for m, (rk, _) in sorted(mods.items()) if rk != r},
+            "alpha_pattern": {re.escape(m): al for m, (_, al) in sorted(mods.items()) if al != a},
+            "target_modules": sorted(mods),
+            "use_rslora": False,
+            "use_dora": False,
+        }
+        flat.update({(f"{comp}.{k}" if comp else k): v for k, v in fields.items()})
+    return json.dumps(flat, indent=2, sort_keys=True)

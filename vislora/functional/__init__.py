@@ -1,0 +1,20 @@
+"""Pure adapter math, one module per kind, all with the same four functions:
+
+    init_params(weight_shape, rank, init, layout) -> {factor name: tensor}
+    delta_weight(params, layout)                  -> tensor shaped like the base weight
+    delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
+    factor_grads(x, grad_out, params, layout)     -> {factor name: gradient of <grad_out, delta_forward(x)>}
+
+`layout` is what the kind needs to know of its base layer: a `RowLayout` for Linear (which output rows),
+the base layer's `Conv2dOp` for convolutions (kernel geometry).
+"""
+
+from types import ModuleType
+
+from . import locon, lora, tucker
+from .lora import RowLayout
+from .ops import Conv2dOp, LinearOp, op_for
+
+KINDS: dict[str, ModuleType] = {"lora": lora, "locon": locon, "tucker": tucker}
+
+__all__ = ["KINDS", "RowLayout", "Conv2dOp", "LinearOp", "op_for", "lora", "locon", "tucker"]

@@ -1,0 +1,107 @@
+"""LoRA for Linear layers: delta W = up @ down, optionally on row slices of a fused projection.
+
+Shapes (r = rank, k = number of slices):
+    down [k*r, in]       one r-row block per slice
+    up   [rows, r]       the slices' output rows stacked: slice i owns up[o_i : o_i + len_i]
+A slice (start, stop) adapts only output rows start:stop, e.g. the q and v thirds of timm's fused qkv.
+With one slice covering every row this is plain LoRA: delta W = up @ down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+FACTORS = ("down", "up")
+
+Slices = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Which output rows of a Linear the adapter covers: `slices` of [0, out_features)."""
+
+    out_features: int
+    slices: Slices
+
+    @classmethod
+    def full(cls, out_features: int) -> "RowLayout":
+        return cls(out_features, ((0, out_features),))
+
+    @property
+    def is_full(self) -> bool:
+        return self.slices == ((0, self.out_features),)
+
+
+def _blocks(slices: Slices, rank: int) -> Iterator[tuple[slice, slice, slice]]:
+    """Per slice: (rows of the output, rows of up, rows of down)."""
+    offset = 0
+    for i, (start, stop) in enumerate(slices):
+        n = stop - start
+        yield slice(start, stop), slice(offset, offset + n), slice(i * rank, (i + 1) * rank)
+        offset += n
+
+
+def init_params(weight_shape: torch.Size, rank: int, init: str, layout: RowLayout) -> dict[str, torch.Tensor]:
+    """down: Kaiming-uniform (as nn.Linear); up: zeros, so a fresh adapter is an exact no-op.
+
+    init="random" also fills up, giving an adapter that changes the output (for tests and checks).
+    """
+    _, in_features = weight_shape
+    rows = sum(stop - start for start, stop in layout.slices)
+    down = torch.empty(len(layout.slices) * rank, in_features)
+    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+    up = torch.zeros(rows, rank)
+    if init == "random":
+        torch.nn.init.normal_(up, std=1.0 / rank)
+    return {"down": down, "up": up}
+
+
+def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
+    """delta W [out, in]; rows outside the slices are zero."""
+    down, up = params["down"], params["up"]
+    if layout.is_full:
+        return up @ down
+    rank = down.shape[0] // len(layout.slices)
+    delta = down.new_zeros(layout.out_features, down.shape[1])
+    for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+        delta[rows] = up[up_rows] @ down[down_rows]
+    return delta
+
+
+def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
+    """delta W applied to x without forming delta W: [..., in] -> [..., out]."""
+    down, up = params["down"].to(x.dtype), params["up"].to(x.dtype)
+    hidden = x @ down.T  # [..., k*r]
+    if layout.is_full:
+        return hidden @ up.T
+    rank = down.shape[0] // len(layout.slices)
+    out = x.new_zeros(*x.shape[:-1], layout.out_features)
+    for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+        out[..., rows] = hidden[..., down_rows] @ up[up_rows].T
+    return out
+
+
+def factor_grads(
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout
+) -> dict[str, torch.Tensor]:
+    """Gradients of sum(grad_out * delta_forward(x)) with respect to down and up, in the factors' dtype."""
+    down, up = params["down"], params["up"]
+    x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [N, out]
+    d, u = down.to(x2.dtype), up.to(x2.dtype)
+    if layout.is_full:
+        hidden = x2 @ d.T  # [N, r]
+        g_up = g2.T @ hidden  # [out, r]
+        g_down = (g2 @ u).T @ x2  # [r, in]
+        return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}
+    rank = down.shape[0] // len(layout.slices)
+    g_down, g_up = torch.empty_like(down), torch.empty_like(up)
+    for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+        g_rows = g2[:, rows]
+        g_up[up_rows] = g_rows.T @ (x2 @ d[down_rows].T)
+        g_down[down_rows] = (g_rows @ u[up_rows]).T @ x2
+    return {"down": g_down, "up": g_up}

@@ -1,0 +1,88 @@
+"""The base layer's own operation, as a pure function of (x, weight, bias), picked by weight.dim().
+
+Adapters need to run the host layer's op with a different weight (folding), to run a cheap copy of it with
+the adapter's factors (LoCon's down conv keeps the base stride/padding), and to take its input gradient.
+`op_for(layer)` captures the geometry once so none of that re-reads module attributes on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """y = x @ W.T + b, W: [out, in]."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    def input_grad(self, grad_y: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        return grad_y @ weight  # [..., out] @ [out, in] -> [..., in]
+
+    def tokens(self, x: torch.Tensor) -> int:
+        """How many rows the weight is applied to."""
+        return x.numel() // x.shape[-1]
+
+    foldable: bool = True  # input_grad above is exact for every Linear
+
+
+@dataclass(frozen=True)
+class Conv2dOp:
+    """y = conv2d(x, W, b) with the host layer's stride, padding, dilation, groups and padding mode."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str = "zeros"
+    # F.pad amounts (left, right, top, bottom) for non-zero padding modes, as nn.Conv2d computes them.
+    pad_amounts: tuple[int, ...] = ()
+
+    @property
+    def foldable(self) -> bool:
+        # The hand-written input gradient covers zero padding given as numbers; other cases use autograd.
+        return self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self.pad_amounts, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def input_grad(self, grad_y: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(
+            x_shape, weight, grad_y, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def weight_grad(self, x: torch.Tensor, weight_shape: torch.Size, grad_y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.grad.conv2d_weight(
+            x, weight_shape, grad_y, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def tokens(self, x: torch.Tensor) -> int:
+        # Output positions, approximately: the stride shrinks the map the weight is applied over.
+        return x.shape[0] * (x.shape[-2] // self.stride[0]) * (x.shape[-1] // self.stride[1])
+
+
+def op_for(layer: nn.Module) -> LinearOp | Conv2dOp:
+    """The pure op of a Linear or Conv2d layer."""
+    if isinstance(layer, nn.Linear):
+        return LinearOp()
+    if isinstance(layer, nn.Conv2d):
+        return Conv2dOp(
+            stride=tuple(layer.stride),
+            padding=layer.padding if isinstance(layer.padding, str) else tuple(layer.padding),
+            dilation=tuple(layer.dilation),
+            groups=layer.groups,
+            padding_mode=layer.padding_mode,
+            pad_amounts=tuple(layer._reversed_padding_repeated_twice),
+        )
+    raise TypeError(f"no adapter op for {type(layer).__name__}; vislora adapts nn.Linear and nn.Conv2d")
+
+
+POINTWISE = Conv2dOp(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)

@@ -1,0 +1,57 @@
+"""LoCon with a Tucker core: 1 x 1 down to `rank`, a k x k rank -> rank core, 1 x 1 up.
+
+Shapes (r = rank):
+    down [r, in, 1, 1]
+    mid  [r, r, kh, kw]   the base layer's kernel, stride, padding and dilation
+    up   [out, r, 1, 1]
+    delta W[o, i, h, w] = sum_ab up[o, a] * mid[a, b, h, w] * down[b, i]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .ops import Conv2dOp
+
+FACTORS = ("down", "mid", "up")
+
+
+def init_params(weight_shape: torch.Size, rank: int, init: str, layout: Conv2dOp) -> dict[str, torch.Tensor]:
+    out_channels, in_channels, kh, kw = weight_shape
+    down = torch.empty(rank, in_channels, 1, 1)
+    mid = torch.empty(rank, rank, kh, kw)
+    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+    torch.nn.init.kaiming_uniform_(mid, a=math.sqrt(5))
+    up = torch.zeros(out_channels, rank, 1, 1)
+    if init == "random":
+        torch.nn.init.normal_(up, std=1.0 / rank)
+    return {"down": down, "mid": mid, "up": up}
+
+
+def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
+    down, mid, up = params["down"], params["mid"], params["up"]
+    return torch.einsum("oa,abhw,bi->oihw", up[:, :, 0, 0], mid, down[:, :, 0, 0])
+
+
+def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
+    reduced = F.conv2d(x, params["down"].to(x.dtype))  # [n, r, h, w]
+    hidden = layout.forward(reduced, params["mid"].to(x.dtype), None)  # [n, r, h', w']
+    return F.conv2d(hidden, params["up"].to(x.dtype))
+
+
+def factor_grads(
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp
+) -> dict[str, torch.Tensor]:
+    down, mid, up = params["down"], params["mid"], params["up"]
+    d, m, u = down.to(x.dtype), mid.to(x.dtype), up.to(x.dtype)
+    reduced = F.conv2d(x, d)  # [n, r, h, w]
+    hidden = layout.forward(reduced, m, None)  # [n, r, h', w']
+    g_up = torch.einsum("nohw,nrhw->or", grad_out, hidden)[..., None, None]
+    g_hidden = F.conv2d(grad_out, u.transpose(0, 1))
+    g_mid = layout.weight_grad(reduced, m.shape, g_hidden)
+    g_reduced = layout.input_grad(g_hidden, m, reduced.shape)
+    g_down = torch.einsum("nrhw,nihw->ri", g_reduced, x)[..., None, None]
+    return {"down": g_down.to(down.dtype), "mid": g_mid.to(mid.dtype), "up": g_up.to(up.dtype)}

@@ -1,0 +1,304 @@
+"""Model-level operations: inject, remove, merge, unmerge, strengths, trainable parameters.
+
+Everything resolves targets and checks names before it changes the model, so a failed call leaves the
+model as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .components import components, prefixed, route
+from .config import AdapterConfig, TargetsArg
+from .errors import AdapterCompatError, AdapterStateError, NonFiniteError
+from .functional import RowLayout
+from .layers import AdapterLayer, AdapterSlot
+from .targets import Target, resolve
+
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_CONFIGS_ATTR = "_vislora_configs"
+
+
+@dataclass
+class InjectReport:
+    """What `inject` did: wrapped module paths (component-prefixed for pipelines) and parameter counts."""
+
+    name: str
+    matched: list[str]
+    per_target: dict[str, int]
+    trainable_params: int
+    total_params: int
+    modules_to_save: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        share = 100.0 * self.trainable_params / max(self.total_params, 1)
+        lines = [f"adapter {self.name!r}: {len(self.matched)} modules, "
+                 f"{self.trainable_params:,} trainable of {self.total_params:,} parameters ({share:.2f}%)"]
+        lines += [f"  {pattern}: {count} modules" for pattern, count in self.per_target.items()]
+        if self.modules_to_save:
+            lines.append(f"  trained in full: {', '.join(self.modules_to_save)}")
+        return "\n".join(lines)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, child, module)
+
+
+def adapter_layers(model: Any) -> Iterator[tuple[str, AdapterLayer]]:
+    """(component-prefixed path, layer) for every AdapterLayer in the model."""
+    for comp, root in components(model).items():
+        for path, module in root.named_modules():
+            if isinstance(module, AdapterLayer):
+                yield prefixed(comp, path), module
+
+
+def configs(model: Any) -> dict[str, AdapterConfig]:
+    """The configs of the adapters on this model, by name (kept on the model object, not in its state)."""
+    found = getattr(model, _CONFIGS_ATTR, None)
+    if found is None:
+        found = {}
+        object.__setattr__(model, _CONFIGS_ATTR, found)  # plain attribute: not a module, not state
+    return found
+
+
+def adapter_names(model: Any) -> list[str]:
+    names: dict[str, None] = {}
+    for _, layer in adapter_layers(model):
+        names.update(dict.fromkeys(layer.adapters))
+    return list(names)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"adapter names use letters, digits, '_' and '-' only; got {name!r}")
+
+
+def _unknown(model: Any, names: list[str]) -> None:
+    known = adapter_names(model)
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise AdapterStateError(f"no adapter named {missing} on this model; it has {known}")
+
+
+def _slot_for(target: Target, layer: AdapterLayer, config: AdapterConfig) -> AdapterSlot:
+    base = layer.base_layer
+    rank = target.rank or config.rank
+    alpha = target.alpha if target.alpha is not None else (config.alpha if config.alpha is not None else rank)
+    if isinstance(base, nn.Linear):
+        kind = "lora"
+        layout: object = RowLayout(base.out_features, target.slices) if target.slices else layer.default_layout()
+    else:
+        kind = "tucker" if config.conv == "tucker" and base.kernel_size != (1, 1) else "locon"
+        layout = layer.op
+    return AdapterSlot(kind, base.weight, layout, rank, alpha, rslora=config.rslora, dropout=config.dropout,
+                       init=config.init)
+
+
+def _modules_to_save(root: nn.Module, names: tuple[str, ...], where: str) -> list[str]:
+    found = []
+    for n in names:
+        try:
+            root.get_submodule(n)
+        except AttributeError:
+            raise AdapterCompatError(f"modules_to_save: no module {n!r} in the {where}") from None
+        found.append(n)
+    return found
+
+
+# -- inject / remove ---------------------------------------------------------------------------------------
+def inject(
+    model: Any,
+    target: AdapterConfig | TargetsArg,
+    *,
+    rank: int = 8,
+    alpha: float | None = None,
+    name: str = "default",
+    dropout: float = 0.0,
+    rslora: bool = False,
+    conv: str = "locon",
+    init: str = "default",
+    modules_to_save: tuple[str, ...] | list[str] = (),
+    trainable: bool = True,
+) -> InjectReport:
+    """Add adapter `name` to every module the targets match; freeze everything else.
+
+    `target` is an AdapterConfig, or targets (preset, glob, regex, list, or {target: rank}) with the
+    keyword settings. Only the new adapter's factors and `modules_to_save` stay trainable.
+    """
+    config = target if isinstance(target, AdapterConfig) else AdapterConfig(
+        target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, conv=conv, init=init,
+        modules_to_save=tuple(modules_to_save))
+    _check_name(name)
+    if name in adapter_names(model):
+        raise AdapterStateError(f"adapter {name!r} is already on this model; remove it first or pick another name")
+    parts = components(model)
+    plan: list[tuple[str, list[Target]]] = []
+    per_target: dict[str, int] = {}
+    for comp, rules in route(model, list(config.targets)).items():
+        targets, counts = resolve(parts[comp], rules, where=comp or "model")
+        plan.append((comp, targets))
+        per_target.update({prefixed(comp, k): v for k, v in counts.items()})
+    # modules_to_save are paths within the single component of a plain model, or "component.path".
+    save_paths = _resolve_saved(model, config.modules_to_save)
+
+    # Build every slot before touching the model, so an error here changes nothing.
+    built = []
+    for comp, targets in plan:
+        for t in targets:
+            layer = t.module if isinstance(t.module, AdapterLayer) else AdapterLayer(t.module)
+            built.append((comp, t, layer, _slot_for(t, layer, config)))
+
+    for root in parts.values():
+        adapter_params = {id(p) for m in root.modules() if isinstance(m, AdapterSlot) for p in m.parameters()}
+        for p in root.parameters():
+            if id(p) not in adapter_params:
+                p.requires_grad_(False)
+    matched = []
+    for comp, t, layer, slot in built:
+        if layer is not t.module:
+            _set_module(parts[comp], t.path, layer)
+        slot.requires_grad_(trainable)
+        layer.add(name, slot)
+        matched.append(prefixed(comp, t.path))
+    for comp, path in save_paths:
+        parts[comp].get_submodule(path).requires_grad_(trainable)
+    configs(model)[name] = config
+
+    trainable_count = sum(p.numel() for p in trainable_parameters(model))
+    total = sum(p.numel() for root in parts.values() for p in root.parameters())
+    return InjectReport(name, matched, per_target, trainable_count, total,
+                        [prefixed(c, p) for c, p in save_paths])
+
+
+def _resolve_saved(model: Any, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    parts = components(model)
+    out = []
+    for n in names:
+        comp, path = ("", n) if "" in parts else (n.partition(".")[0], n.partition(".")[2])
+        if comp not in parts or not path:
+            raise AdapterCompatError(f"modules_to_save: {n!r} names no module (use 'component.path' on pipelines)")
+        out += [(comp, p) for p in _modules_to_save(parts[comp], (path,), comp or "model")]
+    return out
+
+
+def remove(model: Any, names: list[str] | str | None = None, *, keep_merged: bool = False) -> int:
+    """Remove adapters (default: all). Layers left with none become the original module again.
+
+    Merged adapters are unmerged first, unless keep_merged=True, which bakes them into the base weight.
+    Returns the number of layers changed.
+    """
+    names = [names] if isinstance(names, str) else names
+    if names is not None:
+        _unknown(model, names)
+    changed = 0
+    for comp, root in components(model).items():
+        for path, layer in [(p, m) for p, m in root.named_modules() if isinstance(m, AdapterLayer)]:
+            drop = [n for n in layer.adapters if names is None or n in names]
+            if not drop:
+                continue
+            changed += 1
+            if layer.drop(drop, keep_merged=keep_merged):
+                _set_module(root, path, layer.base_layer)
+    for n in list(configs(model)):
+        if names is None or n in names:
+            del configs(model)[n]
+    return changed
+
+
+# -- merge ---------------------------------------------------------------------------------------------------
+def merge(model: Any, names: list[str] | str | None = None) -> int:
+    """Merge adapters (default: all enabled) into the base weights, at their current strengths.
+
+    The sum is formed in fp32 from the pristine weight and checked for NaN/inf before it is written; on
+    failure every layer is put back as it was. Returns the number of layers changed.
+    """
+    names = [names] if isinstance(names, str) else names
+    if names is not None:
+        _unknown(model, names)
+    layers = [layer for _, layer in adapter_layers(model)]
+    before = [(layer.base_layer.weight.data, layer._pristine, list(layer.merged)) for layer in layers]
+    changed = 0
+    try:
+        for layer in layers:
+            wanted = [n for n in layer.adapters if names is None or n in names]
+            changed += bool(layer.merge(wanted))
+    except NonFiniteError:
+        # The failing layer wrote nothing; put the tensors of the layers before it back as they were.
+        for layer, (data, pristine, merged) in zip(layers, before):
+            layer.base_layer.weight.data, layer._pristine, layer.merged = data, pristine, merged
+        raise
+    if changed == 0:
+        warnings.warn("merge: nothing to merge (already merged, or no enabled adapters)", stacklevel=2)
+    return changed
+
+
+def unmerge(model: Any, names: list[str] | str | None = None) -> int:
+    """Undo merges (default: all) by restoring the original weight tensors; exact, no subtraction."""
+    names = [names] if isinstance(names, str) else names
+    changed = 0
+    for _, layer in adapter_layers(model):
+        if not layer.merged:
+            continue
+        keep = [n for n in layer.merged if names is not None and n not in names]
+        layer.unmerge()
+        if keep:
+            layer.merge(keep)
+        changed += 1
+    if changed == 0:
+        warnings.warn("unmerge: nothing is merged", stacklevel=2)
+    return changed
+
+
+# -- strengths -----------------------------------------------------------------------------------------------
+def set_strength(model: Any, name: str, strength: float, *, component: str | None = None) -> None:
+    """Set adapter `name`'s blend factor (on one pipeline component only, if given). Merged layers follow."""
+    _unknown(model, [name])
+    for path, layer in adapter_layers(model):
+        if name in layer.adapters and (component is None or path.startswith(component + ".")):
+            layer.adapters[name].strength = float(strength)
+            if name in layer.merged:
+                layer.refresh_merge()
+
+
+@contextlib.contextmanager
+def disabled(model: Any, names: list[str] | str | None = None) -> Iterator[None]:
+    """Run the base model (without these adapters) inside the block; restored even if the block raises."""
+    names = [names] if isinstance(names, str) else names
+    slots = [s for _, layer in adapter_layers(model) for n, s in layer.adapters.items()
+             if names is None or n in names]
+    if any(layer.merged for _, layer in adapter_layers(model)):
+        raise AdapterStateError("unmerge before disabling adapters: merged weights cannot be switched off")
+    previous = [s.enabled for s in slots]
+    for s in slots:
+        s.enabled = False
+    try:
+        yield
+    finally:
+        for s, was in zip(slots, previous):
+            s.enabled = was
+
+
+def trainable_parameters(model: Any) -> list[nn.Parameter]:
+    """The parameters an optimizer should get: those left trainable (adapters and modules_to_save)."""
+    return [p for root in components(model).values() for p in root.parameters() if p.requires_grad]
+
+
+def status(model: Any) -> dict[str, dict[str, Any]]:
+    """Per layer: its adapters with kind, rank, alpha, strength, enabled, merged."""
+    out = {}
+    for path, layer in adapter_layers(model):
+        out[path] = {n: {"kind": s.kind, "rank": s.rank, "alpha": s.alpha, "strength": s.strength,
+                         "enabled": s.enabled, "merged": n in layer.merged} for n, s in layer.adapters.items()}
+    return out
+
+

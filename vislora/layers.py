@@ -1,0 +1,199 @@
+"""AdapterLayer: the host Linear/Conv2d kept as `base_layer`, plus any number of named adapters.
+
+    y = base(x) + sum over active adapters of strength * scale * delta(x)
+
+`scale` (alpha / rank, or alpha / sqrt(rank) for rsLoRA) is fixed by training; `strength` is the user's
+blend factor. Merging writes W + sum strength * scale * delta W into the base weight, computed in fp32
+from a kept pristine copy, so unmerging restores the original tensor exactly (no subtraction drift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import NonFiniteError
+from .functional import KINDS, RowLayout, op_for
+from .functional.fold import FoldTerm, folded_forward
+
+
+class AdapterSlot(nn.Module):
+    """One adapter's factors and settings on one layer. Parameters are named after the kind's factors."""
+
+    def __init__(
+        self,
+        kind: str,
+        weight: torch.Tensor,
+        layout: object,
+        rank: int,
+        alpha: float,
+        *,
+        rslora: bool = False,
+        dropout: float = 0.0,
+        init: str = "default",
+    ) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.kind, self.layout, self.rank, self.alpha, self.rslora = kind, layout, rank, float(alpha), rslora
+        self.dropout, self.strength, self.enabled = float(dropout), 1.0, True
+        dtype = torch.promote_types(weight.dtype, torch.float32)  # fp16/bf16 bases train fp32 factors
+        for name, value in KINDS[kind].init_params(weight.shape, rank, init, layout).items():
+            self.register_parameter(name, nn.Parameter(value.to(device=weight.device, dtype=dtype)))
+
+    @property
+    def functions(self):
+        return KINDS[self.kind]
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return self.functions.FACTORS
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n) for n in self.factor_names}
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    @property
+    def coef(self) -> float:
+        return self.strength * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale * delta W, shaped like the base weight (strength not applied)."""
+        return self.functions.delta_weight(self.params, self.layout) * self.scale
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, training=True)
+        return self.functions.delta_forward(x, self.params, self.layout)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, rank={self.rank}, alpha={self.alpha:g}, strength={self.strength:g}"
+
+
+class AdapterLayer(nn.Module):
+    """Wraps an nn.Linear or nn.Conv2d. State-dict keys of the base move under `base_layer.`."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.op = op_for(base_layer)
+        self.merged: list[str] = []
+        self._pristine: torch.Tensor | None = None  # the original weight tensor while anything is merged
+
+    # -- adapters ---------------------------------------------------------------------------------------
+    def default_layout(self) -> object:
+        if isinstance(self.base_layer, nn.Linear):
+            return RowLayout.full(self.base_layer.out_features)
+        return self.op
+
+    def add(self, name: str, slot: AdapterSlot) -> None:
+        self.adapters[name] = slot
+
+    def active(self) -> list[AdapterSlot]:
+        """Adapters that take part in forward: enabled, not merged, non-zero strength."""
+        return [s for n, s in self.adapters.items() if s.enabled and s.strength != 0.0 and n not in self.merged]
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slots = self.active()
+        if not slots:
+            return self.base_layer(x)
+        if self._should_fold(x, slots):
+            terms, factors = [], []
+            for s in slots:
+                terms.append(FoldTerm(s.functions, s.layout, s.coef, s.factor_names))
+                factors.extend(s.params.values())
+            base = self.base_layer
+            return folded_forward(x, base.weight, base.bias, self.op, tuple(terms), tuple(factors))
+        y = self.base_layer(x)
+        for s in slots:
+            y = y + s.delta_forward(x) * s.coef
+        return y
+
+    def _should_fold(self, x: torch.Tensor, slots: list[AdapterSlot]) -> bool:
+        """Fold when touching the weight once is cheaper than extra passes over the activations.
+
+        Folding costs about one pass over the [out, fan_in] weight per adapter; not folding costs passes
+        over the [tokens, fan_in] input and [tokens, out] output for each adapter.
+        """
+        if self.training and any(s.dropout for s in slots):
+            return False  # the adapter sees dropout(x) and the base sees x: not one weight
+        base = self.base_layer
+        if torch.is_grad_enabled() and (not self.op.foldable or base.weight.requires_grad or
+                                        (base.bias is not None and base.bias.requires_grad)):
+            return False  # the hand-written backward covers frozen bases with plain zero padding only
+        weight = base.weight
+        fan_out = weight.shape[0]
+        fan_in = weight.numel() // fan_out
+        return self.op.tokens(x) * (fan_in + fan_out) >= weight.numel()
+
+    # -- merge ------------------------------------------------------------------------------------------
+    def merge(self, names: list[str]) -> list[str]:
+        """Merge these adapters (with their current strengths) into the base weight; returns those merged."""
+        todo = [n for n in names if n not in self.merged and self.adapters[n].enabled]
+        if todo:
+            self._write_merged(self.merged + todo)
+        return todo
+
+    def unmerge(self) -> None:
+        """Put the original weight tensor back: exact, whatever was merged."""
+        if self._pristine is not None:
+            self.base_layer.weight.data = self._pristine
+        self._pristine, self.merged = None, []
+
+    def refresh_merge(self) -> None:
+        """Recompute the merged weight after a strength change or removal."""
+        names = [n for n in self.merged if n in self.adapters]
+        self.unmerge()
+        if names:
+            self._write_merged(names)
+
+    def drop(self, names: list[str], keep_merged: bool = False) -> bool:
+        """Delete these adapters; with keep_merged, their merged deltas become part of the base weight.
+
+        Returns True when no adapter is left (the caller then puts `base_layer` back in the model).
+        """
+        remaining = [n for n in self.merged if n not in names]
+        baked = [n for n in self.merged if n in names] if keep_merged else []
+        if baked:
+            self.unmerge()
+            self._write_merged(baked)
+            self._pristine, self.merged = None, remaining  # the baked weight is the new original
+        for n in names:
+            del self.adapters[n]
+        self.merged = remaining
+        self.refresh_merge()
+        return len(self.adapters) == 0
+
+    @torch.no_grad()
+    def _write_merged(self, names: list[str]) -> None:
+        weight = self.base_layer.weight
+        pristine = self._pristine if self._pristine is not None else weight.data
+        total = pristine.to(torch.promote_types(pristine.dtype, torch.float32), copy=True)
+        for n in names:
+            s = self.adapters[n]
+            total += s.delta_weight().to(total) * s.strength
+        if not torch.isfinite(total).all():
+            raise NonFiniteError(f"merging {names} gives non-finite weights; the base weight is unchanged")
+        self._pristine = pristine
+        # A new tensor, never an in-place write: state dicts the caller took earlier stay as they were.
+        weight.data = total.to(pristine.dtype)
+        self.merged = list(names)
+
+    def _apply(self, fn, recurse=True):
+        # .to(device/dtype) must move the kept original weight along with the live one.
+        super()._apply(fn, recurse)
+        if self._pristine is not None:
+            self._pristine = fn(self._pristine)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"merged={self.merged}" if self.merged else ""
