@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +194,7 @@ def _expected(kind: str, base: nn.Module, w: ModuleWeights) -> dict[str, tuple[i
 
 def _arch_hint(mismatches: list[tuple[str, str, tuple, tuple]]) -> str:
     for key, factor, want, got in mismatches:
-        if factor == "down" and (".attn2.to_k" in key or ".attn2.to_v" in key) and len(got) == 2:
+        if factor == "down" and re.search(r"(^|\.)attn2\.to_[kv]$", key) and len(got) == 2:
             source = _ARCH_BY_CROSS_WIDTH.get(got[1], f"cross-attention width {got[1]}")
             target = _ARCH_BY_CROSS_WIDTH.get(want[1], f"cross-attention width {want[1]}")
             return f" The file looks made for {source}; this model is {target}."

@@ -101,6 +101,26 @@ class AdapterLayer(nn.Module):
         """Adapters that take part in forward: enabled, not merged, non-zero strength."""
         return [s for n, s in self.adapters.items() if s.enabled and s.strength != 0.0 and n not in self.merged]
 
+    # -- the effective weight, for host code that reads .weight instead of calling the layer -------------
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight plus active adapters (differentiable; dropout not applied).
+
+        Some hosts bypass the layer's forward: timm's EVA attention runs F.linear(x, self.qkv.weight, bias).
+        Returning the effective weight keeps such code correct. With no active adapter this is the base
+        Parameter itself, so in-place writes to it still reach the model.
+        """
+        base = self.base_layer.weight
+        slots = self.active()
+        if not slots:
+            return base
+        delta = sum(s.delta_weight() * s.strength for s in slots)
+        return base + delta.to(base.dtype)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self.active()
