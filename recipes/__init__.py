@@ -1,0 +1,1 @@
+"""Single-file training recipes. Installed as `vislora.recipes`, runnable as scripts from a checkout."""
