@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vislora.functional import KINDS, RowLayout, op_for
-from vislora.functional.fold import FoldTerm, folded_forward
+from vislora.functional.fold import Term, folded_forward
+from vislora.functional.unfold import unfolded_forward
 
 torch.manual_seed(0)
 
@@ -57,15 +58,18 @@ def test_delta_forward_equals_delta_weight(kind, layer, layout, x):
 
 
 @pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
-def test_factor_grads_equal_autograd(kind, layer, layout, x):
+def test_backward_equals_autograd(kind, layer, layout, x):
     fn = KINDS[kind]
     params = {n: p.requires_grad_() for n, p in _params(kind, layer, layout).items()}
+    x = x.clone().requires_grad_()
     out = fn.delta_forward(x, params, layout)
     grad_out = torch.randn_like(out)
-    expected = torch.autograd.grad(out, list(params.values()), grad_out)
-    got = fn.factor_grads(x, grad_out, {n: p.detach() for n, p in params.items()}, layout)
-    for (name, _), e in zip(params.items(), expected):
+    expected = torch.autograd.grad(out, [x, *params.values()], grad_out)
+    grad_x, got = fn.backward(x.detach(), grad_out, {n: p.detach() for n, p in params.items()}, layout, True)
+    torch.testing.assert_close(grad_x, expected[0], rtol=1e-10, atol=1e-10)
+    for (name, _), e in zip(params.items(), expected[1:]):
         torch.testing.assert_close(got[name], e, rtol=1e-10, atol=1e-10, msg=name)
+    assert fn.backward(x.detach(), grad_out, params, layout, False)[0] is None
 
 
 def test_slices_touch_only_their_rows():
@@ -90,7 +94,7 @@ def test_folded_forward_and_backward_match_unfolded(kind, layer, layout, x):
     ref_grads = torch.autograd.grad(ref, [x1, *p1.values(), *p2.values()], g)
 
     x2 = x.clone().requires_grad_()
-    terms = (FoldTerm(fn, layout, c1, tuple(p1)), FoldTerm(fn, layout, c2, tuple(p2)))
+    terms = (Term(fn, layout, c1, tuple(p1)), Term(fn, layout, c2, tuple(p2)))
     out = folded_forward(x2, layer.weight, layer.bias, op_for(layer), terms, (*p1.values(), *p2.values()))
     got_grads = torch.autograd.grad(out, [x2, *p1.values(), *p2.values()], g)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -105,10 +109,54 @@ def test_folded_under_autocast_bf16():
     p = {n: t.requires_grad_() for n, t in KINDS["lora"].init_params(layer.weight.shape, 4, "random", layout).items()}
     x = torch.randn(8, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = folded_forward(x, layer.weight, layer.bias, op_for(layer), (FoldTerm(KINDS["lora"], layout, 1.0, ("down", "up")),),
+        out = folded_forward(x, layer.weight, layer.bias, op_for(layer), (Term(KINDS["lora"], layout, 1.0, ("down", "up")),),
                              tuple(p.values()))
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert p["down"].grad.dtype == torch.float32 and p["up"].grad.dtype == torch.float32
     ref = layer(x) + KINDS["lora"].delta_forward(x, {k: v.detach() for k, v in p.items()}, layout)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
+def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
+    """base(x) + c * delta(dropout(x)), the mask redrawn in backward from its seed: same values and grads."""
+    from vislora.functional.unfold import _dropped
+
+    fn = KINDS[kind]
+    layer = layer.requires_grad_(False)
+    params = {n: t.requires_grad_() for n, t in _params(kind, layer, layout).items()}
+    torch.manual_seed(7)
+    seed = int(torch.randint(2**62, ()))
+    x1 = x.clone().requires_grad_()
+    ref = layer(x1) + 0.6 * fn.delta_forward(_dropped(x1, p, seed), params, layout)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x1, *params.values()], g)
+    torch.manual_seed(7)
+    x2 = x.clone().requires_grad_()
+    out = unfolded_forward(x2, layer.weight, layer.bias, op_for(layer), (Term(fn, layout, 0.6, tuple(params), p),),
+                           tuple(params.values()))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, exp in zip(torch.autograd.grad(out, [x2, *params.values()], g), ref_grads):
+        torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-9)
+
+
+def test_dropout_saves_only_the_input():
+    """With dropout the unfolded op keeps x alone for backward; autograd would keep x, dropout(x) and the mask."""
+    layer = nn.Linear(64, 96).requires_grad_(False)
+    layout = RowLayout.full(96)
+    params = {n: t.requires_grad_() for n, t in KINDS["lora"].init_params(layer.weight.shape, 4, "random", layout).items()}
+    x = torch.randn(32, 64, requires_grad=True)
+    saved = []
+    weights = {t.data_ptr() for t in [layer.weight, layer.bias, *params.values()]}
+
+    def pack(t):
+        if t.data_ptr() not in weights:  # parameters are kept anyway; count activations only
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        unfolded_forward(x, layer.weight, layer.bias, op_for(layer), (Term(KINDS["lora"], layout, 1.0, ("down", "up"), 0.1),),
+                         tuple(params.values()))
+    assert sum(saved) == x.numel() * x.element_size()

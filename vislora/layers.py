@@ -17,7 +17,8 @@ from torch import nn
 
 from .errors import NonFiniteError
 from .functional import KINDS, RowLayout, op_for
-from .functional.fold import FoldTerm, folded_forward
+from .functional.fold import Term, folded_forward
+from .functional.unfold import unfolded_forward
 
 
 class AdapterSlot(nn.Module):
@@ -126,31 +127,34 @@ class AdapterLayer(nn.Module):
         slots = self.active()
         if not slots:
             return self.base_layer(x)
-        if self._should_fold(x, slots):
-            terms, factors = [], []
+        base = self.base_layer
+        if torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable()):
+            # Our hand-written backwards cover frozen bases with plain zero padding; autograd does the rest.
+            y = base(x)
             for s in slots:
-                terms.append(FoldTerm(s.functions, s.layout, s.coef, s.factor_names))
-                factors.extend(s.params.values())
-            base = self.base_layer
-            return folded_forward(x, base.weight, base.bias, self.op, tuple(terms), tuple(factors))
-        y = self.base_layer(x)
+                y = y + s.delta_forward(x) * s.coef
+            return y
+        terms, factors = [], []
         for s in slots:
-            y = y + s.delta_forward(x) * s.coef
-        return y
+            terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if self.training else 0.0))
+            factors.extend(s.params.values())
+        terms, factors = tuple(terms), tuple(factors)
+        if self._should_fold(x, terms):
+            return folded_forward(x, base.weight, base.bias, self.op, terms, factors)
+        return unfolded_forward(x, base.weight, base.bias, self.op, terms, factors)
 
-    def _should_fold(self, x: torch.Tensor, slots: list[AdapterSlot]) -> bool:
+    def _base_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.base_layer.parameters(recurse=False))
+
+    def _should_fold(self, x: torch.Tensor, terms: tuple[Term, ...]) -> bool:
         """Fold when touching the weight once is cheaper than extra passes over the activations.
 
-        Folding costs about one pass over the [out, fan_in] weight per adapter; not folding costs passes
-        over the [tokens, fan_in] input and [tokens, out] output for each adapter.
+        Folding costs about one pass over the [out, fan_in] weight; not folding costs passes over the
+        [tokens, fan_in] input and [tokens, out] output for each adapter.
         """
-        if self.training and any(s.dropout for s in slots):
+        if any(t.dropout for t in terms):
             return False  # the adapter sees dropout(x) and the base sees x: not one weight
-        base = self.base_layer
-        if torch.is_grad_enabled() and (not self.op.foldable or base.weight.requires_grad or
-                                        (base.bias is not None and base.bias.requires_grad)):
-            return False  # the hand-written backward covers frozen bases with plain zero padding only
-        weight = base.weight
+        weight = self.base_layer.weight
         fan_out = weight.shape[0]
         fan_in = weight.numel() // fan_out
         return self.op.tokens(x) * (fan_in + fan_out) >= weight.numel()

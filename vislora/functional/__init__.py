@@ -3,7 +3,9 @@
     init_params(weight_shape, rank, init, layout) -> {factor name: tensor}
     delta_weight(params, layout)                  -> tensor shaped like the base weight
     delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
-    factor_grads(x, grad_out, params, layout)     -> {factor name: gradient of <grad_out, delta_forward(x)>}
+    backward(x, grad_out, params, layout, need_input)
+                                                  -> gradients of <grad_out, delta_forward(x)>:
+                                                     (w.r.t. x or None, {factor name: tensor})
 
 `layout` is what the kind needs to know of its base layer: a `RowLayout` for Linear (which output rows),
 the base layer's `Conv2dOp` for convolutions (kernel geometry).

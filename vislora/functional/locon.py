@@ -42,14 +42,15 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv
     return F.conv2d(hidden, params["up"].to(x.dtype))  # [n, out, h', w']
 
 
-def factor_grads(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp
-) -> dict[str, torch.Tensor]:
-    """Gradients of sum(grad_out * delta_forward(x)) with respect to down and up."""
+def backward(
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp, need_input: bool
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Gradients of sum(grad_out * delta_forward(x)): (w.r.t. x if need_input, {down, up})."""
     down, up = params["down"], params["up"]
     d, u = down.to(x.dtype), up.to(x.dtype)
     hidden = layout.forward(x, d, None)  # [n, r, h', w']
     g_up = torch.einsum("nohw,nrhw->or", grad_out, hidden)[..., None, None]
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))  # [n, r, h', w']
     g_down = layout.weight_grad(x, d.shape, g_hidden)
-    return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}
+    grad_x = layout.input_grad(g_hidden, d, x.shape) if need_input else None
+    return grad_x, {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -85,23 +85,26 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowL
     return out
 
 
-def factor_grads(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout
-) -> dict[str, torch.Tensor]:
-    """Gradients of sum(grad_out * delta_forward(x)) with respect to down and up, in the factors' dtype."""
+def backward(
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout, need_input: bool
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Gradients of sum(grad_out * delta_forward(x)): (w.r.t. x if need_input, {down, up} in their dtype)."""
     down, up = params["down"], params["up"]
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
     g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [N, out]
     d, u = down.to(x2.dtype), up.to(x2.dtype)
     if layout.is_full:
         hidden = x2 @ d.T  # [N, r]
-        g_up = g2.T @ hidden  # [out, r]
-        g_down = (g2 @ u).T @ x2  # [r, in]
-        return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}
-    rank = down.shape[0] // len(layout.slices)
-    g_down, g_up = torch.empty_like(down), torch.empty_like(up)
-    for rows, up_rows, down_rows in _blocks(layout.slices, rank):
-        g_rows = g2[:, rows]
-        g_up[up_rows] = g_rows.T @ (x2 @ d[down_rows].T)
-        g_down[down_rows] = (g_rows @ u[up_rows]).T @ x2
-    return {"down": g_down, "up": g_up}
+        g_hidden = g2 @ u  # [N, r]
+        g_up, g_down = g2.T @ hidden, g_hidden.T @ x2  # [out, r], [r, in]
+    else:
+        rank = down.shape[0] // len(layout.slices)
+        g_hidden = g2.new_empty(g2.shape[0], down.shape[0])
+        g_down, g_up = torch.empty_like(d), torch.empty_like(u)
+        for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+            g_rows = g2[:, rows]
+            g_up[up_rows] = g_rows.T @ (x2 @ d[down_rows].T)
+            g_hidden[:, down_rows] = g_rows @ u[up_rows]
+            g_down[down_rows] = g_hidden[:, down_rows].T @ x2
+    grad_x = (g_hidden @ d).reshape(x.shape) if need_input else None
+    return grad_x, {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

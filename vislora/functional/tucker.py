@@ -42,9 +42,10 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv
     return F.conv2d(hidden, params["up"].to(x.dtype))
 
 
-def factor_grads(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp
-) -> dict[str, torch.Tensor]:
+def backward(
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp, need_input: bool
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Gradients of sum(grad_out * delta_forward(x)): (w.r.t. x if need_input, {down, mid, up})."""
     down, mid, up = params["down"], params["mid"], params["up"]
     d, m, u = down.to(x.dtype), mid.to(x.dtype), up.to(x.dtype)
     reduced = F.conv2d(x, d)  # [n, r, h, w]
@@ -54,4 +55,5 @@ def factor_grads(
     g_mid = layout.weight_grad(reduced, m.shape, g_hidden)
     g_reduced = layout.input_grad(g_hidden, m, reduced.shape)
     g_down = torch.einsum("nrhw,nihw->ri", g_reduced, x)[..., None, None]
-    return {"down": g_down.to(down.dtype), "mid": g_mid.to(mid.dtype), "up": g_up.to(up.dtype)}
+    grad_x = torch.einsum("nrhw,ri->nihw", g_reduced, d[:, :, 0, 0]) if need_input else None
+    return grad_x, {"down": g_down.to(down.dtype), "mid": g_mid.to(mid.dtype), "up": g_up.to(up.dtype)}

@@ -1,0 +1,66 @@
+"""Run a layer as base(x) + sum_i c_i * delta_i(dropout_i(x)), saving only x for backward.
+
+Used when the adapters cannot be folded into one weight (dropout: the adapter sees dropout(x), the base
+sees x) or when folding costs more than it saves (few tokens). Dropout masks are not stored: each one is
+drawn from a generator with a recorded seed and drawn again in backward, so the saved state per adapted
+layer is the input alone (autograd would keep the dropped copy of x and the mask as well).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fold import Term, compute_dtype, factor_grads, split
+
+
+def _dropped(t: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """t * mask / (1 - p), with the mask a function of (seed, shape, device) only."""
+    if not p:
+        return t
+    g = torch.Generator(device=t.device).manual_seed(seed)
+    # A contiguous mask, so it depends on the shape only and matches whatever strides t has.
+    mask = torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(1.0 - p, generator=g)
+    return t * mask.div_(1.0 - p)
+
+
+class _UnfoldedForward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, op, terms, seeds, *factors):
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dtype)
+            y = op.forward(x, weight.to(dtype), None if bias is None else bias.to(dtype))
+            for term, params, seed in zip(terms, split(terms, factors), seeds):
+                y.add_(term.kind.delta_forward(_dropped(x, term.dropout, seed), params, term.layout), alpha=term.coef)
+        ctx.op, ctx.terms, ctx.seeds, ctx.dtype = op, terms, seeds, dtype
+        ctx.save_for_backward(x, weight, *factors)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, *factors = ctx.saved_tensors
+        factors = tuple(factors)
+        grad_y = grad_y.to(ctx.dtype)
+        need_x = ctx.needs_input_grad[0]
+        grad_x, grads = None, []
+        offset = 6  # x, weight, bias, op, terms, seeds come before the factors
+        with torch.autocast(x.device.type, enabled=False):
+            for term, params, seed in zip(ctx.terms, split(ctx.terms, factors), ctx.seeds):
+                one = (term,)
+                gx, g = factor_grads(ctx, _dropped(x, term.dropout, seed), grad_y, one, tuple(params.values()),
+                                     offset, need_x)
+                offset += len(term.names)
+                grads.extend(g)
+                if gx is not None:
+                    gx = _dropped(gx, term.dropout, seed)  # the chain rule through x * mask / (1 - p)
+                    grad_x = gx if grad_x is None else grad_x.add_(gx)
+            if need_x:
+                base = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x.shape)
+                grad_x = base if grad_x is None else grad_x.add_(base)
+        return (grad_x, None, None, None, None, None, *grads)
+
+
+def unfolded_forward(x, weight, bias, op, terms: tuple[Term, ...], factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    # Seeds come from the global generator, so torch.manual_seed makes training reproducible.
+    seeds = tuple(int(torch.randint(2**62, ())) if t.dropout else 0 for t in terms)
+    return _UnfoldedForward.apply(x, weight, bias, op, terms, seeds, *factors)
