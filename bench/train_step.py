@@ -79,6 +79,7 @@ def shallow_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build(model, spec: dict) -> torch.nn.Module:
+    """A variant sharing the base tensors; spec {} is the floor (no adapter, every weight frozen)."""
     m = shallow_copy(model)
     if "ours" in spec:
         args = dict(spec["ours"])
@@ -110,7 +111,7 @@ def make_step(model, inputs, first: str, forward) -> Callable[[], None]:
 
 def variants_for(case: str):
     model, inputs, first, variants, forward = CASES[case]()
-    models = {"floor": shallow_copy(model).train()}
+    models = {"floor": build(model, {})}
     for name, spec in variants.items():
         models[name] = build(model, spec)
     return models, inputs, first, forward
@@ -128,7 +129,7 @@ def memory_of(case: str, variant: str) -> dict:
     """One variant alone in this process: saved activations of one step and the process's peak RSS."""
     torch.manual_seed(0)
     model, inputs, first, variants, forward = CASES[case]()
-    m = shallow_copy(model).train() if variant == "floor" else build(model, variants[variant])
+    m = build(model, {} if variant == "floor" else variants[variant])
     step = make_step(m, inputs, first, forward)
     with SavedActivations(m.parameters()) as saved:
         loss = forward(m, inputs).float().pow(2).mean()

@@ -122,7 +122,7 @@ def test_folded_under_autocast_bf16():
 @pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
 def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
     """base(x) + c * delta(dropout(x)), the mask redrawn in backward from its seed: same values and grads."""
-    from vislora.functional.unfold import _dropped
+    from vislora.functional.unfold import _dropped, _keep_mask
 
     fn = KINDS[kind]
     layer = layer.requires_grad_(False)
@@ -130,7 +130,8 @@ def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
     torch.manual_seed(7)
     seed = int(torch.randint(2**62, ()))
     x1 = x.clone().requires_grad_()
-    ref = layer(x1) + 0.6 * fn.delta_forward(_dropped(x1, p, seed), params, layout)
+    mask = _keep_mask(x1, p, seed) if p else None
+    ref = layer(x1) + 0.6 * fn.delta_forward(_dropped(x1, p, mask), params, layout)
     g = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, [x1, *params.values()], g)
     torch.manual_seed(7)

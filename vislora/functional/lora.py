@@ -75,14 +75,17 @@ def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Te
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
     """delta W applied to x without forming delta W: [..., in] -> [..., out]."""
     down, up = params["down"].to(x.dtype), params["up"].to(x.dtype)
-    hidden = x @ down.T  # [..., k*r]
+    x2 = x.reshape(-1, x.shape[-1])
+    # The thin products keep the rank as rows ([r, N]): BLAS runs those several times faster on CPU
+    # than the [N, r] orientation, for the same numbers.
+    hidden_t = down @ x2.T  # [k*r, N]
     if layout.is_full:
-        return hidden @ up.T
+        return (hidden_t.T @ up.T).reshape(*x.shape[:-1], -1)
     rank = down.shape[0] // len(layout.slices)
-    out = x.new_zeros(*x.shape[:-1], layout.out_features)
+    out = x2.new_zeros(x2.shape[0], layout.out_features)
     for rows, up_rows, down_rows in _blocks(layout.slices, rank):
-        out[..., rows] = hidden[..., down_rows] @ up[up_rows].T
-    return out
+        out[:, rows] = hidden_t[down_rows].T @ up[up_rows].T
+    return out.reshape(*x.shape[:-1], -1)
 
 
 def backward(
@@ -93,18 +96,20 @@ def backward(
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
     g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [N, out]
     d, u = down.to(x2.dtype), up.to(x2.dtype)
+    # Rank-as-rows orientation throughout, as in delta_forward.
     if layout.is_full:
-        hidden = x2 @ d.T  # [N, r]
-        g_hidden = g2 @ u  # [N, r]
-        g_up, g_down = g2.T @ hidden, g_hidden.T @ x2  # [out, r], [r, in]
+        hidden_t = d @ x2.T  # [r, N]
+        g_hidden_t = u.T @ g2.T  # [r, N]
+        g_up = (hidden_t @ g2).T  # [out, r]
     else:
         rank = down.shape[0] // len(layout.slices)
-        g_hidden = g2.new_empty(g2.shape[0], down.shape[0])
-        g_down, g_up = torch.empty_like(d), torch.empty_like(u)
+        hidden_t = d @ x2.T  # [k*r, N]
+        g_hidden_t = g2.new_empty(down.shape[0], g2.shape[0])
+        g_up = torch.empty_like(u)
         for rows, up_rows, down_rows in _blocks(layout.slices, rank):
             g_rows = g2[:, rows]
-            g_up[up_rows] = g_rows.T @ (x2 @ d[down_rows].T)
-            g_hidden[:, down_rows] = g_rows @ u[up_rows]
-            g_down[down_rows] = g_hidden[:, down_rows].T @ x2
-    grad_x = (g_hidden @ d).reshape(x.shape) if need_input else None
+            g_up[up_rows] = (hidden_t[down_rows] @ g_rows).T
+            g_hidden_t[down_rows] = u[up_rows].T @ g_rows.T
+    g_down = g_hidden_t @ x2  # [k*r, in]
+    grad_x = (g_hidden_t.T @ d).reshape(x.shape) if need_input else None
     return grad_x, {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -13,14 +13,15 @@ import torch
 from .fold import Term, compute_dtype, factor_grads, split
 
 
-def _dropped(t: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """t * mask / (1 - p), with the mask a function of (seed, shape, device) only."""
-    if not p:
-        return t
+def _keep_mask(t: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Which elements dropout keeps: a function of (seed, shape, device) only, so backward can redraw it."""
     g = torch.Generator(device=t.device).manual_seed(seed)
-    # A contiguous mask, so it depends on the shape only and matches whatever strides t has.
-    mask = torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(1.0 - p, generator=g)
-    return t * mask.div_(1.0 - p)
+    return torch.rand(t.shape, generator=g, device=t.device) >= p
+
+
+def _dropped(t: torch.Tensor, p: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """t * mask / (1 - p); the identity without dropout."""
+    return t if mask is None else torch.where(mask, t, 0.0).mul_(1.0 / (1.0 - p))
 
 
 class _UnfoldedForward(torch.autograd.Function):
@@ -31,7 +32,8 @@ class _UnfoldedForward(torch.autograd.Function):
             x = x.to(dtype)
             y = op.forward(x, weight.to(dtype), None if bias is None else bias.to(dtype))
             for term, params, seed in zip(terms, split(terms, factors), seeds):
-                y.add_(term.kind.delta_forward(_dropped(x, term.dropout, seed), params, term.layout), alpha=term.coef)
+                mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
+                y.add_(term.kind.delta_forward(_dropped(x, term.dropout, mask), params, term.layout), alpha=term.coef)
         ctx.op, ctx.terms, ctx.seeds, ctx.dtype = op, terms, seeds, dtype
         ctx.save_for_backward(x, weight, *factors)
         return y
@@ -46,13 +48,13 @@ class _UnfoldedForward(torch.autograd.Function):
         offset = 6  # x, weight, bias, op, terms, seeds come before the factors
         with torch.autocast(x.device.type, enabled=False):
             for term, params, seed in zip(ctx.terms, split(ctx.terms, factors), ctx.seeds):
-                one = (term,)
-                gx, g = factor_grads(ctx, _dropped(x, term.dropout, seed), grad_y, one, tuple(params.values()),
+                mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
+                gx, g = factor_grads(ctx, _dropped(x, term.dropout, mask), grad_y, (term,), tuple(params.values()),
                                      offset, need_x)
                 offset += len(term.names)
                 grads.extend(g)
                 if gx is not None:
-                    gx = _dropped(gx, term.dropout, seed)  # the chain rule through x * mask / (1 - p)
+                    gx = _dropped(gx, term.dropout, mask)  # the chain rule through x * mask / (1 - p)
                     grad_x = gx if grad_x is None else grad_x.add_(gx)
             if need_x:
                 base = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x.shape)
