@@ -161,3 +161,13 @@ def test_dropout_saves_only_the_input():
         unfolded_forward(x, layer.weight, layer.bias, op_for(layer), (Term(KINDS["lora"], layout, 1.0, ("down", "up"), 0.1),),
                          tuple(params.values()))
     assert sum(saved) == x.numel() * x.element_size()
+
+
+@pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
+def test_add_delta_weight_equals_weight_plus_scaled_delta(kind, layer, layout, x):
+    fn = KINDS[kind]
+    params = _params(kind, layer, layout)
+    w = layer.weight.detach()
+    fused = fn.add_delta_weight(w, params, layout, -0.7)
+    torch.testing.assert_close(fused, w - 0.7 * fn.delta_weight(params, layout), rtol=1e-12, atol=1e-12)
+    assert fused.data_ptr() != w.data_ptr()  # never written in place

@@ -1,7 +1,8 @@
-"""Pure adapter math, one module per kind, all with the same four functions:
+"""Pure adapter math, one module per kind, all with the same functions:
 
     init_params(weight_shape, rank, init, layout) -> {factor name: tensor}
     delta_weight(params, layout)                  -> tensor shaped like the base weight
+    add_delta_weight(weight, params, layout, c)   -> weight + c * delta W, fused where possible
     delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
     backward(x, grad_out, params, layout, need_input)
                                                   -> gradients of <grad_out, delta_forward(x)>:

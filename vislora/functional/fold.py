@@ -38,12 +38,10 @@ def split(terms: tuple[Term, ...], factors: tuple[torch.Tensor, ...]) -> list[di
 
 
 def folded_weight(weight: torch.Tensor, terms: tuple[Term, ...], factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """W + sum_i c_i * delta W_i, with the deltas summed in the factors' precision."""
-    delta = None
+    """W + sum_i c_i * delta W_i, a new tensor (the base weight is never written)."""
     for term, params in zip(terms, split(terms, factors)):
-        d = term.kind.delta_weight(params, term.layout)
-        delta = d.mul_(term.coef) if delta is None else delta.add_(d, alpha=term.coef)
-    return weight + delta.to(weight.dtype)
+        weight = term.kind.add_delta_weight(weight, params, term.layout, term.coef)
+    return weight
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

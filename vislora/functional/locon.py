@@ -37,6 +37,18 @@ def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Ten
     return flat.reshape(out_channels, in_channels, kh, kw)
 
 
+def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
+                     coef: float) -> torch.Tensor:
+    """weight + coef * delta W as one fused BLAS call where the dtypes allow (a new tensor)."""
+    down, up = params["down"], params["up"]
+    if weight.dtype != down.dtype:
+        return weight + (delta_weight(params, layout) * coef).to(weight.dtype)
+    out_channels, rank = up.shape[0], down.shape[0]
+    flat = torch.addmm(weight.reshape(out_channels, -1), up.reshape(out_channels, rank), down.reshape(rank, -1),
+                       alpha=coef)
+    return flat.reshape(weight.shape)
+
+
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
     hidden = layout.forward(x, params["down"].to(x.dtype), None)  # [n, r, h', w']
     return F.conv2d(hidden, params["up"].to(x.dtype))  # [n, out, h', w']

@@ -72,6 +72,15 @@ def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Te
     return delta
 
 
+def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout,
+                     coef: float) -> torch.Tensor:
+    """weight + coef * delta W as one fused BLAS call where the dtypes allow (a new tensor)."""
+    down, up = params["down"], params["up"]
+    if layout.is_full and weight.dtype == down.dtype:
+        return torch.addmm(weight, up, down, alpha=coef)
+    return weight + (delta_weight(params, layout) * coef).to(weight.dtype)
+
+
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
     """delta W applied to x without forming delta W: [..., in] -> [..., out]."""
     down, up = params["down"].to(x.dtype), params["up"].to(x.dtype)

@@ -36,6 +36,12 @@ def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Ten
     return torch.einsum("oa,abhw,bi->oihw", up[:, :, 0, 0], mid, down[:, :, 0, 0])
 
 
+def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
+                     coef: float) -> torch.Tensor:
+    """weight + coef * delta W (a new tensor)."""
+    return weight + (delta_weight(params, layout) * coef).to(weight.dtype)
+
+
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
     reduced = F.conv2d(x, params["down"].to(x.dtype))  # [n, r, h, w]
     hidden = layout.forward(reduced, params["mid"].to(x.dtype), None)  # [n, r, h', w']
