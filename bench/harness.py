@@ -8,7 +8,7 @@ the same round).
 from __future__ import annotations
 
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -64,13 +64,33 @@ class SavedActivations:
         return sum(self.seen.values()) / 2**20
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def step_peak_mib(step: Callable[[], None]) -> float:
+    """Peak resident memory one call of `step` adds on top of what the process already holds (Linux).
+
+    The kernel's high-water mark is reset just before the call (clear_refs 5), so model construction and
+    earlier steps do not count. Run under MALLOC_MMAP_THRESHOLD_ (see in_subprocess) so freed tensors are
+    returned to the system rather than kept in the heap.
+    """
+    step()  # warm up: lazy state, optimizer moments
+    before = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    step()
+    return _status_mib("VmHWM") - before
 
 
 def in_subprocess(script: str, args: list[str]) -> dict:
     """Run `script args` in a fresh interpreter (a clean peak-RSS counter); it prints one JSON line last."""
-    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # big blocks come from mmap and go back on free
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import SavedActivations, in_subprocess, interleaved, peak_rss_mib, ratio, table  # noqa: E402
+from harness import SavedActivations, in_subprocess, interleaved, ratio, step_peak_mib, table  # noqa: E402
 
 import vislora  # noqa: E402
 
@@ -126,7 +126,7 @@ def time_case(case: str, rounds: int) -> list[list[str]]:
 
 
 def memory_of(case: str, variant: str) -> dict:
-    """One variant alone in this process: saved activations of one step and the process's peak RSS."""
+    """One variant alone in this process: bytes saved for backward, and the peak memory a step adds."""
     torch.manual_seed(0)
     model, inputs, first, variants, forward = CASES[case]()
     m = build(model, {} if variant == "floor" else variants[variant])
@@ -134,8 +134,9 @@ def memory_of(case: str, variant: str) -> dict:
     with SavedActivations(m.parameters()) as saved:
         loss = forward(m, inputs).float().pow(2).mean()
     loss.backward()
-    step()
-    return {"saved_mib": saved.mib, "peak_rss_mib": peak_rss_mib()}
+    m.zero_grad(set_to_none=True)
+    del loss
+    return {"saved_mib": saved.mib, "step_peak_mib": step_peak_mib(step)}
 
 
 def main() -> None:
@@ -155,10 +156,10 @@ def main() -> None:
             row = [name, f"{seconds:.2f}", f"{r:.3f}"]
             if not args.no_memory:
                 mem = in_subprocess(__file__, ["--memory-of", case, name])
-                row += [f"{mem['saved_mib']:.0f}", f"{mem['peak_rss_mib']:.0f}"]
+                row += [f"{mem['saved_mib']:.0f}", f"{mem['step_peak_mib']:.0f}"]
             rows.append(row)
             print(f"  {case}: {name} done", file=sys.stderr, flush=True)
-        header = ["variant", "s/step", "x floor"] + ([] if args.no_memory else ["saved MiB", "peak RSS MiB"])
+        header = ["variant", "s/step", "x floor"] + ([] if args.no_memory else ["saved MiB", "step peak MiB"])
         print(f"\n{case} ({torch.get_num_threads()} threads)\n" + table(rows, header), flush=True)
 
 

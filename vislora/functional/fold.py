@@ -86,9 +86,11 @@ class _FoldedForward(torch.autograd.Function):
         op, terms = ctx.op, ctx.terms
         grad_y = grad_y.to(ctx.dtype)
         need_x = ctx.needs_input_grad[0]
-        # The input gradient either through a rebuilt W_eff (one weight-sized pass), or through the base
-        # weight plus each adapter's thin input gradient (activation-sized passes): whichever is smaller.
-        via_weight = need_x and x.numel() >= weight.numel()
+        # The input gradient goes either through a rebuilt W_eff (about rank+2 passes over the weight), or
+        # through the base weight plus each adapter's thin input gradient (about rank multiply-adds per
+        # input element and output channel... per token: fan_in * rank). Rebuilding wins once the layer
+        # sees more tokens than it has output channels.
+        via_weight = need_x and op.tokens(x) >= weight.shape[0]
         with torch.autocast(x.device.type, enabled=False):
             grad_x, grads = factor_grads(ctx, x, grad_y, terms, factors, 5, need_x and not via_weight)
             if need_x:

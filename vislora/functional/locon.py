@@ -54,6 +54,17 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv
     return F.conv2d(hidden, params["up"].to(x.dtype))  # [n, out, h', w']
 
 
+def _up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """sum over batch and positions of grad_out[n, o, p] * hidden[n, r, p] -> [out, r, 1, 1].
+
+    Computed as [r, P] @ [P, out] per sample (rank as rows), which BLAS runs much faster on CPU than the
+    [out, P] @ [P, r] orientation einsum picks.
+    """
+    n, rank = hidden.shape[:2]
+    per_sample = torch.bmm(hidden.reshape(n, rank, -1), grad_out.reshape(n, grad_out.shape[1], -1).transpose(1, 2))
+    return per_sample.sum(0).T[..., None, None]  # [out, r, 1, 1]
+
+
 def backward(
     x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp, need_input: bool
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -61,7 +72,7 @@ def backward(
     down, up = params["down"], params["up"]
     d, u = down.to(x.dtype), up.to(x.dtype)
     hidden = layout.forward(x, d, None)  # [n, r, h', w']
-    g_up = torch.einsum("nohw,nrhw->or", grad_out, hidden)[..., None, None]
+    g_up = _up_grad(grad_out, hidden)
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))  # [n, r, h', w']
     g_down = layout.weight_grad(x, d.shape, g_hidden)
     grad_x = layout.input_grad(g_hidden, d, x.shape) if need_input else None
