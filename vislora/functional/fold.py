@@ -86,10 +86,9 @@ class _FoldedForward(torch.autograd.Function):
         op, terms = ctx.op, ctx.terms
         grad_y = grad_y.to(ctx.dtype)
         need_x = ctx.needs_input_grad[0]
-        # The input gradient goes either through a rebuilt W_eff (about rank+2 passes over the weight), or
-        # through the base weight plus each adapter's thin input gradient (about rank multiply-adds per
-        # input element and output channel... per token: fan_in * rank). Rebuilding wins once the layer
-        # sees more tokens than it has output channels.
+        # The input gradient goes through a rebuilt W_eff (cost ~ rank * weight size) or through the base
+        # weight plus each adapter's thin input gradient (cost ~ rank * tokens * fan_in). Rebuilding wins
+        # once the layer sees more tokens than it has output channels.
         via_weight = need_x and op.tokens(x) >= weight.shape[0]
         with torch.autocast(x.device.type, enabled=False):
             grad_x, grads = factor_grads(ctx, x, grad_y, terms, factors, 5, need_x and not via_weight)
