@@ -34,8 +34,8 @@ class AdapterCompatError(VisloraError):
         super().__init__(f"{prefix}[{category}] {message}")
 
 
-class AdapterStateError(VisloraError):
-    """The requested operation does not fit the adapters' current state (unknown name, bad strengths...)."""
+class AdapterStateError(VisloraError, ValueError):
+    """The requested operation does not fit the adapters' current state (unknown or duplicate name...)."""
 
 
 class NonFiniteError(VisloraError):

@@ -12,7 +12,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import torch
 from torch import nn
 
 from .components import components, prefixed, route
@@ -104,17 +103,6 @@ def _slot_for(target: Target, layer: AdapterLayer, config: AdapterConfig) -> Ada
                        init=config.init)
 
 
-def _modules_to_save(root: nn.Module, names: tuple[str, ...], where: str) -> list[str]:
-    found = []
-    for n in names:
-        try:
-            root.get_submodule(n)
-        except AttributeError:
-            raise AdapterCompatError(f"modules_to_save: no module {n!r} in the {where}") from None
-        found.append(n)
-    return found
-
-
 # -- inject / remove ---------------------------------------------------------------------------------------
 def inject(
     model: Any,
@@ -149,7 +137,7 @@ def inject(
         plan.append((comp, targets))
         per_target.update({prefixed(comp, k): v for k, v in counts.items()})
     # modules_to_save are paths within the single component of a plain model, or "component.path".
-    save_paths = _resolve_saved(model, config.modules_to_save)
+    save_paths = resolve_saved(model, config.modules_to_save)
 
     # Build every slot before touching the model, so an error here changes nothing.
     built = []
@@ -180,14 +168,18 @@ def inject(
                         [prefixed(c, p) for c, p in save_paths])
 
 
-def _resolve_saved(model: Any, names: tuple[str, ...]) -> list[tuple[str, str]]:
+def resolve_saved(model: Any, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(component, path) of each modules_to_save entry: a path in a plain model, "component.path" on pipelines."""
     parts = components(model)
     out = []
     for n in names:
-        comp, path = ("", n) if "" in parts else (n.partition(".")[0], n.partition(".")[2])
-        if comp not in parts or not path:
-            raise AdapterCompatError(f"modules_to_save: {n!r} names no module (use 'component.path' on pipelines)")
-        out += [(comp, p) for p in _modules_to_save(parts[comp], (path,), comp or "model")]
+        comp, _, path = ("", "", n) if "" in parts else n.partition(".")
+        try:
+            parts[comp].get_submodule(path)
+        except (KeyError, AttributeError):
+            raise AdapterCompatError(f"modules_to_save: {n!r} names no module of this model "
+                                     "(on pipelines write 'component.path')") from None
+        out.append((comp, path))
     return out
 
 

@@ -23,7 +23,7 @@ from .config import AdapterConfig
 from .errors import AdapterCompatError, AdapterFormatError, AdapterStateError
 from .formats import AdapterFile, ModuleWeights, container, native, peft_diffusers
 from .functional import RowLayout
-from .inject import _check_name, _set_module, adapter_names, configs
+from .inject import _check_name, _set_module, adapter_names, configs, resolve_saved
 from .layers import AdapterLayer, AdapterSlot
 from .targets import adaptable_modules
 
@@ -95,7 +95,7 @@ def save_adapter(
     if not modules:
         raise AdapterStateError(f"no adapter named {name!r} on this model; it has {adapter_names(model)}")
     config = configs(model).get(name)
-    for comp, local in _saved_modules(model, config):
+    for comp, local in resolve_saved(model, config.modules_to_save if config else ()):
         module = components(model)[comp].get_submodule(local)
         for key, value in module.state_dict().items():
             tensors[f"{prefixed(comp, local)}.{key}"] = value.detach().to("cpu")
@@ -112,13 +112,6 @@ def save_adapter(
     if config is not None:
         meta[native.CONFIG_KEY] = config.to_json()
     return container.write(path, tensors, meta)
-
-
-def _saved_modules(model: Any, config: AdapterConfig | None) -> list[tuple[str, str]]:
-    if config is None:
-        return []
-    pipeline = is_pipeline(model)
-    return [tuple(n.split(".", 1)) if pipeline else ("", n) for n in config.modules_to_save]
 
 
 # -- read ---------------------------------------------------------------------------------------------------
