@@ -24,7 +24,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     for index, entries in sd["state"].items():
         for name, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"state.{index}.{name}"] = value.detach().to("cpu", copy=True)  # a snapshot, not a view
             else:
                 scalars.setdefault(str(index), {})[name] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
