@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (0 for text, digits)")
     train.add_argument("--crop-pct", type=float, help="eval centre-crop share (default: the model's)")
     train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto")
+    train.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=2, help="data loader processes")
     out = p.add_argument_group("output")
@@ -94,7 +95,10 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     precision = args.mixed_precision
     if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=precision)
+    # accelerate sets up several CPU processes (gloo) only when told it runs on the CPU.
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    return Accelerator(mixed_precision=precision, cpu=args.cpu or not accelerated)
 
 
 def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | None, int]:
