@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,16 +27,15 @@ from tqdm.auto import tqdm
 
 import vislora
 from vislora import checkpoint
-from vislora.classifier import (BASE_KWARGS_KEY, BASE_MODEL_KEY, BaseRecord, build_model, describe, hub_tag,
-                                save_model, weights_metadata)
-from vislora.data import DatasetError, Samples, scan, split, warn_skipped
+from vislora.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
+from vislora.data import DatasetError, Samples, scan, split
 from vislora.dataset import ImageDataset, Preprocess
 from vislora.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
 from vislora.sampling import EpochBatches
-from vislora.trainstate import load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from vislora.trainstate import restore_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
-NOT_TRAJECTORY = {"out", "resume", "workers", "checkpoint_every", "keep", "merge", "progress"}
+NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
 MAX_BAD_STEPS = 3  # consecutive non-finite steps before giving up
 
 
@@ -78,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--crop-pct", type=float, help="eval centre-crop share (default: the model's)")
     train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto")
     train.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
+    train.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=2, help="data loader processes")
     out = p.add_argument_group("output")
@@ -92,13 +91,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- steps -------------------------------------------------------------------------------------------------
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    precision = args.mixed_precision
-    if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
     # accelerate sets up several CPU processes (gloo) only when told it runs on the CPU.
     accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
         hasattr(torch, "xpu") and torch.xpu.is_available())
-    return Accelerator(mixed_precision=precision, cpu=args.cpu or not accelerated)
+    cpu = args.cpu or not accelerated
+    precision = args.mixed_precision
+    if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
+        cuda = torch.cuda.is_available() and not cpu
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
 def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | None, int]:
@@ -114,31 +115,10 @@ def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | 
 
 
 def base_record(args: argparse.Namespace) -> tuple[BaseRecord, Path | None]:
-    """The base as it will be recorded in the outputs, and the local weights file if any."""
-    kwargs = dict(args.model_kwargs or {})
-    name, weights = args.model, Path(args.weights) if args.weights else None
-    if weights is not None:
-        if not weights.is_file():
-            raise DatasetError(f"{weights}: no such weights file")
-        meta = weights_metadata(weights)
-        name = name or meta.get(BASE_MODEL_KEY)
-        kwargs = {**json.loads(meta.get(BASE_KWARGS_KEY, "{}")), **kwargs}
-    if not name:
-        raise DatasetError("--model is required (the weights file does not record its timm model)")
-    if args.img_size:
-        kwargs["img_size"] = args.img_size
-    if weights is not None:
-        relative = Path(_relative(weights.resolve(), Path(args.out).resolve()))
-        return BaseRecord(name, kwargs, "file", str(relative), checkpoint.sha256_file(weights),
-                          init_seed=args.seed), weights
-    return BaseRecord(name, kwargs, "hub" if args.pretrained else "none", init_seed=args.seed), None
-
-
-def _relative(target: Path, start: Path) -> str:
-    try:
-        return os.path.relpath(target, start)
-    except ValueError:  # another drive (Windows): only an absolute path can point there
-        return str(target)
+    """The base as the outputs will record it, and the local weights file if any."""
+    kwargs = {**(args.model_kwargs or {}), **({"img_size": args.img_size} if args.img_size else {})}
+    return record_base(args.model, kwargs, pretrained=args.pretrained, weights=args.weights,
+                       recorded_in=Path(args.out), seed=args.seed)
 
 
 def adapt(model: torch.nn.Module, args: argparse.Namespace) -> str:
@@ -189,37 +169,45 @@ def evaluate(model, dataset: ImageDataset, args, accelerator: Accelerator) -> di
     return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count}
 
 
-def save_state(run_dir: Path, step: int, model, optimizer, state: dict, digest: str, keep: int) -> None:
-    params = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    if not all(torch.isfinite(t).all() for t in params.values()):
-        raise vislora.NonFiniteError(f"step {step}: non-finite weights; no checkpoint written")
-    opt_tensors, opt_info = optimizer_state(optimizer)
-    rng_tensors, rng_info = rng_state()
-    checkpoint.write(run_dir, step, tensors={"trainable": params, "optimizer": opt_tensors, "rng": rng_tensors},
-                     documents={"state": state, "optimizer": opt_info, "rng": rng_info}, config_hash=digest, keep=keep)
+def train_step(model, optimizer, micro_batches, trainable, args, accelerator: Accelerator
+               ) -> tuple[float, int, bool, list[int]]:
+    """One optimizer step over `grad_accum` micro-batches.
 
-
-def restore_state(ckpt: checkpoint.Checkpoint, model, optimizer) -> dict:
-    params = dict(model.named_parameters())
-    saved = ckpt.tensors("trainable")
-    if set(saved) != {n for n, p in params.items() if p.requires_grad}:
-        raise checkpoint.CheckpointError(f"{ckpt.path}: its trainable weights do not match this model's")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
-    load_optimizer_state(optimizer, ckpt.tensors("optimizer"), ckpt.json("optimizer"))
-    set_rng_state(ckpt.tensors("rng"), ckpt.json("rng"))
-    return ckpt.json("state")
+    Returns the loss sum and image count over every process, whether the step was taken (False: NaN/inf
+    gradients, skipped), and this process's image indices of the last micro-batch.
+    """
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss sum, images
+    for micro in range(args.grad_accum):
+        x, y, used = next(micro_batches)
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        # Gradients are averaged across processes only on the last micro-batch of the step.
+        sync = contextlib.nullcontext() if micro == args.grad_accum - 1 else accelerator.no_sync(model)
+        with sync:
+            loss = F.cross_entropy(model(x).float(), y)
+            accelerator.backward(loss / args.grad_accum)
+        sums += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64, device=sums.device)
+    norm = accelerator.clip_grad_norm_(trainable, args.clip_grad if args.clip_grad > 0 else math.inf)
+    # With fp16 the grad scaler skips non-finite steps itself.
+    finite = accelerator.scaler is not None or bool(torch.isfinite(torch.as_tensor(norm)))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum, images = accelerator.reduce(sums, "sum").tolist()
+    return loss_sum, int(images), finite, used.tolist()
 
 
 # -- the run -------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     accelerator = make_accelerator(args)
     main = accelerator.is_main_process
     out, run_dir = Path(args.out), Path(args.out) / "checkpoints"
     train, val, skipped = load_data(args, main)
     record, weights = base_record(args)
     model = build_model(record, len(train.class_to_idx), weights)
+    if record.source == "hub":
+        record.hub_tag = hub_tag(model)  # the exact pretrained tag timm resolved, so predict gets the same weights
     mode = adapt(model, args)
     preprocess = Preprocess.for_model(model, args.crop_pct)
     train_set = ImageDataset(train, preprocess.train_transform(args.crop_scale, args.hflip), seed=args.seed)
@@ -242,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.resume:
         found = checkpoint.latest(run_dir, config_hash=digest)
         if found is not None:
-            state = restore_state(found, model, optimizer)
+            state = restore_training(found, model, optimizer)
         accelerator.print(f"resuming from {found.path} (step {state['step']})" if found else
                           f"--resume: no complete checkpoint in {run_dir}; starting at step 0")
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -264,7 +252,10 @@ def run(args: argparse.Namespace) -> dict:
         state["history"].append(row)
         state.update(epoch_loss=0.0, epoch_images=0, epoch_seconds=0.0)
         if main and args.progress:
-            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            scores = (f"  val loss {row['val_loss']:.3f}  top-1 {100 * row['val_top1']:.1f}%  "
+                      f"top-5 {100 * row['val_top5']:.1f}%") if val_set else ""
+            bar.write(f"epoch {row['epoch']}/{args.epochs}  train loss {row['train_loss']:.3f}{scores}  "
+                      f"{row['images_per_s']:.0f} img/s")
 
     step = state["step"]
     rss_before = peak_rss_mb()
@@ -283,32 +274,18 @@ def run(args: argparse.Namespace) -> dict:
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, args)
-            sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss sum, images
-            for micro in range(args.grad_accum):
-                x, y, _ = next(micro_batches)
-                x, y = x.to(accelerator.device), y.to(accelerator.device)
-                # Gradients are averaged across processes only on the last micro-batch of the step.
-                sync = contextlib.nullcontext() if micro == args.grad_accum - 1 else accelerator.no_sync(model)
-                with sync:
-                    loss = F.cross_entropy(model(x).float(), y)
-                    accelerator.backward(loss / args.grad_accum)
-                sums += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64, device=sums.device)
-            norm = accelerator.clip_grad_norm_(trainable, args.clip_grad if args.clip_grad > 0 else math.inf)
-            # Gradients are identical on every process after the all-reduce, so all of them skip together.
-            # (With fp16 the grad scaler skips such steps itself.)
-            if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(norm)):
+            loss_sum, images, finite, used = train_step(model, optimizer, micro_batches, trainable, args, accelerator)
+            if finite:
+                state["bad_steps"] = 0
+            else:  # skipped: NaN/inf gradients (every process sees the same all-reduced gradients)
                 state["bad_steps"] += 1
                 if state["bad_steps"] >= MAX_BAD_STEPS:
-                    raise vislora.NonFiniteError(f"step {step}: {MAX_BAD_STEPS} steps in a row had NaN/inf "
-                                                 "gradients; lower --lr or check the data")
-            else:
-                optimizer.step()
-                state["bad_steps"] = 0
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, images = accelerator.reduce(sums, "sum").tolist()
+                    files = [train.paths[i] for i in used[:5]]
+                    raise vislora.NonFiniteError(f"step {step + 1}: {MAX_BAD_STEPS} steps in a row had NaN/inf "
+                                                 f"gradients (last batch: {files} ...); lower --lr or check the data")
             seconds = time.perf_counter() - started
             state["epoch_loss"] += loss_sum
-            state["epoch_images"] += int(images)
+            state["epoch_images"] += images
             state["epoch_seconds"] += seconds
             if step > 0:  # the first step pays for warm-up (allocations, thread pools): not a fair step time
                 state["timed_seconds"] += seconds
@@ -319,7 +296,7 @@ def run(args: argparse.Namespace) -> dict:
             bar.set_postfix(loss=f"{loss_sum / images:.4f}", img_s=f"{images / seconds:.0f}")
             if main and (epoch_ends(step) or (args.checkpoint_every and step % args.checkpoint_every == 0)):
                 # Before validation: a failure there cannot lose the epoch's training.
-                save_state(run_dir, step, bare, optimizer, state, digest, args.keep)
+                save_training(run_dir, step, bare, optimizer, state, config_hash=digest, keep=args.keep)
             if epoch_ends(step):
                 close_epoch(step)
                 model.train()

@@ -253,3 +253,32 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
         (one / "metrics.json").read_text())["history"][0]["val_top1"]
     assert not [p for p in two.rglob("*") if p.name.startswith(".")]  # no temp files left by a second writer
     assert done.stdout.count("adapter:") == 1  # only the main process reports
+
+
+def test_non_finite_training_stops_with_the_step_and_files(data, tmp_path, capsys, monkeypatch):
+    """From the third training forward on, the head outputs NaN: three skipped steps, then one error line."""
+    build = classify_vit.build_model
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        model = build(*args, **kw)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] > 2:
+                    return output * float("nan")
+            return output
+
+        model.get_classifier().register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(classify_vit, "build_model", poisoned)
+    out = tmp_path / "run"
+    status = classify_vit.main(_args(data, out, "--epochs", "3", "--checkpoint-every", "1", "--keep", "100"))
+    line = _one_error_line(capsys)
+    assert status == 2 and "step 5: 3 steps in a row had NaN/inf" in line and str(data["train"]) in line
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == [f"ckpt-{s:09d}" for s in (1, 2, 3, 4)]  # skipped steps leave the weights as they were
+    a, b = (_tensors(out / "checkpoints" / f"ckpt-{s:09d}" / "trainable.safetensors") for s in (2, 4))
+    assert all(torch.isfinite(t).all() and torch.equal(t, b[k]) for k, t in a.items())

@@ -54,9 +54,31 @@ class BaseRecord:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata of a safetensors weights file (checked container, no pickle)."""
-    return container.read(path)[1]
+def record_base(model: str | None, model_kwargs: dict[str, Any], *, pretrained: bool = False,
+                weights: str | os.PathLike | None = None, recorded_in: str | os.PathLike = ".",
+                seed: int = 0) -> tuple[BaseRecord, Path | None]:
+    """The record of a base about to be built, and its local weights file if any.
+
+    A weights file may name its timm model and kwargs in its metadata (BASE_MODEL_KEY, BASE_KWARGS_KEY);
+    explicit arguments win. The weights path is recorded relative to the folder `recorded_in`.
+    """
+    if weights is None:
+        if not model:
+            raise BaseModelError("--model is required")
+        return BaseRecord(model, dict(model_kwargs), "hub" if pretrained else "none", init_seed=seed), None
+    weights = Path(weights)
+    if not weights.is_file():
+        raise BaseModelError(f"{weights}: no such weights file")
+    meta = container.read(weights)[1]
+    model = model or meta.get(BASE_MODEL_KEY)
+    if not model:
+        raise BaseModelError(f"{weights}: the file does not record its timm model; give --model")
+    kwargs = {**json.loads(meta.get(BASE_KWARGS_KEY, "{}")), **model_kwargs}
+    try:
+        relative = os.path.relpath(weights.resolve(), Path(recorded_in).resolve())
+    except ValueError:  # another drive (Windows): only an absolute path can point there
+        relative = str(weights.resolve())
+    return BaseRecord(model, kwargs, "file", relative, sha256_file(weights), init_seed=seed), weights
 
 
 def _classifier_keys(model: nn.Module) -> tuple[str, ...]:

@@ -1,5 +1,8 @@
 """Training state as tensors (for safetensors) plus JSON, so a checkpoint never needs pickle.
 
+    save_training(run_dir, step, model, optimizer, state)   # a checkpoint (see vislora.checkpoint)
+    state = restore_training(checkpoint, model, optimizer)  # puts weights, optimizer and RNGs back
+
     tensors, info = optimizer_state(opt);  load_optimizer_state(opt, tensors, info)
     tensors, info = rng_state();           set_rng_state(tensors, info)
 
@@ -14,6 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from . import checkpoint
+from .errors import NonFiniteError
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -66,3 +73,33 @@ def set_rng_state(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Non
     np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss_next = info["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_training(run_dir, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], *,
+                  config_hash: str = "", keep: int = 2) -> None:
+    """Checkpoint the trainable weights (by name), the optimizer, every RNG, and `state` (JSON).
+
+    Refuses (NonFiniteError) to write weights with NaN/inf: the last good checkpoint stays the newest.
+    """
+    params = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    if not all(torch.isfinite(t).all() for t in params.values()):
+        raise NonFiniteError(f"step {step}: non-finite weights; no checkpoint written")
+    opt_tensors, opt_info = optimizer_state(optimizer)
+    rng_tensors, rng_info = rng_state()
+    checkpoint.write(run_dir, step, tensors={"trainable": params, "optimizer": opt_tensors, "rng": rng_tensors},
+                     documents={"state": state, "optimizer": opt_info, "rng": rng_info}, config_hash=config_hash,
+                     keep=keep)
+
+
+def restore_training(found: checkpoint.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Inverse of `save_training`: the model must train the same parameters (names and shapes)."""
+    params = dict(model.named_parameters())
+    saved = found.tensors("trainable")
+    if set(saved) != {n for n, p in params.items() if p.requires_grad}:
+        raise checkpoint.CheckpointError(f"{found.path}: its trainable weights do not match this model's")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+    load_optimizer_state(optimizer, found.tensors("optimizer"), found.json("optimizer"))
+    set_rng_state(found.tensors("rng"), found.json("rng"))
+    return found.json("state")
