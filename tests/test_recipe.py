@@ -282,3 +282,25 @@ def test_non_finite_training_stops_with_the_step_and_files(data, tmp_path, capsy
     assert saved == [f"ckpt-{s:09d}" for s in (1, 2, 3, 4)]  # skipped steps leave the weights as they were
     a, b = (_tensors(out / "checkpoints" / f"ckpt-{s:09d}" / "trainable.safetensors") for s in (2, 4))
     assert all(torch.isfinite(t).all() and torch.equal(t, b[k]) for k, t in a.items())
+
+
+def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
+    """2 micro-batches of 2 per step see the images of one batch of 4, and average the same gradients."""
+    accumulated, whole = tmp_path / "accumulated", tmp_path / "whole"
+    assert classify_vit.main(_args(data, accumulated, "--max-steps", "3", "--batch-size", "2",
+                                   "--grad-accum", "2")) == 0
+    assert classify_vit.main(_args(data, whole, "--max-steps", "3", "--batch-size", "4")) == 0
+    a, b = _tensors(accumulated / "adapter.safetensors"), _tensors(whole / "adapter.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_bf16_mixed_precision_on_cpu_keeps_fp32_weights(data, tmp_path):
+    """Autocast in bf16 (accelerate), while the trained factors and the saved file stay float32."""
+    out = tmp_path / "bf16"
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "classify_vit.py"),
+                           *_args(data, out, "--max-steps", "2", "--mixed-precision", "bf16")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = _tensors(out / "adapter.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["val_top1"] <= 1.0

@@ -54,6 +54,18 @@ class BaseRecord:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, from its header alone (a base may be gigabytes)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001 - the full check below says what the file is, by name
+        container.read(path)
+        raise
+
+
 def record_base(model: str | None, model_kwargs: dict[str, Any], *, pretrained: bool = False,
                 weights: str | os.PathLike | None = None, recorded_in: str | os.PathLike = ".",
                 seed: int = 0) -> tuple[BaseRecord, Path | None]:
@@ -69,7 +81,7 @@ def record_base(model: str | None, model_kwargs: dict[str, Any], *, pretrained: 
     weights = Path(weights)
     if not weights.is_file():
         raise BaseModelError(f"{weights}: no such weights file")
-    meta = container.read(weights)[1]
+    meta = _metadata(weights)
     model = model or meta.get(BASE_MODEL_KEY)
     if not model:
         raise BaseModelError(f"{weights}: the file does not record its timm model; give --model")
