@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .formats.container import _fsync_dir
+from .checkpoint import write_atomic
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s",
                    "elapsed_s")
@@ -35,24 +34,14 @@ def peak_rss_mb() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def write_metrics(out: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
     """metrics.json (summary plus history) and metrics.csv (history), each replaced atomically."""
-    _write_atomic(out / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode("utf-8"))
+    write_atomic(out / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode("utf-8"))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    _write_atomic(out / "metrics.csv", text.getvalue().encode("utf-8"))
+    write_atomic(out / "metrics.csv", text.getvalue().encode("utf-8"))
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -80,5 +69,5 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
