@@ -71,21 +71,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace one file at once: a uniquely named temp file beside it, fsync, rename, fsync the folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _write_synced(Path(tmp), data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def _step_of(path: Path) -> int | None:
     tail = path.name[len(PREFIX):]
     return int(tail) if path.name.startswith(PREFIX) and tail.isdigit() else None

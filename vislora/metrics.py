@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import write_atomic
+from .formats.container import write_bytes
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s",
                    "elapsed_s")
@@ -36,12 +36,12 @@ def peak_rss_mb() -> float | None:
 
 def write_metrics(out: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
     """metrics.json (summary plus history) and metrics.csv (history), each replaced atomically."""
-    write_atomic(out / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode("utf-8"))
+    write_bytes(out / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode("utf-8"))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    write_atomic(out / "metrics.csv", text.getvalue().encode("utf-8"))
+    write_bytes(out / "metrics.csv", text.getvalue().encode("utf-8"))
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -69,5 +69,5 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
     return path
