@@ -158,8 +158,12 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None 
 
 def write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Write atomically: a unique temp file beside the target, fsync, then rename over it."""
+    return write_bytes(path, serialize(tensors, metadata))
+
+
+def write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Replace `path` with `payload` atomically: a unique temp file beside it, fsync, then rename over it."""
     path = Path(path)
-    payload = serialize(tensors, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

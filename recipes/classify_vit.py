@@ -1,0 +1,361 @@
+"""Fine-tune a timm ViT on a folder of images with LoRA, on one CPU or many GPUs (accelerate).
+
+    python recipes/classify_vit.py --data DIR --model vit_small_patch16_224 --pretrained --out runs/cats
+    accelerate launch --num_processes 4 recipes/classify_vit.py ...       # the same, data-parallel
+
+Writes OUT/adapter.safetensors (LoRA factors and the new head; OUT/model.safetensors instead for --head-only
+and --full, and also with --merge), OUT/metrics.json, metrics.csv and metrics.png, and transactional
+checkpoints in OUT/checkpoints that --resume continues from, replaying the same images in the same order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import vislora
+from vislora import checkpoint
+from vislora.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
+from vislora.data import DatasetError, Samples, scan, split
+from vislora.dataset import ImageDataset, Preprocess
+from vislora.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
+from vislora.sampling import EpochBatches
+from vislora.trainstate import restore_training, save_training
+
+# Arguments that do not change what is trained; everything else must match to resume.
+NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
+MAX_BAD_STEPS = 3  # consecutive non-finite steps before giving up
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="classify_vit")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True, help="folder with one subfolder per class, or a path,label CSV")
+    data.add_argument("--val-data", help="validation folder or CSV (default: a seeded split of --data)")
+    data.add_argument("--val-split", type=float, default=0.2, help="share of --data held out when no --val-data")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", help="timm model name (default: recorded in the --weights file)")
+    model.add_argument("--model-kwargs", type=json.loads, default=None,
+                       help='JSON of timm.create_model overrides, e.g. \'{"patch_size": 4, "depth": 4}\'')
+    model.add_argument("--img-size", type=int, help="input size (shortcut for model kwarg img_size)")
+    source = model.add_mutually_exclusive_group()
+    source.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (hub download)")
+    source.add_argument("--weights", help="local safetensors file with the base weights")
+    adapt = p.add_argument_group("adapter")
+    adapt.add_argument("--preset", nargs="+", default=["vit.attn"],
+                       help="presets or module patterns to adapt (default vit.attn)")
+    adapt.add_argument("--rank", type=int, default=8)
+    adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
+    adapt.add_argument("--dropout", type=float, default=0.0)
+    mode = adapt.add_mutually_exclusive_group()
+    mode.add_argument("--head-only", action="store_true", help="train only the new head (no adapter)")
+    mode.add_argument("--full", action="store_true", help="fine-tune every weight (for comparison)")
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all")
+    train.add_argument("--batch-size", type=int, default=32, help="per process")
+    train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
+    train.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    train.add_argument("--crop-scale", type=float, default=0.7, help="smallest area of the random crop")
+    train.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (0 for text, digits)")
+    train.add_argument("--crop-pct", type=float, help="eval centre-crop share (default: the model's)")
+    train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto")
+    train.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
+    train.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=2, help="data loader processes")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output folder")
+    out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: each epoch)")
+    out.add_argument("--keep", type=int, default=2, help="complete checkpoints to keep")
+    out.add_argument("--merge", action="store_true", help="also write OUT/model.safetensors, adapter merged")
+    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p.parse_args(argv)
+
+
+# -- steps -------------------------------------------------------------------------------------------------
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    # accelerate sets up several CPU processes (gloo) only when told it runs on the CPU.
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    cpu = args.cpu or not accelerated
+    precision = args.mixed_precision
+    if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
+        cuda = torch.cuda.is_available() and not cpu
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | None, int]:
+    """Train and validation samples (checked before any model work) and the number of skipped files."""
+    train = scan(args.data, warn=main, progress=main and args.progress)
+    if args.val_data:
+        val = scan(args.val_data, class_to_idx=train.class_to_idx, warn=main, progress=main and args.progress)
+        skipped = len(train.skipped) + len(val.skipped)
+    else:
+        skipped = len(train.skipped)
+        train, val = split(train, args.val_split, args.seed) if args.val_split > 0 else (train, None)
+    return train, val, skipped
+
+
+def base_record(args: argparse.Namespace) -> tuple[BaseRecord, Path | None]:
+    """The base as the outputs will record it, and the local weights file if any."""
+    kwargs = {**(args.model_kwargs or {}), **({"img_size": args.img_size} if args.img_size else {})}
+    return record_base(args.model, kwargs, pretrained=args.pretrained, weights=args.weights,
+                       recorded_in=Path(args.out), seed=args.seed)
+
+
+def adapt(model: torch.nn.Module, args: argparse.Namespace) -> str:
+    """Choose what trains; returns the mode: "lora", "head" or "full"."""
+    if args.full:
+        model.requires_grad_(True)
+        return "full"
+    if args.head_only:
+        model.requires_grad_(False)
+        model.get_classifier().requires_grad_(True)
+        return "head"
+    heads = model.pretrained_cfg.get("classifier", "head")
+    vislora.inject(model, list(args.preset), rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+                   modules_to_save=[heads] if isinstance(heads, str) else list(heads))
+    return "lora"
+
+
+def lr_at(step: int, total: int, args: argparse.Namespace) -> float:
+    """Linear warm-up over the first `warmup` share of steps, then cosine decay to zero."""
+    warm = int(args.warmup * total)
+    if step < warm:
+        return args.lr * (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return args.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def config_hash(args: argparse.Namespace, train: Samples, world: int) -> str:
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAJECTORY}
+    settings.update(world=world, images=train.paths, labels=train.labels)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@torch.no_grad()
+def evaluate(model, dataset: ImageDataset, args, accelerator: Accelerator) -> dict[str, float]:
+    """Loss, top-1 and top-5 over the validation set, summed over every process."""
+    model.eval()
+    batches = EpochBatches(len(dataset), args.batch_size, rank=accelerator.process_index,
+                           world=accelerator.num_processes, shuffle=False, drop_last=False)
+    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, top5, count
+    for x, y, _ in DataLoader(dataset, batch_sampler=batches, num_workers=args.workers, generator=torch.Generator()):
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        with accelerator.autocast():
+            logits = model(x).float()
+        top1, top5 = correct_at(logits, y)
+        totals += torch.tensor([F.cross_entropy(logits, y, reduction="sum").item(), top1, top5, len(y)],
+                               dtype=torch.float64, device=totals.device)
+    loss, top1, top5, count = accelerator.reduce(totals, "sum").tolist()
+    return {"val_loss": loss / count, "val_top1": top1 / count, "val_top5": top5 / count}
+
+
+def train_step(model, optimizer, micro_batches, trainable, args, accelerator: Accelerator
+               ) -> tuple[float, int, bool, list[int]]:
+    """One optimizer step over `grad_accum` micro-batches.
+
+    Returns the loss sum and image count over every process, whether the step was taken (False: NaN/inf
+    gradients, skipped), and this process's image indices of the last micro-batch.
+    """
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss sum, images
+    for micro in range(args.grad_accum):
+        x, y, used = next(micro_batches)
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        # Gradients are averaged across processes only on the last micro-batch of the step.
+        sync = contextlib.nullcontext() if micro == args.grad_accum - 1 else accelerator.no_sync(model)
+        with sync:
+            loss = F.cross_entropy(model(x).float(), y)
+            accelerator.backward(loss / args.grad_accum)
+        sums += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64, device=sums.device)
+    norm = accelerator.clip_grad_norm_(trainable, args.clip_grad if args.clip_grad > 0 else math.inf)
+    # With fp16 the grad scaler skips non-finite steps itself.
+    finite = accelerator.scaler is not None or bool(torch.isfinite(torch.as_tensor(norm)))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum, images = accelerator.reduce(sums, "sum").tolist()
+    return loss_sum, int(images), finite, used.tolist()
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = make_accelerator(args)
+    main = accelerator.is_main_process
+    out, run_dir = Path(args.out), Path(args.out) / "checkpoints"
+    train, val, skipped = load_data(args, main)
+    record, weights = base_record(args)
+    model = build_model(record, len(train.class_to_idx), weights)
+    if record.source == "hub":
+        record.hub_tag = hub_tag(model)  # the exact pretrained tag timm resolved, so predict gets the same weights
+    mode = adapt(model, args)
+    preprocess = Preprocess.for_model(model, args.crop_pct)
+    train_set = ImageDataset(train, preprocess.train_transform(args.crop_scale, args.hflip), seed=args.seed)
+    val_set = ImageDataset(val, preprocess.eval_transform()) if val else None
+
+    world = accelerator.num_processes
+    batches = EpochBatches(len(train), args.batch_size, world=world).batches_per_epoch()
+    steps_per_epoch = batches // args.grad_accum
+    if steps_per_epoch == 0:
+        raise DatasetError(f"{args.data}: {len(train)} training images make no full step of {args.batch_size} x "
+                           f"{world} processes x {args.grad_accum} accumulation; lower --batch-size")
+    total = min(args.epochs * steps_per_epoch, args.max_steps or math.inf)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    digest = config_hash(args, train, world)
+
+    state = {"step": 0, "history": [], "epoch_loss": 0.0, "epoch_images": 0, "epoch_seconds": 0.0,
+             "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0}
+    if args.resume:
+        found = checkpoint.latest(run_dir, config_hash=digest)
+        if found is not None:
+            state = restore_training(found, model, optimizer)
+        accelerator.print(f"resuming from {found.path} (step {state['step']})" if found else
+                          f"--resume: no complete checkpoint in {run_dir}; starting at step 0")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    bare = accelerator.unwrap_model(model)
+    accelerator.print(f"{mode}: {n_trainable:,} of {n_total:,} parameters train ({100 * n_trainable / n_total:.2f}%); "
+                      f"{len(train)} training images in {len(train.class_to_idx)} classes, "
+                      f"{len(val) if val else 0} validation; {total} steps on {world} x {accelerator.device}")
+
+    def epoch_ends(at: int) -> bool:
+        return at % steps_per_epoch == 0 or at == total
+
+    def close_epoch(at: int) -> None:
+        """Validate, and append the epoch's row (the same whether the epoch ran in one go or was resumed)."""
+        row = {"epoch": math.ceil(at / steps_per_epoch), "step": at, "lr": lr_at(at - 1, total, args),
+               "train_loss": state["epoch_loss"] / state["epoch_images"],
+               **(evaluate(bare, val_set, args, accelerator) if val_set else {}),
+               "images_per_s": state["epoch_images"] / max(state["epoch_seconds"], 1e-9),
+               "elapsed_s": state["timed_seconds"]}
+        state["history"].append(row)
+        state.update(epoch_loss=0.0, epoch_images=0, epoch_seconds=0.0)
+        if main and args.progress:
+            scores = (f"  val loss {row['val_loss']:.3f}  top-1 {100 * row['val_top1']:.1f}%  "
+                      f"top-5 {100 * row['val_top5']:.1f}%") if val_set else ""
+            bar.write(f"epoch {row['epoch']}/{args.epochs}  train loss {row['train_loss']:.3f}{scores}  "
+                      f"{row['images_per_s']:.0f} img/s")
+
+    step = state["step"]
+    rss_before = peak_rss_mb()
+    bar = tqdm(total=total, initial=step, unit="step", disable=not (main and args.progress), dynamic_ncols=True)
+    if step and state["epoch_images"] and epoch_ends(step):  # saved at an epoch end, before its validation
+        close_epoch(step)
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        sampler = EpochBatches(len(train), args.batch_size, epoch=epoch, seed=args.seed,
+                               rank=accelerator.process_index, world=world, start=within * args.grad_accum)
+        # Own generator: creating a loader must not draw from the global one (a resumed run creates one more).
+        micro_batches = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+                                        generator=torch.Generator()))
+        model.train()
+        for _ in range(within, min(steps_per_epoch, within + total - step)):
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, args)
+            loss_sum, images, finite, used = train_step(model, optimizer, micro_batches, trainable, args, accelerator)
+            if finite:
+                state["bad_steps"] = 0
+            else:  # skipped: NaN/inf gradients (every process sees the same all-reduced gradients)
+                state["bad_steps"] += 1
+                if state["bad_steps"] >= MAX_BAD_STEPS:
+                    files = [train.paths[i] for i in used[:5]]
+                    raise vislora.NonFiniteError(f"step {step + 1}: {MAX_BAD_STEPS} steps in a row had NaN/inf "
+                                                 f"gradients (last batch: {files} ...); lower --lr or check the data")
+            seconds = time.perf_counter() - started
+            state["epoch_loss"] += loss_sum
+            state["epoch_images"] += images
+            state["epoch_seconds"] += seconds
+            if step > 0:  # the first step pays for warm-up (allocations, thread pools): not a fair step time
+                state["timed_seconds"] += seconds
+                state["timed_steps"] += 1
+            step += 1
+            state["step"] = step
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / images:.4f}", img_s=f"{images / seconds:.0f}")
+            if main and (epoch_ends(step) or (args.checkpoint_every and step % args.checkpoint_every == 0)):
+                # Before validation: a failure there cannot lose the epoch's training.
+                save_training(run_dir, step, bare, optimizer, state, config_hash=digest, keep=args.keep)
+            if epoch_ends(step):
+                close_epoch(step)
+                model.train()
+    bar.close()
+    return finish(args, accelerator, bare, mode, record, train, preprocess, state,
+                  {"trainable_params": n_trainable, "total_params": n_total, "skipped_images": skipped,
+                   "rss_before_train_mb": rss_before})
+
+
+def finish(args, accelerator: Accelerator, model, mode: str, record: BaseRecord, train: Samples,
+           preprocess: Preprocess, state: dict, counts: dict) -> dict:
+    """Write the trained file(s) and the metrics (main process only); return the summary."""
+    out = Path(args.out)
+    last = state["history"][-1] if state["history"] else {}
+    summary = {"mode": mode, "model": record.model, "preset": None if mode != "lora" else args.preset,
+               "rank": args.rank if mode == "lora" else None, "epochs": args.epochs, "steps": state["step"],
+               "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"), "val_loss": last.get("val_loss"),
+               **counts, "trainable_share": counts["trainable_params"] / counts["total_params"],
+               "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1),
+               "peak_rss_mb": peak_rss_mb(), "world_size": accelerator.num_processes,
+               "classes": list(train.class_to_idx), "files": {}}
+    if torch.cuda.is_available():
+        summary["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if mode == "lora":
+            meta = describe("adapter", record, train.class_to_idx, preprocess)
+            summary["files"]["adapter"] = str(vislora.save_adapter(model, out / "adapter.safetensors", metadata=meta))
+        if mode != "lora" or args.merge:
+            if mode == "lora":  # fold the adapter into the weights: a plain timm model again
+                vislora.merge(model)
+                vislora.remove(model, keep_merged=True)
+            meta = describe("model", record, train.class_to_idx, preprocess)
+            summary["files"]["model"] = str(save_model(model, out / "model.safetensors", meta))
+        if state["history"]:
+            summary["files"]["plot"] = str(plot_history(state["history"], out / "metrics.png",
+                                                        f"{record.model} ({mode})"))
+        summary["files"]["metrics"] = str(out / "metrics.json")
+        write_metrics(out, summary, state["history"])
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; a vislora error is printed as one line (no traceback) with exit status 2."""
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except vislora.VisloraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not PartialState().is_main_process:
+        return 0
+    if summary["val_top1"] is not None:
+        print(f"val top-1 {summary['val_top1']:.4f}, top-5 {summary['val_top5']:.4f}")
+    for kind, path in summary["files"].items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The classification recipe end to end on a tiny ViT: files, resume, predict, modes, bad data, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from images_corpus import write_corpus
+from PIL import Image
+
+from vislora import cli
+from vislora.checkpoint import CheckpointWarning
+from vislora.classifier import METADATA_KEY, load_classifier, predict
+from vislora.data import SkippedImageWarning
+from vislora.formats import container
+from vislora.recipes import classify_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "vit_tiny_patch16_224"
+KWARGS = {"img_size": 16, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 60), "red": (220, 30, 30)}
+
+
+def _write_images(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = np.clip(rng.normal(colour, 40, (20, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """Train (3 classes x 6) and validation (3 x 2) folders and a base weights file recording its model."""
+    root = tmp_path_factory.mktemp("recipe")
+    torch.manual_seed(0)
+    base = timm.create_model(MODEL, pretrained=False, num_classes=7, **KWARGS)
+    weights = root / "base.safetensors"
+    container.write(weights, base.state_dict(), {"format": "pt", "timm_model": MODEL,
+                                                 "timm_model_kwargs": json.dumps(KWARGS)})
+    return {"train": _write_images(root / "train", 6, 0), "val": _write_images(root / "val", 2, 1),
+            "weights": weights, "root": root}
+
+
+def _args(data, out, *extra) -> list[str]:
+    return ["--data", str(data["train"]), "--val-data", str(data["val"]), "--weights", str(data["weights"]),
+            "--batch-size", "4", "--workers", "0", "--no-progress", "--out", str(out), *extra]
+
+
+def _tensors(path) -> dict[str, torch.Tensor]:
+    return container.read(path)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> Path:
+    """Two epochs of LoRA, 4 steps each, with every step checkpointed and the merged model written too."""
+    out = data["root"] / "run"
+    assert classify_vit.main(_args(data, out, "--epochs", "2", "--dropout", "0.1", "--lr", "3e-3", "--merge",
+                                   "--checkpoint-every", "1", "--keep", "100")) == 0
+    return out
+
+
+def test_outputs(trained, data):
+    assert {"adapter.safetensors", "model.safetensors", "metrics.json", "metrics.csv", "metrics.png",
+            "checkpoints"} <= set(os.listdir(trained))
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_top1"] <= 1.0 and metrics["val_top1"] * 6 == round(metrics["val_top1"] * 6)
+    assert 0 < metrics["trainable_params"] < metrics["total_params"] and metrics["steps"] == 8
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert len((trained / "metrics.csv").read_text().splitlines()) == 3
+    assert (trained / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads(container.read(trained / "adapter.safetensors")[1][METADATA_KEY])
+    assert info["class_to_idx"] == {"blue": 0, "green": 1, "red": 2}
+    base = info["base"]
+    assert base["model"] == MODEL and base["model_kwargs"] == KWARGS and base["source"] == "file"
+    assert not os.path.isabs(base["weights"]) and (trained / base["weights"]).resolve() == data["weights"].resolve()
+    assert len(base["sha256"]) == 64
+    # The adapter file holds LoRA factors and the new head, nothing of the frozen base.
+    keys = set(_tensors(trained / "adapter.safetensors"))
+    assert {"head.weight", "head.bias"} <= keys and all("lora_" in k or k.startswith("head.") for k in keys)
+
+
+def _probabilities(out: Path, images: list[Path], *extra: str) -> list[dict]:
+    cli = Path(sys.executable).with_name("vislora")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "vislora.cli"]
+    done = subprocess.run([*command, "predict", "--adapter", str(out / "adapter.safetensors"), "--json",
+                           "--top-k", "3", *extra, *map(str, images)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_predict_matches_the_merged_models_logits(trained, data):
+    images = [data["val"] / "red" / "0.png", data["val"] / "blue" / "1.png"]
+    predicted = _probabilities(trained, images)
+    # The merged file is a plain timm model; preprocessing is written out here by hand.
+    model = timm.create_model(MODEL, pretrained=False, num_classes=3, **KWARGS).eval()
+    model.load_state_dict(_tensors(trained / "model.safetensors"))
+    classes = ["blue", "green", "red"]
+    for image, result in zip(images, predicted):
+        pixels = np.asarray(Image.open(image).convert("RGB"))
+        assert pixels.shape[:2] == (20, 24)
+        from torchvision.transforms import functional as TF
+
+        x = TF.normalize(TF.to_tensor(TF.center_crop(TF.resize(Image.fromarray(pixels), 18,
+                                                               interpolation=TF.InterpolationMode.BICUBIC), 16)),
+                         [0.5] * 3, [0.5] * 3)
+        with torch.no_grad():
+            probs = model(x[None]).softmax(-1)[0]
+        assert result["image"] == str(image) and len(result["top"]) == 3
+        for entry in result["top"]:
+            assert entry["p"] == pytest.approx(probs[classes.index(entry["label"])].item(), abs=1e-5)
+        assert [e["p"] for e in result["top"]] == sorted((e["p"] for e in result["top"]), reverse=True)
+    # The merged model file predicts the same through the library too.
+    again = predict(load_classifier(trained / "model.safetensors"), images, top_k=3)
+    assert [[label for label, _ in r] for r in again] == [[e["label"] for e in r["top"]] for r in predicted]
+
+
+def _one_error_line(capsys) -> str:
+    """The last line on stderr (progress bars may precede it): the error, with no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert line.startswith("error: ")
+    return line
+
+
+def test_predict_checks_the_base(trained, data, tmp_path, capsys):
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy(trained / "adapter.safetensors", moved)
+    image = str(data["val"] / "red" / "0.png")
+    args = ["predict", "--adapter", str(moved / "adapter.safetensors")]
+    assert cli.main([*args, image]) == 2
+    assert "base weights not found" in _one_error_line(capsys)
+    tensors, meta = container.read(data["weights"])
+    tensors["norm.bias"] = tensors["norm.bias"] + 1e-3  # another base of the same shapes
+    other = tmp_path / "other_base.safetensors"
+    container.write(other, tensors, meta)
+    assert cli.main([*args, "--weights", str(other), image]) == 2
+    line = _one_error_line(capsys)
+    assert "sha256" in line and "other_base" in line
+    # --weights naming the right base works from anywhere.
+    assert cli.main([*args, "--weights", str(data["weights"]), image]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+def test_resume_gives_the_same_adapter(trained, data, tmp_path):
+    """Cut the run after step 5, break checkpoint 5, resume: the run falls back to step 4 (an epoch end whose
+    validation never ran) and still ends with the uninterrupted run's adapter, bit for bit."""
+    out = tmp_path / "resumed"
+    shutil.copytree(trained, out)
+    for name in ("adapter.safetensors", "model.safetensors", "metrics.json", "metrics.csv", "metrics.png"):
+        (out / name).unlink()
+    for step in range(6, 9):
+        shutil.rmtree(out / "checkpoints" / f"ckpt-{step:09d}")
+    (out / "checkpoints" / "ckpt-000000005" / "trainable.safetensors").write_bytes(b"")
+    with pytest.warns(CheckpointWarning, match="ckpt-000000005"):
+        assert classify_vit.main(_args(data, out, "--epochs", "2", "--dropout", "0.1", "--lr", "3e-3", "--merge",
+                                       "--checkpoint-every", "1", "--keep", "100", "--resume")) == 0
+    a, b = _tensors(trained / "adapter.safetensors"), _tensors(out / "adapter.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)  # it did train
+    first, second = (json.loads((d / "metrics.json").read_text())["history"] for d in (trained, out))
+    drop = ("images_per_s", "elapsed_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in first] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in second]
+
+
+def test_other_settings_do_not_resume(trained, data, tmp_path, capsys):
+    out = tmp_path / "changed"
+    shutil.copytree(trained / "checkpoints", out / "checkpoints")
+    assert classify_vit.main(_args(data, out, "--epochs", "2", "--lr", "1e-2", "--resume")) == 2
+    assert "different training settings" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("mode", ["--head-only", "--full"])
+def test_head_only_and_full(data, tmp_path, mode):
+    out = tmp_path / "run"
+    assert classify_vit.main(_args(data, out, mode, "--max-steps", "2")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = timm.create_model(MODEL, pretrained=False, num_classes=3, **KWARGS)
+    total = sum(p.numel() for p in model.parameters())
+    expected = 3 * 32 + 3 if mode == "--head-only" else total
+    assert metrics["trainable_params"] == expected and metrics["total_params"] == total
+    assert metrics["steps"] == 2 and not (out / "adapter.safetensors").exists()
+    trained = _tensors(out / "model.safetensors")
+    base = _tensors(data["weights"])
+    changed = {k for k in base if not k.startswith("head.") and not torch.equal(base[k], trained[k])}
+    assert (changed == set()) if mode == "--head-only" else changed
+
+
+def test_bad_images_are_skipped_and_counted(data, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(data["train"], folder)
+    names, skipped = write_corpus(folder / "red" / "odd")
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert classify_vit.main(["--data", str(folder), "--val-split", "0.3", "--model", MODEL, "--model-kwargs",
+                                  json.dumps(KWARGS), "--batch-size", "4", "--epochs", "1", "--workers", "0",
+                                  "--no-progress", "--out", str(out)]) == 0
+    assert sum(issubclass(w.category, SkippedImageWarning) for w in caught) == len(skipped) + 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_images"] == len(skipped)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "no such folder"),
+    ("empty class", "the class folder is empty"),
+    ("no images", "none of its"),
+])
+def test_unusable_data_is_one_error_line(data, tmp_path, capsys, problem, message):
+    folder = tmp_path / "data"
+    if problem == "empty class":
+        shutil.copytree(data["train"], folder)
+        (folder / "violet").mkdir()
+    elif problem == "no images":
+        (folder / "x").mkdir(parents=True)
+        (folder / "x" / "a.jpg").write_text("not a picture")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        status = classify_vit.main(["--data", str(folder), "--model", MODEL, "--out", str(tmp_path / "out")])
+    assert status == 2 and message in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    """torchrun, 2 CPU processes (gloo) x batch 2 == 1 process x batch 4: same images per step, averaged
+    gradients; only the main process writes; validation counts are summed over both."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "recipes" / "classify_vit.py"),
+                           *_args(data, two, "--epochs", "1", "--batch-size", "2")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert classify_vit.main(_args(data, one, "--epochs", "1", "--batch-size", "4")) == 0
+    a, b = _tensors(two / "adapter.safetensors"), _tensors(one / "adapter.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["history"][0]["val_top1"] == json.loads(
+        (one / "metrics.json").read_text())["history"][0]["val_top1"]
+    assert not [p for p in two.rglob("*") if p.name.startswith(".")]  # no temp files left by a second writer
+    assert done.stdout.count("adapter:") == 1  # only the main process reports
+
+
+def test_non_finite_training_stops_with_the_step_and_files(data, tmp_path, capsys, monkeypatch):
+    """From the third training forward on, the head outputs NaN: three skipped steps, then one error line."""
+    build = classify_vit.build_model
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        model = build(*args, **kw)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] > 2:
+                    return output * float("nan")
+            return output
+
+        model.get_classifier().register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(classify_vit, "build_model", poisoned)
+    out = tmp_path / "run"
+    status = classify_vit.main(_args(data, out, "--epochs", "3", "--checkpoint-every", "1", "--keep", "100"))
+    line = _one_error_line(capsys)
+    assert status == 2 and "step 5: 3 steps in a row had NaN/inf" in line and str(data["train"]) in line
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == [f"ckpt-{s:09d}" for s in (1, 2, 3, 4)]  # skipped steps leave the weights as they were
+    a, b = (_tensors(out / "checkpoints" / f"ckpt-{s:09d}" / "trainable.safetensors") for s in (2, 4))
+    assert all(torch.isfinite(t).all() and torch.equal(t, b[k]) for k, t in a.items())
+
+
+def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
+    """2 micro-batches of 2 per step see the images of one batch of 4, and average the same gradients."""
+    accumulated, whole = tmp_path / "accumulated", tmp_path / "whole"
+    assert classify_vit.main(_args(data, accumulated, "--max-steps", "3", "--batch-size", "2",
+                                   "--grad-accum", "2")) == 0
+    assert classify_vit.main(_args(data, whole, "--max-steps", "3", "--batch-size", "4")) == 0
+    a, b = _tensors(accumulated / "adapter.safetensors"), _tensors(whole / "adapter.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_bf16_mixed_precision_on_cpu_keeps_fp32_weights(data, tmp_path):
+    """Autocast in bf16 (accelerate), while the trained factors and the saved file stay float32."""
+    out = tmp_path / "bf16"
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "classify_vit.py"),
+                           *_args(data, out, "--max-steps", "2", "--mixed-precision", "bf16")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = _tensors(out / "adapter.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["val_top1"] <= 1.0

@@ -1,0 +1,76 @@
+"""The `vislora` command.
+
+    vislora classify --data DIR --model NAME --out OUT ...     the ViT classification recipe (same flags)
+    vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
+
+Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
+be decoded is reported on its own line and the others are still predicted (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .errors import VisloraError
+
+
+def _classify(argv: list[str]) -> int:
+    from .recipes import classify_vit
+
+    return classify_vit.main(argv)
+
+
+def _predict(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vislora predict", description="Top-k labels of images, from a file the "
+                                "classification recipe wrote (adapter or model).")
+    p.add_argument("--adapter", required=True, help="adapter.safetensors (or model.safetensors) from the recipe")
+    p.add_argument("--weights", help="base weights file, overriding the recorded path (its sha256 must match)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
+    p.add_argument("images", nargs="+")
+    args = p.parse_args(argv)
+
+    from .classifier import load_classifier, predict
+    from .images import ImageDecodeError
+
+    try:
+        classifier = load_classifier(args.adapter, weights=args.weights)
+    except VisloraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    status = 0
+    for image in args.images:
+        try:
+            (ranked,) = predict(classifier, [image], args.top_k)
+        except ImageDecodeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps({"image": image, "top": [{"label": label, "p": p} for label, p in ranked]}))
+        else:
+            print(f"{image}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+    return status
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
+    "predict": (_predict, "top-k labels of images with a trained adapter"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        lines = [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+        print("usage: vislora COMMAND [options]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, _ = COMMANDS[argv[0]]
+    return command(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
