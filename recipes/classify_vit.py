@@ -259,7 +259,9 @@ def run(args: argparse.Namespace) -> dict:
 
     step = state["step"]
     rss_before = peak_rss_mb()
-    bar = tqdm(total=total, initial=step, unit="step", disable=not (main and args.progress), dynamic_ncols=True)
+    # disable=None: tqdm turns itself off when the output is not a terminal (logs, pipes).
+    bar = tqdm(total=total, initial=step, unit="step", disable=None if (main and args.progress) else True,
+               dynamic_ncols=True)
     if step and state["epoch_images"] and epoch_ends(step):  # saved at an epoch end, before its validation
         close_epoch(step)
     while step < total:

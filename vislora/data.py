@@ -105,7 +105,9 @@ def _csv_candidates(path: Path) -> list[tuple[str, str]]:
 
 def _decode_all(candidates: list[tuple[str, str]], max_pixels: int, progress: bool) -> tuple[list, list]:
     good, bad = [], []
-    for path, label in tqdm(candidates, desc="checking images", unit="img", disable=not progress, leave=False):
+    # disable=None: tqdm turns itself off when the output is not a terminal (logs, pipes).
+    bar = tqdm(candidates, desc="checking images", unit="img", disable=None if progress else True, leave=False)
+    for path, label in bar:
         try:
             decode_image(path, max_pixels=max_pixels)
             good.append((path, label))
