@@ -65,11 +65,12 @@ def test_backward_equals_autograd(kind, layer, layout, x):
     out = fn.delta_forward(x, params, layout)
     grad_out = torch.randn_like(out)
     expected = torch.autograd.grad(out, [x, *params.values()], grad_out)
-    grad_x, got = fn.backward(x.detach(), grad_out, {n: p.detach() for n, p in params.items()}, layout, True)
-    torch.testing.assert_close(grad_x, expected[0], rtol=1e-10, atol=1e-10)
+    start = torch.randn_like(x)
+    into = start.clone()
+    got = fn.backward(x.detach(), grad_out, {n: p.detach() for n, p in params.items()}, layout, into, -0.5)
+    torch.testing.assert_close(into, start - 0.5 * expected[0], rtol=1e-10, atol=1e-10)
     for (name, _), e in zip(params.items(), expected[1:]):
         torch.testing.assert_close(got[name], e, rtol=1e-10, atol=1e-10, msg=name)
-    assert fn.backward(x.detach(), grad_out, params, layout, False)[0] is None
 
 
 def test_slices_touch_only_their_rows():
@@ -171,3 +172,20 @@ def test_add_delta_weight_equals_weight_plus_scaled_delta(kind, layer, layout, x
     fused = fn.add_delta_weight(w, params, layout, -0.7)
     torch.testing.assert_close(fused, w - 0.7 * fn.delta_weight(params, layout), rtol=1e-12, atol=1e-12)
     assert fused.data_ptr() != w.data_ptr()  # never written in place
+
+
+def test_token_split_products_equal_plain_products():
+    """The thread-split thin products (used on CPU with several threads) give the plain products' values."""
+    from vislora.functional.ops import project_tokens, reduce_tokens
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a_t, b = torch.randn(8, 1024, dtype=torch.float64), torch.randn(1024, 96, dtype=torch.float64)
+        w_t = torch.randn(8, 96, dtype=torch.float64)
+        torch.testing.assert_close(reduce_tokens(a_t, b), a_t @ b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(project_tokens(w_t, b), w_t @ b.T, rtol=1e-12, atol=1e-12)
+        odd = torch.randn(1023, 96, dtype=torch.float64)  # not divisible: the plain product
+        torch.testing.assert_close(project_tokens(w_t, odd), w_t @ odd.T, rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_num_threads(previous)

@@ -4,9 +4,9 @@
     delta_weight(params, layout)                  -> tensor shaped like the base weight
     add_delta_weight(weight, params, layout, c)   -> weight + c * delta W, fused where possible
     delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
-    backward(x, grad_out, params, layout, need_input)
-                                                  -> gradients of <grad_out, delta_forward(x)>:
-                                                     (w.r.t. x or None, {factor name: tensor})
+    backward(x, grad_out, params, layout, into=None, coef=1.0)
+                                                  -> {factor name: gradient of <grad_out, delta_forward(x)>};
+                                                     with `into`, adds coef * (its gradient w.r.t. x) to it
 
 `layout` is what the kind needs to know of its base layer: a `RowLayout` for Linear (which output rows),
 the base layer's `Conv2dOp` for convolutions (kernel geometry).

@@ -10,6 +10,7 @@ The base weight and bias must be frozen; the caller checks that.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -49,29 +50,33 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
-def factor_grads(ctx, x, grad_y, terms, factors, first: int, need_input: bool):
-    """Each term's factor gradients (scaled by its coefficient) and, if asked, their input gradients summed."""
+def factor_grads(ctx, x, grad_y, terms, factors, first: int, into: torch.Tensor | None = None):
+    """Each term's factor gradients, scaled by its coefficient (None where not needed). With `into`, each
+    term's input gradient (times its coefficient) is added to it in place."""
     grads: list[torch.Tensor | None] = []
-    grad_x = None
     offset = first
     for term, params in zip(terms, split(terms, factors)):
         needed = ctx.needs_input_grad[offset : offset + len(term.names)]
         offset += len(term.names)
-        if not any(needed) and not need_input:
+        if not any(needed) and into is None:
             grads.extend([None] * len(term.names))
             continue
-        gx, g = term.kind.backward(x, grad_y, params, term.layout, need_input)
-        if need_input:
-            grad_x = gx.mul_(term.coef) if grad_x is None else grad_x.add_(gx, alpha=term.coef)
+        g = term.kind.backward(x, grad_y, params, term.layout, into, term.coef)
         grads.extend(g[n].mul_(term.coef) if need else None for n, need in zip(term.names, needed))
-    return grad_x, grads
+    return grads
+
+
+def no_autocast(x: torch.Tensor):
+    """A context with autocast off on x's device, or nothing at all when it is off already."""
+    device_type = x.device.type
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
 
 
 class _FoldedForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, op, terms, *factors):
         dtype = compute_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x):
             x = x.to(dtype)
             w = folded_weight(weight, terms, factors).to(dtype)
             y = op.forward(x, w, None if bias is None else bias.to(dtype))
@@ -85,17 +90,16 @@ class _FoldedForward(torch.autograd.Function):
         factors = tuple(factors)
         op, terms = ctx.op, ctx.terms
         grad_y = grad_y.to(ctx.dtype)
-        need_x = ctx.needs_input_grad[0]
-        # The input gradient goes through a rebuilt W_eff (cost ~ rank * weight size) or through the base
-        # weight plus each adapter's thin input gradient (cost ~ rank * tokens * fan_in). Rebuilding wins
-        # once the layer sees more tokens than it has output channels.
-        via_weight = need_x and op.tokens(x) >= weight.shape[0]
-        with torch.autocast(x.device.type, enabled=False):
-            grad_x, grads = factor_grads(ctx, x, grad_y, terms, factors, 5, need_x and not via_weight)
-            if need_x:
+        grad_x = None
+        with no_autocast(x):
+            if ctx.needs_input_grad[0]:
+                # Through a rebuilt W_eff (cost ~ rank * weight size), or through the base weight with each
+                # adapter's thin input gradient added in (cost ~ rank * tokens * fan_in). Rebuilding wins
+                # once the layer sees more tokens than it has output channels.
+                via_weight = op.tokens(x) >= weight.shape[0]
                 w = folded_weight(weight, terms, factors) if via_weight else weight
-                base = op.input_grad(grad_y, w.to(ctx.dtype), x.shape)
-                grad_x = base if grad_x is None else grad_x.add_(base)
+                grad_x = op.input_grad(grad_y, w.to(ctx.dtype), x.shape)
+            grads = factor_grads(ctx, x, grad_y, terms, factors, 5, None if grad_x is None or via_weight else grad_x)
         return (grad_x, None, None, None, None, *grads)
 
 

@@ -66,14 +66,16 @@ def _up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def backward(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp, need_input: bool
-) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Gradients of sum(grad_out * delta_forward(x)): (w.r.t. x if need_input, {down, up})."""
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
+    into: torch.Tensor | None = None, coef: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Gradients of sum(grad_out * delta_forward(x)) for {down, up}; with `into`, adds coef * (w.r.t. x) to it."""
     down, up = params["down"], params["up"]
     d, u = down.to(x.dtype), up.to(x.dtype)
     hidden = layout.forward(x, d, None)  # [n, r, h', w']
     g_up = _up_grad(grad_out, hidden)
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))  # [n, r, h', w']
     g_down = layout.weight_grad(x, d.shape, g_hidden)
-    grad_x = layout.input_grad(g_hidden, d, x.shape) if need_input else None
-    return grad_x, {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}
+    if into is not None:
+        into.add_(layout.input_grad(g_hidden, d, x.shape), alpha=coef)
+    return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -15,6 +15,8 @@ from typing import Iterator
 
 import torch
 
+from .ops import project_tokens, reduce_tokens
+
 FACTORS = ("down", "up")
 
 Slices = tuple[tuple[int, int], ...]
@@ -98,27 +100,34 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowL
 
 
 def backward(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout, need_input: bool
-) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Gradients of sum(grad_out * delta_forward(x)): (w.r.t. x if need_input, {down, up} in their dtype)."""
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout,
+    into: torch.Tensor | None = None, coef: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Gradients of sum(grad_out * delta_forward(x)) for {down, up}, in their dtype.
+
+    With `into` (shaped like x), also adds coef * (the gradient w.r.t. x) to it, in place.
+    """
     down, up = params["down"], params["up"]
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
     g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [N, out]
     d, u = down.to(x2.dtype), up.to(x2.dtype)
     # Rank-as-rows orientation throughout, as in delta_forward.
+    hidden_t = project_tokens(d, x2)  # [k*r, N]
     if layout.is_full:
-        hidden_t = d @ x2.T  # [r, N]
-        g_hidden_t = u.T @ g2.T  # [r, N]
-        g_up = (hidden_t @ g2).T  # [out, r]
+        g_hidden_t = project_tokens(u.T, g2)  # [r, N]
+        g_up = reduce_tokens(hidden_t, g2).T  # [out, r]
     else:
         rank = down.shape[0] // len(layout.slices)
-        hidden_t = d @ x2.T  # [k*r, N]
         g_hidden_t = g2.new_empty(down.shape[0], g2.shape[0])
         g_up = torch.empty_like(u)
         for rows, up_rows, down_rows in _blocks(layout.slices, rank):
             g_rows = g2[:, rows]
-            g_up[up_rows] = (hidden_t[down_rows] @ g_rows).T
-            g_hidden_t[down_rows] = u[up_rows].T @ g_rows.T
-    g_down = g_hidden_t @ x2  # [k*r, in]
-    grad_x = (g_hidden_t.T @ d).reshape(x.shape) if need_input else None
-    return grad_x, {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}
+            g_up[up_rows] = reduce_tokens(hidden_t[down_rows], g_rows).T
+            g_hidden_t[down_rows] = project_tokens(u[up_rows].T, g_rows)
+    g_down = reduce_tokens(g_hidden_t, x2)  # [k*r, in]
+    if into is not None:
+        if into.is_contiguous():  # accumulate inside the GEMM: no temporary, no extra pass
+            into.view(-1, into.shape[-1]).addmm_(g_hidden_t.T, d, alpha=coef)
+        else:
+            into.add_((g_hidden_t.T @ d).reshape(x.shape), alpha=coef)
+    return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -86,3 +86,37 @@ def op_for(layer: nn.Module) -> LinearOp | Conv2dOp:
 
 
 POINTWISE = Conv2dOp(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+
+
+# -- thin products over tokens ------------------------------------------------------------------------------
+# Adapter gradients need products with a rank-sized side (r rows) and a token-sized side (N rows). With the
+# rank as rows they run well in BLAS, but a single [r, N] GEMM barely uses a second CPU thread; split over
+# the tokens as a batch, it does. Other devices (and single threads) take the plain product.
+_MIN_TOKENS_PER_THREAD = 256
+
+
+def _token_chunks(x: torch.Tensor, tokens: int) -> int:
+    threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+    if threads > 1 and tokens % threads == 0 and tokens >= threads * _MIN_TOKENS_PER_THREAD:
+        return threads
+    return 1
+
+
+def reduce_tokens(a_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a_t [r, N] @ b [N, m] -> [r, m] (a sum over tokens)."""
+    chunks = _token_chunks(b, b.shape[0])
+    if chunks == 1:
+        return a_t @ b
+    r, n = a_t.shape
+    parts = torch.bmm(a_t.view(r, chunks, n // chunks).transpose(0, 1), b.view(chunks, n // chunks, -1))
+    return parts.sum(0)
+
+
+def project_tokens(w_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """w_t [r, m] @ b.T, b [N, m] -> [r, N] (each token projected to r values)."""
+    chunks = _token_chunks(b, b.shape[0])
+    if chunks == 1:
+        return w_t @ b.T
+    r, n = w_t.shape[0], b.shape[0]
+    parts = torch.bmm(w_t.expand(chunks, r, w_t.shape[1]), b.view(chunks, n // chunks, -1).transpose(1, 2))
+    return parts.transpose(0, 1).reshape(r, n)

@@ -50,9 +50,10 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv
 
 
 def backward(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp, need_input: bool
-) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Gradients of sum(grad_out * delta_forward(x)): (w.r.t. x if need_input, {down, mid, up})."""
+    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
+    into: torch.Tensor | None = None, coef: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Gradients of sum(grad_out * delta_forward(x)) for {down, mid, up}; with `into`, adds coef * (w.r.t. x)."""
     down, mid, up = params["down"], params["mid"], params["up"]
     d, m, u = down.to(x.dtype), mid.to(x.dtype), up.to(x.dtype)
     reduced = F.conv2d(x, d)  # [n, r, h, w]
@@ -62,5 +63,6 @@ def backward(
     g_mid = layout.weight_grad(reduced, m.shape, g_hidden)
     g_reduced = layout.input_grad(g_hidden, m, reduced.shape)
     g_down = torch.einsum("nrhw,nihw->ri", g_reduced, x)[..., None, None]
-    grad_x = torch.einsum("nrhw,ri->nihw", g_reduced, d[:, :, 0, 0]) if need_input else None
-    return grad_x, {"down": g_down.to(down.dtype), "mid": g_mid.to(mid.dtype), "up": g_up.to(up.dtype)}
+    if into is not None:
+        into.add_(torch.einsum("nrhw,ri->nihw", g_reduced, d[:, :, 0, 0]), alpha=coef)
+    return {"down": g_down.to(down.dtype), "mid": g_mid.to(mid.dtype), "up": g_up.to(up.dtype)}

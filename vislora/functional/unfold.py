@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .fold import Term, compute_dtype, factor_grads, split
+from .fold import Term, compute_dtype, factor_grads, no_autocast, split
 
 
 def _keep_mask(t: torch.Tensor, p: float, seed: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ class _UnfoldedForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, op, terms, seeds, *factors):
         dtype = compute_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x):
             x = x.to(dtype)
             y = op.forward(x, weight.to(dtype), None if bias is None else bias.to(dtype))
             for term, params, seed in zip(terms, split(terms, factors), seeds):
@@ -44,21 +44,19 @@ class _UnfoldedForward(torch.autograd.Function):
         factors = tuple(factors)
         grad_y = grad_y.to(ctx.dtype)
         need_x = ctx.needs_input_grad[0]
-        grad_x, grads = None, []
+        grads = []
         offset = 6  # x, weight, bias, op, terms, seeds come before the factors
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x):
+            grad_x = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x.shape) if need_x else None
             for term, params, seed in zip(ctx.terms, split(ctx.terms, factors), ctx.seeds):
                 mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
-                gx, g = factor_grads(ctx, _dropped(x, term.dropout, mask), grad_y, (term,), tuple(params.values()),
-                                     offset, need_x)
+                # With dropout the input gradient passes through the mask too, so it is formed apart first.
+                into = None if grad_x is None else (grad_x if mask is None else torch.zeros_like(grad_x))
+                grads += factor_grads(ctx, _dropped(x, term.dropout, mask), grad_y, (term,), tuple(params.values()),
+                                      offset, into)
                 offset += len(term.names)
-                grads.extend(g)
-                if gx is not None:
-                    gx = _dropped(gx, term.dropout, mask)  # the chain rule through x * mask / (1 - p)
-                    grad_x = gx if grad_x is None else grad_x.add_(gx)
-            if need_x:
-                base = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x.shape)
-                grad_x = base if grad_x is None else grad_x.add_(base)
+                if into is not None and mask is not None:
+                    grad_x.add_(_dropped(into, term.dropout, mask))  # the chain rule through x * mask / (1 - p)
         return (grad_x, None, None, None, None, None, *grads)
 
 
