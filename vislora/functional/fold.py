@@ -98,7 +98,7 @@ class _FoldedForward(torch.autograd.Function):
                 # once the layer sees more tokens than it has output channels.
                 via_weight = op.tokens(x) >= weight.shape[0]
                 w = folded_weight(weight, terms, factors) if via_weight else weight
-                grad_x = op.input_grad(grad_y, w.to(ctx.dtype), x.shape)
+                grad_x = op.input_grad(grad_y, w.to(ctx.dtype), x)
             grads = factor_grads(ctx, x, grad_y, terms, factors, 5, None if grad_x is None or via_weight else grad_x)
         return (grad_x, None, None, None, None, *grads)
 

@@ -77,5 +77,5 @@ def backward(
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))  # [n, r, h', w']
     g_down = layout.weight_grad(x, d.shape, g_hidden)
     if into is not None:
-        into.add_(layout.input_grad(g_hidden, d, x.shape), alpha=coef)
+        into.add_(layout.input_grad(g_hidden, d, x), alpha=coef)
     return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -21,7 +21,7 @@ class LinearOp:
     def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, weight, bias)
 
-    def input_grad(self, grad_y: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    def input_grad(self, grad_y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return grad_y @ weight  # [..., out] @ [out, in] -> [..., in]
 
     def tokens(self, x: torch.Tensor) -> int:
@@ -54,10 +54,13 @@ class Conv2dOp:
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def input_grad(self, grad_y: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
-        return torch.nn.grad.conv2d_input(
-            x_shape, weight, grad_y, self.stride, self.padding, self.dilation, self.groups
-        )
+    def input_grad(self, grad_y: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # Given the real input (not a shape), the backend picks the same kernels as autograd does for the
+        # plain layer; torch.nn.grad.conv2d_input passes an expanded dummy and lands on slower paths.
+        return torch.ops.aten.convolution_backward(
+            grad_y, x, weight, None, self.stride, self.padding, self.dilation, False, (0, 0), self.groups,
+            (True, False, False),
+        )[0]
 
     def weight_grad(self, x: torch.Tensor, weight_shape: torch.Size, grad_y: torch.Tensor) -> torch.Tensor:
         return torch.nn.grad.conv2d_weight(

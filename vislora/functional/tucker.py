@@ -61,7 +61,7 @@ def backward(
     g_up = _up_grad(grad_out, hidden)
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))
     g_mid = layout.weight_grad(reduced, m.shape, g_hidden)
-    g_reduced = layout.input_grad(g_hidden, m, reduced.shape)
+    g_reduced = layout.input_grad(g_hidden, m, reduced)
     g_down = torch.einsum("nrhw,nihw->ri", g_reduced, x)[..., None, None]
     if into is not None:
         into.add_(torch.einsum("nrhw,ri->nihw", g_reduced, d[:, :, 0, 0]), alpha=coef)

@@ -47,7 +47,7 @@ class _UnfoldedForward(torch.autograd.Function):
         grads = []
         offset = 6  # x, weight, bias, op, terms, seeds come before the factors
         with no_autocast(x):
-            grad_x = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x.shape) if need_x else None
+            grad_x = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x) if need_x else None
             for term, params, seed in zip(ctx.terms, split(ctx.terms, factors), ctx.seeds):
                 mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
                 # With dropout the input gradient passes through the mask too, so it is formed apart first.
