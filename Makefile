@@ -21,7 +21,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_step.py --plot docs/train_step.png
+	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/transfer.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -98,3 +98,29 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def bar_chart(panels: dict[str, dict[str, float]], path: str, xlabel: str, reference: float | None = 1.0) -> None:
+    """One horizontal bar panel per case: value per variant, vislora in blue, peers in grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.5 * max(map(len, panels.values())) + 1.5),
+                             squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels.items()):
+        names = list(values)[::-1]
+        colors = ["tab:blue" if n.startswith("vislora") else "0.6" for n in names]
+        ax.barh(names, [values[n] for n in names], color=colors)
+        for i, n in enumerate(names):
+            ax.text(values[n], i, f" {values[n]:.3f}", va="center", fontsize=8)
+        if reference is not None:
+            ax.axvline(reference, color="k", lw=0.8)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        lo = min(values.values())
+        ax.set_xlim(min(lo, reference or lo) * 0.95, max(values.values()) * 1.08)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import SavedActivations, in_subprocess, interleaved, ratio, step_peak_mib, table  # noqa: E402
+from harness import SavedActivations, bar_chart, in_subprocess, interleaved, ratio, step_peak_mib, table  # noqa: E402
 
 import vislora  # noqa: E402
 
@@ -144,13 +144,16 @@ def main() -> None:
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the step-time ratios as a bar chart")
     ap.add_argument("--memory-of", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_of:
         print(json.dumps(memory_of(*args.memory_of)))
         return
+    ratios: dict[str, dict[str, float]] = {}
     for case in CASES if args.case == "all" else [args.case]:
         timing = time_case(case, args.rounds)
+        ratios[f"{case} ({torch.get_num_threads()} threads)"] = {n: r for n, (_, r) in timing.items()}
         rows = []
         for name, (seconds, r) in timing.items():
             row = [name, f"{seconds:.2f}", f"{r:.3f}"]
@@ -161,6 +164,9 @@ def main() -> None:
             print(f"  {case}: {name} done", file=sys.stderr, flush=True)
         header = ["variant", "s/step", "x floor"] + ([] if args.no_memory else ["saved MiB", "step peak MiB"])
         print(f"\n{case} ({torch.get_num_threads()} threads)\n" + table(rows, header), flush=True)
+    if args.plot:
+        bar_chart(ratios, args.plot, "training step time / frozen floor")
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,19 @@ def factor_grads(ctx, x, grad_y, terms, factors, first: int, into: torch.Tensor 
     return grads
 
 
+def save(ctx, x, weight, factors, **state) -> None:
+    """What both adapter ops keep for backward: the input, the base weight, the factors, plus settings."""
+    for key, value in state.items():
+        setattr(ctx, key, value)
+    ctx.save_for_backward(x, weight, *factors)
+
+
+def saved(ctx, grad_y):
+    """(x, base weight, factors, grad_y in the compute dtype), as `save` left them."""
+    x, weight, *factors = ctx.saved_tensors
+    return x, weight, tuple(factors), grad_y.to(ctx.dtype)
+
+
 def no_autocast(x: torch.Tensor):
     """A context with autocast off on x's device, or nothing at all when it is off already."""
     device_type = x.device.type
@@ -80,16 +93,13 @@ class _FoldedForward(torch.autograd.Function):
             x = x.to(dtype)
             w = folded_weight(weight, terms, factors).to(dtype)
             y = op.forward(x, w, None if bias is None else bias.to(dtype))
-        ctx.op, ctx.terms, ctx.dtype = op, terms, dtype
-        ctx.save_for_backward(x, weight, *factors)
+        save(ctx, x, weight, factors, op=op, terms=terms, dtype=dtype)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, *factors = ctx.saved_tensors
-        factors = tuple(factors)
+        x, weight, factors, grad_y = saved(ctx, grad_y)
         op, terms = ctx.op, ctx.terms
-        grad_y = grad_y.to(ctx.dtype)
         grad_x = None
         with no_autocast(x):
             if ctx.needs_input_grad[0]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .fold import Term, compute_dtype, factor_grads, no_autocast, split
+from .fold import Term, compute_dtype, factor_grads, no_autocast, save, saved, split
 
 
 def _keep_mask(t: torch.Tensor, p: float, seed: int) -> torch.Tensor:
@@ -34,15 +34,12 @@ class _UnfoldedForward(torch.autograd.Function):
             for term, params, seed in zip(terms, split(terms, factors), seeds):
                 mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
                 y.add_(term.kind.delta_forward(_dropped(x, term.dropout, mask), params, term.layout), alpha=term.coef)
-        ctx.op, ctx.terms, ctx.seeds, ctx.dtype = op, terms, seeds, dtype
-        ctx.save_for_backward(x, weight, *factors)
+        save(ctx, x, weight, factors, op=op, terms=terms, seeds=seeds, dtype=dtype)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, *factors = ctx.saved_tensors
-        factors = tuple(factors)
-        grad_y = grad_y.to(ctx.dtype)
+        x, weight, factors, grad_y = saved(ctx, grad_y)
         need_x = ctx.needs_input_grad[0]
         grads = []
         offset = 6  # x, weight, bias, op, terms, seeds come before the factors
