@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .ops import Conv2dOp
 
@@ -49,9 +48,26 @@ def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layo
     return flat.reshape(weight.shape)
 
 
+def _pointwise(layout: Conv2dOp, down: torch.Tensor) -> bool:
+    """A 1 x 1 conv with stride 1 and no padding: a matrix product over channels at every position."""
+    return down.shape[-2:] == (1, 1) and layout.stride == (1, 1) and layout.padding in ((0, 0), "valid")
+
+
+def _per_sample(w: torch.Tensor, t3: torch.Tensor) -> torch.Tensor:
+    """w [a, b] @ t3[i] for every sample i of t3 [n, b, P] -> [n, a, P], as one batched product."""
+    return torch.bmm(w.expand(t3.shape[0], *w.shape), t3)
+
+
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
-    hidden = layout.forward(x, params["down"].to(x.dtype), None)  # [n, r, h', w']
-    return F.conv2d(hidden, params["up"].to(x.dtype))  # [n, out, h', w']
+    d, u = params["down"].to(x.dtype), params["up"].to(x.dtype)
+    n, rank = x.shape[0], d.shape[0]
+    if _pointwise(layout, d):
+        hidden = _per_sample(d.reshape(rank, -1), x.reshape(n, x.shape[1], -1))  # [n, r, P]
+        spatial = x.shape[2:]
+    else:
+        hidden4 = layout.forward(x, d, None)  # [n, r, h', w']
+        hidden, spatial = hidden4.reshape(n, rank, -1), hidden4.shape[2:]
+    return _per_sample(u.reshape(-1, rank), hidden).reshape(n, u.shape[0], *spatial)  # [n, out, h', w']
 
 
 def _up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -69,13 +85,28 @@ def backward(
     x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
     into: torch.Tensor | None = None, coef: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Gradients of sum(grad_out * delta_forward(x)) for {down, up}; with `into`, adds coef * (w.r.t. x) to it."""
+    """Gradients of sum(grad_out * delta_forward(x)) for {down, up}; with `into`, adds coef * (w.r.t. x) to it.
+
+    The 1 x 1 pieces run as batched matrix products over [channels, positions] views, which BLAS does
+    several times faster than the thin convolution kernels (8-channel outputs) would.
+    """
     down, up = params["down"], params["up"]
     d, u = down.to(x.dtype), up.to(x.dtype)
-    hidden = layout.forward(x, d, None)  # [n, r, h', w']
-    g_up = _up_grad(grad_out, hidden)
-    g_hidden = F.conv2d(grad_out, u.transpose(0, 1))  # [n, r, h', w']
-    g_down = layout.weight_grad(x, d.shape, g_hidden)
-    if into is not None:
-        into.add_(layout.input_grad(g_hidden, d, x), alpha=coef)
+    n, rank = x.shape[0], d.shape[0]
+    spatial = grad_out.shape[2:]
+    g3 = grad_out.reshape(n, grad_out.shape[1], -1)  # [n, out, P]
+    g_hidden = _per_sample(u.reshape(-1, rank).T, g3)  # [n, r, P]
+    if _pointwise(layout, d):
+        x3, d2 = x.reshape(n, x.shape[1], -1), d.reshape(rank, -1)  # [n, in, P], [r, in]
+        hidden = _per_sample(d2, x3)  # [n, r, P]
+        g_down = torch.bmm(g_hidden, x3.transpose(1, 2)).sum(0).reshape(d.shape)
+        if into is not None:
+            into.add_(_per_sample(d2.T, g_hidden).reshape(x.shape), alpha=coef)
+    else:
+        hidden = layout.forward(x, d, None)  # [n, r, h', w']
+        g_hidden4 = g_hidden.reshape(n, rank, *spatial)
+        g_down = layout.weight_grad(x, d.shape, g_hidden4)
+        if into is not None:
+            into.add_(layout.input_grad(g_hidden4, d, x), alpha=coef)
+    g_up = _up_grad(grad_out, hidden.reshape(n, rank, *spatial))
     return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}
