@@ -34,6 +34,24 @@ def interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int =
     return times
 
 
+def keep_freed_memory() -> bool:
+    """Tell glibc malloc to keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default, blocks above a size threshold are mmap-ed and unmapped on free, so the next step touches
+    fresh pages and pays page faults in whichever op first writes them. tcmalloc and jemalloc keep such
+    memory; this gives glibc the same habit, so times reflect the arithmetic rather than the allocator.
+    Returns False where there is no glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**40))
+
+
 def ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
     return statistics.median(a / b for a, b in zip(times[name], times[reference]))
 

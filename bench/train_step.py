@@ -6,6 +6,7 @@ activation require grad, so each backward reaches equally far and only the adapt
 
     python bench/train_step.py                 # both cases, timing + memory
     python bench/train_step.py --case vit --rounds 3
+    python bench/train_step.py --keep-freed-memory   # the same with page faults out of the picture
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import SavedActivations, bar_chart, in_subprocess, interleaved, ratio, step_peak_mib, table  # noqa: E402
+from harness import (  # noqa: E402
+    SavedActivations, bar_chart, in_subprocess, interleaved, keep_freed_memory, ratio, step_peak_mib, table,
+)
 
 import vislora  # noqa: E402
 
@@ -142,14 +145,18 @@ def memory_of(case: str, variant: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="time with glibc keeping freed memory (no page faults on reuse), as tcmalloc/jemalloc do")
     ap.add_argument("--plot", metavar="PNG", help="also draw the step-time ratios as a bar chart")
     ap.add_argument("--memory-of", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_of:
         print(json.dumps(memory_of(*args.memory_of)))
         return
+    if args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory needs glibc")
     ratios: dict[str, dict[str, float]] = {}
     for case in CASES if args.case == "all" else [args.case]:
         timing = time_case(case, args.rounds)

@@ -1,12 +1,16 @@
-"""The classification recipe end to end on a tiny ViT: files, resume, predict, modes, bad data, two processes."""
+"""The classification recipe end to end on a tiny ViT: files, resume (also after SIGKILL), predict, modes, bad
+data, two processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -304,3 +308,37 @@ def test_bf16_mixed_precision_on_cpu_keeps_fp32_weights(data, tmp_path):
     saved = _tensors(out / "adapter.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["val_top1"] <= 1.0
+
+
+def _recipe_process(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(ROOT / "recipes" / "classify_vit.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_adapter(data, tmp_path):
+    """SIGKILL a real training process once its third checkpoint is complete (it is then somewhere in later
+    steps or checkpoint writes), resume it, and get the adapter of a run that was never interrupted."""
+    args = ["--epochs", "4", "--lr", "3e-3", "--checkpoint-every", "1", "--keep", "2"]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = _recipe_process(_args(data, killed, *args))
+    third = killed / "checkpoints" / "ckpt-000000003" / "COMPLETE"
+    try:
+        deadline = time.monotonic() + 240
+        while not third.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.kill()
+    finally:
+        _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+    assert not (killed / "adapter.safetensors").exists()
+
+    resumed = _recipe_process(_args(data, killed, *args, "--resume"))
+    reference = _recipe_process(_args(data, whole, *args))
+    outputs = [p.communicate(timeout=300) for p in (resumed, reference)]
+    for p, (_, err) in zip((resumed, reference), outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert re.search(r"resuming from .*ckpt-0+([3-9]|1\d) \(step", outputs[0][0])  # not a fresh start
+    a, b = _tensors(whole / "adapter.safetensors"), _tensors(killed / "adapter.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in killed.rglob("*") if p.name.startswith(".")]  # the torn write was cleaned up
