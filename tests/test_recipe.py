@@ -130,6 +130,26 @@ def test_predict_matches_the_merged_models_logits(trained, data):
     assert [[label for label, _ in r] for r in again] == [[e["label"] for e in r["top"]] for r in predicted]
 
 
+def test_pretrained_takes_timms_own_loading_path(data, tmp_path, capsys):
+    """--pretrained goes through timm's pretrained loader (pointed at a local file here, as there is no hub),
+    and predict rebuilds that base from what the adapter recorded, with no other argument."""
+    kwargs = {**KWARGS, "pretrained_cfg_overlay": {"file": str(data["weights"])}}
+    out = tmp_path / "hub"
+    assert classify_vit.main(["--data", str(data["train"]), "--val-data", str(data["val"]), "--model", MODEL,
+                              "--pretrained", "--model-kwargs", json.dumps(kwargs), "--batch-size", "4",
+                              "--workers", "0", "--no-progress", "--max-steps", "2", "--merge",
+                              "--out", str(out)]) == 0
+    merged, base = _tensors(out / "model.safetensors"), _tensors(data["weights"])
+    assert torch.equal(merged["patch_embed.proj.weight"], base["patch_embed.proj.weight"])  # not adapted: as loaded
+    assert not torch.equal(merged["blocks.0.attn.qkv.weight"], base["blocks.0.attn.qkv.weight"])  # adapted, merged
+    meta = container.read(out / "adapter.safetensors")[1]
+    assert MODEL in meta[METADATA_KEY] and '"source": "hub"' in meta[METADATA_KEY]
+    image = str(data["val"] / "red" / "0.png")
+    capsys.readouterr()
+    assert cli.main(["predict", "--adapter", str(out / "adapter.safetensors"), image]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
 def _one_error_line(capsys) -> str:
     """The last line on stderr (progress bars may precede it): the error, with no traceback."""
     err = capsys.readouterr().err
