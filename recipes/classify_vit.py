@@ -99,7 +99,21 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
         cuda = torch.cuda.is_available() and not cpu
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    _forget_single_process_state()
     return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+def _forget_single_process_state() -> None:
+    """Let a second run in the same process use other settings (a notebook trying bf16 after fp32).
+
+    accelerate keeps one state per process and refuses different settings later. A single-process state
+    holds nothing worth keeping, so it starts afresh; under a multi-process launch the state belongs to the
+    launch and stays.
+    """
+    from accelerate.state import AcceleratorState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | None, int]:
@@ -319,7 +333,7 @@ def finish(args, accelerator: Accelerator, model, mode: str, record: BaseRecord,
                **counts, "trainable_share": counts["trainable_params"] / counts["total_params"],
                "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1),
                "peak_rss_mb": peak_rss_mb(), "world_size": accelerator.num_processes,
-               "classes": list(train.class_to_idx), "files": {}}
+               "mixed_precision": accelerator.mixed_precision, "classes": list(train.class_to_idx), "files": {}}
     if torch.cuda.is_available():
         summary["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if accelerator.is_main_process:
