@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/train_step.py --plot docs/train_step.png
+	$(BIN)/python bench/train_step.py --rounds 9 --plot docs/train_step.png
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/transfer.py
 
