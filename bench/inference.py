@@ -13,9 +13,8 @@ import argparse
 import copy
 import statistics
 import sys
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import torch
 

@@ -70,7 +70,7 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv
     return _per_sample(u.reshape(-1, rank), hidden).reshape(n, u.shape[0], *spatial)  # [n, out, h', w']
 
 
-def _up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+def up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """sum over batch and positions of grad_out[n, o, p] * hidden[n, r, p] -> [out, r, 1, 1].
 
     Computed as [r, P] @ [P, out] per sample (rank as rows), which BLAS runs much faster on CPU than the
@@ -108,5 +108,5 @@ def backward(
         g_down = layout.weight_grad(x, d.shape, g_hidden4)
         if into is not None:
             into.add_(layout.input_grad(g_hidden4, d, x), alpha=coef)
-    g_up = _up_grad(grad_out, hidden.reshape(n, rank, *spatial))
+    g_up = up_grad(grad_out, hidden.reshape(n, rank, *spatial))
     return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -88,9 +88,6 @@ def op_for(layer: nn.Module) -> LinearOp | Conv2dOp:
     raise TypeError(f"no adapter op for {type(layer).__name__}; vislora adapts nn.Linear and nn.Conv2d")
 
 
-POINTWISE = Conv2dOp(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
-
-
 # -- thin products over tokens ------------------------------------------------------------------------------
 # Adapter gradients need products with a rank-sized side (r rows) and a token-sized side (N rows). With the
 # rank as rows they run well in BLAS, but a single [r, N] GEMM barely uses a second CPU thread; split over

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .locon import _up_grad
+from .locon import up_grad
 from .ops import Conv2dOp
 
 FACTORS = ("down", "mid", "up")
@@ -58,7 +58,7 @@ def backward(
     d, m, u = down.to(x.dtype), mid.to(x.dtype), up.to(x.dtype)
     reduced = F.conv2d(x, d)  # [n, r, h, w]
     hidden = layout.forward(reduced, m, None)  # [n, r, h', w']
-    g_up = _up_grad(grad_out, hidden)
+    g_up = up_grad(grad_out, hidden)
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))
     g_mid = layout.weight_grad(reduced, m.shape, g_hidden)
     g_reduced = layout.input_grad(g_hidden, m, reduced)
