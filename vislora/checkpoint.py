@@ -26,7 +26,7 @@ import torch
 
 from .errors import VisloraError
 from .formats import container
-from .formats.container import _fsync_dir
+from .formats.container import fsync_dir
 from .version import __version__
 
 FORMAT = "vislora-checkpoint"
@@ -110,12 +110,12 @@ def write(run_dir: str | os.PathLike, step: int, *, tensors: dict[str, dict[str,
                     "files": {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}}
         _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
         _write_synced(tmp / MARKER, b"")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step written before (a rerun): move it aside, never delete first
             aside = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=run_dir))
             os.replace(final, aside / final.name)
         os.replace(tmp, final)
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

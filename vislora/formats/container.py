@@ -175,11 +175,12 @@ def write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make the renames and new files in `folder` durable, where the platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
