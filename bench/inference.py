@@ -33,7 +33,7 @@ def variants(case: str, n_adapters: int) -> dict[str, torch.nn.Module]:
     import peft
 
     torch.manual_seed(0)
-    model, inputs, _, _, forward = CASES[case]()
+    model, inputs, _, forward = CASES[case]()
     target, regex, rank = TARGETS[case]
     out = {"plain": shallow_copy(model)}
     for n in (1, n_adapters):

@@ -1,8 +1,10 @@
 """LoRA training step: vislora and PEFT against the frozen floor, measured side by side in one run.
 
 The floor is the same model with every weight frozen and gradients flowing to activations only: the
-least any adapter method can cost. All variants share the same base weight tensors and make the first
-activation require grad, so each backward reaches equally far and only the adapters differ.
+least any adapter method can cost. Each variant is timed in a fresh process against its own floor: the
+two share the same base weight tensors, run in alternation, and make the first activation require grad,
+so each backward reaches equally far and only the adapters differ. No other variant's allocations share
+the process, as in a user's training run.
 
     python bench/train_step.py                 # both cases, timing + memory
     python bench/train_step.py --case vit --rounds 3
@@ -33,19 +35,32 @@ UNET_ATTN = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 UNET_CONV = r"(resnets\.\d+\.(conv1|conv2|conv_shortcut)|(down|up)samplers\.\d+\.conv|attentions\.\d+\.(proj_in|proj_out))"
 
 
-# -- cases: a base model, its inputs, the first module whose output should require grad, and variants ------
+# -- cases: a base model, its inputs, the first module whose output should require grad; their variants --
+VARIANTS = {
+    "vit": {
+        "vislora r8": dict(ours={"target": "vit.all", "rank": 8, "alpha": 8}),
+        "peft r8": dict(peft=dict(r=8, lora_alpha=8, target_modules=VIT_LINEAR)),
+        "vislora r8 dropout 0.1": dict(ours={"target": "vit.all", "rank": 8, "alpha": 8, "dropout": 0.1}),
+        "peft r8 dropout 0.1": dict(peft=dict(r=8, lora_alpha=8, target_modules=VIT_LINEAR, lora_dropout=0.1)),
+    },
+    "unet": {
+        "vislora attn r4": dict(ours={"target": "unet.attn", "rank": 4, "alpha": 4}),
+        "peft attn r4": dict(peft=dict(r=4, lora_alpha=4, target_modules=UNET_ATTN)),
+        "vislora attn r4 + LoCon r8": dict(ours={"target": {"unet.attn": 4, "unet.conv": {"rank": 8, "alpha": 8}}}),
+        "peft attn r4 + conv r8": dict(peft=dict(r=4, lora_alpha=4, target_modules=rf"{UNET_ATTN}|.*{UNET_CONV}",
+                                                 rank_pattern={UNET_CONV: 8}, alpha_pattern={UNET_CONV: 8})),
+        "vislora attn r4 dropout 0.1": dict(ours={"target": "unet.attn", "rank": 4, "alpha": 4, "dropout": 0.1}),
+        "peft attn r4 dropout 0.1": dict(peft=dict(r=4, lora_alpha=4, target_modules=UNET_ATTN, lora_dropout=0.1)),
+    },
+}
+
+
 def vit_case():
     import timm
 
     model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
     inputs = {"x": torch.randn(8, 3, 224, 224)}
-    variants = {
-        "vislora r8": dict(ours={"target": "vit.all", "rank": 8, "alpha": 8}),
-        "peft r8": dict(peft=dict(r=8, lora_alpha=8, target_modules=VIT_LINEAR)),
-        "vislora r8 dropout 0.1": dict(ours={"target": "vit.all", "rank": 8, "alpha": 8, "dropout": 0.1}),
-        "peft r8 dropout 0.1": dict(peft=dict(r=8, lora_alpha=8, target_modules=VIT_LINEAR, lora_dropout=0.1)),
-    }
-    return model, inputs, "patch_embed", variants, lambda m, i: m(i["x"])
+    return model, inputs, "patch_embed", lambda m, i: m(i["x"])
 
 
 def unet_case():
@@ -59,17 +74,7 @@ def unet_case():
     ).eval()
     inputs = {"sample": torch.randn(2, 4, 32, 32), "timestep": torch.tensor([10, 500]),
               "encoder_hidden_states": torch.randn(2, 77, 768)}
-    both = dict(r=4, lora_alpha=4, target_modules=rf"{UNET_ATTN}|.*{UNET_CONV}",
-                rank_pattern={UNET_CONV: 8}, alpha_pattern={UNET_CONV: 8})
-    variants = {
-        "vislora attn r4": dict(ours={"target": "unet.attn", "rank": 4, "alpha": 4}),
-        "peft attn r4": dict(peft=dict(r=4, lora_alpha=4, target_modules=UNET_ATTN)),
-        "vislora attn r4 + LoCon r8": dict(ours={"target": {"unet.attn": 4, "unet.conv": {"rank": 8, "alpha": 8}}}),
-        "peft attn r4 + conv r8": dict(peft=both),
-        "vislora attn r4 dropout 0.1": dict(ours={"target": "unet.attn", "rank": 4, "alpha": 4, "dropout": 0.1}),
-        "peft attn r4 dropout 0.1": dict(peft=dict(r=4, lora_alpha=4, target_modules=UNET_ATTN, lora_dropout=0.1)),
-    }
-    return model, inputs, "conv_in", variants, lambda m, i: m(**i).sample
+    return model, inputs, "conv_in", lambda m, i: m(**i).sample
 
 
 CASES = {"vit": vit_case, "unet": unet_case}
@@ -112,27 +117,22 @@ def make_step(model, inputs, first: str, forward) -> Callable[[], None]:
     return step
 
 
-def variants_for(case: str):
-    model, inputs, first, variants, forward = CASES[case]()
-    models = {"floor": build(model, {})}
-    for name, spec in variants.items():
-        models[name] = build(model, spec)
-    return models, inputs, first, forward
-
-
-def time_case(case: str, rounds: int) -> list[list[str]]:
+def time_of(case: str, variant: str, rounds: int) -> dict:
+    """One variant and the floor, alternating in this process: seconds per step and the ratio to the floor."""
     torch.manual_seed(0)
-    models, inputs, first, forward = variants_for(case)
+    model, inputs, first, forward = CASES[case]()
+    models = {"floor": build(model, {}), variant: build(model, VARIANTS[case][variant])}
     steps = {n: make_step(m, inputs, first, forward) for n, m in models.items()}
     times = interleaved(steps, rounds)
-    return {n: (statistics.median(t), ratio(times, n, "floor")) for n, t in times.items()}
+    return {"seconds": statistics.median(times[variant]), "floor_seconds": statistics.median(times["floor"]),
+            "ratio": ratio(times, variant, "floor")}
 
 
 def memory_of(case: str, variant: str) -> dict:
     """One variant alone in this process: bytes saved for backward, and the peak memory a step adds."""
     torch.manual_seed(0)
-    model, inputs, first, variants, forward = CASES[case]()
-    m = build(model, {} if variant == "floor" else variants[variant])
+    model, inputs, first, forward = CASES[case]()
+    m = build(model, {} if variant == "floor" else VARIANTS[case][variant])
     step = make_step(m, inputs, first, forward)
     with SavedActivations(m.parameters()) as saved:
         loss = forward(m, inputs).float().pow(2).mean()
@@ -151,26 +151,37 @@ def main() -> None:
                     help="time with glibc keeping freed memory (no page faults on reuse), as tcmalloc/jemalloc do")
     ap.add_argument("--plot", metavar="PNG", help="also draw the step-time ratios as a bar chart")
     ap.add_argument("--memory-of", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--time-of", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        sys.exit("--keep-freed-memory needs glibc")
     if args.memory_of:
         print(json.dumps(memory_of(*args.memory_of)))
         return
-    if args.keep_freed_memory and not keep_freed_memory():
-        sys.exit("--keep-freed-memory needs glibc")
+    if args.time_of:
+        print(json.dumps(time_of(*args.time_of, args.rounds)))
+        return
+    timing_flags = ["--rounds", str(args.rounds)] + (["--keep-freed-memory"] if args.keep_freed_memory else [])
     ratios: dict[str, dict[str, float]] = {}
     for case in CASES if args.case == "all" else [args.case]:
-        timing = time_case(case, args.rounds)
-        ratios[f"{case} ({torch.get_num_threads()} threads)"] = {n: r for n, (_, r) in timing.items()}
+        title = f"{case} ({torch.get_num_threads()} threads)"
+        ratios[title] = {}
         rows = []
-        for name, (seconds, r) in timing.items():
-            row = [name, f"{seconds:.2f}", f"{r:.3f}"]
+        if not args.no_memory:
+            mem = in_subprocess(__file__, ["--memory-of", case, "floor"], for_memory=True)
+            rows.append(["floor", "", "", "1.000", f"{mem['saved_mib']:.0f}", f"{mem['step_peak_mib']:.0f}"])
+        for name in VARIANTS[case]:
+            t = in_subprocess(__file__, ["--time-of", case, name, *timing_flags])
+            ratios[title][name] = t["ratio"]
+            row = [name, f"{t['seconds']:.2f}", f"{t['floor_seconds']:.2f}", f"{t['ratio']:.3f}"]
             if not args.no_memory:
-                mem = in_subprocess(__file__, ["--memory-of", case, name])
+                mem = in_subprocess(__file__, ["--memory-of", case, name], for_memory=True)
                 row += [f"{mem['saved_mib']:.0f}", f"{mem['step_peak_mib']:.0f}"]
             rows.append(row)
             print(f"  {case}: {name} done", file=sys.stderr, flush=True)
-        header = ["variant", "s/step", "x floor"] + ([] if args.no_memory else ["saved MiB", "step peak MiB"])
-        print(f"\n{case} ({torch.get_num_threads()} threads)\n" + table(rows, header), flush=True)
+        header = ["variant", "s/step", "floor s/step", "x floor"]
+        header += [] if args.no_memory else ["saved MiB", "step peak MiB"]
+        print(f"\n{title}\n" + table(rows, header), flush=True)
     if args.plot:
         bar_chart(ratios, args.plot, "training step time / frozen floor")
         print(f"plot: {args.plot}")

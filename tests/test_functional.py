@@ -144,8 +144,9 @@ def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
         torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-9)
 
 
-def test_dropout_saves_only_the_input():
-    """With dropout the unfolded op keeps x alone for backward; autograd would keep x, dropout(x) and the mask."""
+def test_dropout_saves_the_input_and_the_rank_sized_hidden_only():
+    """With dropout the unfolded op keeps x and the adapter's [rank, tokens] hidden for backward; autograd would
+    keep x, dropout(x) and the mask."""
     layer = nn.Linear(64, 96).requires_grad_(False)
     layout = RowLayout.full(96)
     params = {n: t.requires_grad_() for n, t in KINDS["lora"].init_params(layer.weight.shape, 4, "random", layout).items()}
@@ -161,7 +162,7 @@ def test_dropout_saves_only_the_input():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         unfolded_forward(x, layer.weight, layer.bias, op_for(layer), (Term(KINDS["lora"], layout, 1.0, ("down", "up"), 0.1),),
                          tuple(params.values()))
-    assert sum(saved) == x.numel() * x.element_size()
+    assert sum(saved) == (x.numel() + 4 * x.shape[0]) * x.element_size()
 
 
 @pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)

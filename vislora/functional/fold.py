@@ -50,33 +50,36 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
-def factor_grads(ctx, x, grad_y, terms, factors, first: int, into: torch.Tensor | None = None):
+def factor_grads(ctx, x, grad_y, terms, factors, first: int, into: torch.Tensor | None = None, inners=None):
     """Each term's factor gradients, scaled by its coefficient (None where not needed). With `into`, each
-    term's input gradient (times its coefficient) is added to it in place."""
+    term's input gradient (times its coefficient) is added to it in place. `inners`: per term, what the
+    kind's `inner` gave in forward (None: computed again)."""
     grads: list[torch.Tensor | None] = []
     offset = first
-    for term, params in zip(terms, split(terms, factors)):
+    for i, (term, params) in enumerate(zip(terms, split(terms, factors))):
         needed = ctx.needs_input_grad[offset : offset + len(term.names)]
         offset += len(term.names)
         if not any(needed) and into is None:
             grads.extend([None] * len(term.names))
             continue
-        g = term.kind.backward(x, grad_y, params, term.layout, into, term.coef)
+        g = term.kind.backward(x, grad_y, params, term.layout, into, term.coef, None if inners is None else inners[i])
         grads.extend(g[n].mul_(term.coef) if need else None for n, need in zip(term.names, needed))
     return grads
 
 
-def save(ctx, x, weight, factors, **state) -> None:
-    """What both adapter ops keep for backward: the input, the base weight, the factors, plus settings."""
+def save(ctx, x, weight, factors, extra=(), **state) -> None:
+    """What both adapter ops keep for backward: the input, the base weight, the factors, any extra tensors,
+    plus settings."""
     for key, value in state.items():
         setattr(ctx, key, value)
-    ctx.save_for_backward(x, weight, *factors)
+    ctx.n_factors = len(factors)
+    ctx.save_for_backward(x, weight, *factors, *extra)
 
 
 def saved(ctx, grad_y):
-    """(x, base weight, factors, grad_y in the compute dtype), as `save` left them."""
-    x, weight, *factors = ctx.saved_tensors
-    return x, weight, tuple(factors), grad_y.to(ctx.dtype)
+    """(x, base weight, factors, extra tensors, grad_y in the compute dtype), as `save` left them."""
+    x, weight, *rest = ctx.saved_tensors
+    return x, weight, tuple(rest[: ctx.n_factors]), tuple(rest[ctx.n_factors :]), grad_y.to(ctx.dtype)
 
 
 def no_autocast(x: torch.Tensor):
@@ -98,7 +101,7 @@ class _FoldedForward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, factors, grad_y = saved(ctx, grad_y)
+        x, weight, factors, _, grad_y = saved(ctx, grad_y)
         op, terms = ctx.op, ctx.terms
         grad_x = None
         with no_autocast(x):

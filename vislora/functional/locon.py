@@ -58,16 +58,33 @@ def _per_sample(w: torch.Tensor, t3: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.expand(t3.shape[0], *w.shape), t3)
 
 
-def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
-    d, u = params["down"].to(x.dtype), params["up"].to(x.dtype)
+def inner(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> tuple[torch.Tensor, ...]:
+    """What backward needs of the forward besides x: the down conv's output, hidden [n, r, h', w']."""
+    d = params["down"].to(x.dtype)
     n, rank = x.shape[0], d.shape[0]
     if _pointwise(layout, d):
-        hidden = _per_sample(d.reshape(rank, -1), x.reshape(n, x.shape[1], -1))  # [n, r, P]
-        spatial = x.shape[2:]
-    else:
-        hidden4 = layout.forward(x, d, None)  # [n, r, h', w']
-        hidden, spatial = hidden4.reshape(n, rank, -1), hidden4.shape[2:]
-    return _per_sample(u.reshape(-1, rank), hidden).reshape(n, u.shape[0], *spatial)  # [n, out, h', w']
+        return (_per_sample(d.reshape(rank, -1), x.reshape(n, x.shape[1], -1)).reshape(n, rank, *x.shape[2:]),)
+    return (layout.forward(x, d, None),)
+
+
+def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
+    (hidden,) = inner(x, params, layout)
+    n, rank = hidden.shape[:2]
+    u = params["up"].to(x.dtype).reshape(-1, rank)
+    return _per_sample(u, hidden.reshape(n, rank, -1)).reshape(n, u.shape[0], *hidden.shape[2:])  # [n, out, h', w']
+
+
+def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
+                 coef: float) -> tuple[torch.Tensor, ...]:
+    """y += coef * delta_forward(x), in place (inside the batched product where y is contiguous)."""
+    saved = inner(x, params, layout)
+    if not y.is_contiguous():
+        y.add_(delta_forward(x, params, layout), alpha=coef)
+        return saved
+    n, rank = saved[0].shape[:2]
+    u = params["up"].to(x.dtype).reshape(-1, rank)
+    y.view(n, u.shape[0], -1).baddbmm_(u.expand(n, *u.shape), saved[0].reshape(n, rank, -1), alpha=coef)
+    return saved
 
 
 def up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -83,9 +100,10 @@ def up_grad(grad_out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
 
 def backward(
     x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
-    into: torch.Tensor | None = None, coef: float = 1.0,
+    into: torch.Tensor | None = None, coef: float = 1.0, saved: tuple[torch.Tensor, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients of sum(grad_out * delta_forward(x)) for {down, up}; with `into`, adds coef * (w.r.t. x) to it.
+    `saved` is what `inner` gave in forward, when it was kept; otherwise it is computed again.
 
     The 1 x 1 pieces run as batched matrix products over [channels, positions] views, which BLAS does
     several times faster than the thin convolution kernels (8-channel outputs) would.
@@ -96,17 +114,18 @@ def backward(
     spatial = grad_out.shape[2:]
     g3 = grad_out.reshape(n, grad_out.shape[1], -1)  # [n, out, P]
     g_hidden = _per_sample(u.reshape(-1, rank).T, g3)  # [n, r, P]
+    (hidden,) = inner(x, params, layout) if saved is None else saved  # [n, r, h', w']
     if _pointwise(layout, d):
         x3, d2 = x.reshape(n, x.shape[1], -1), d.reshape(rank, -1)  # [n, in, P], [r, in]
-        hidden = _per_sample(d2, x3)  # [n, r, P]
         g_down = torch.bmm(g_hidden, x3.transpose(1, 2)).sum(0).reshape(d.shape)
-        if into is not None:
+        if into is not None and into.is_contiguous():
+            into.view(x3.shape).baddbmm_(d2.T.expand(n, *d2.T.shape), g_hidden, alpha=coef)
+        elif into is not None:
             into.add_(_per_sample(d2.T, g_hidden).reshape(x.shape), alpha=coef)
     else:
-        hidden = layout.forward(x, d, None)  # [n, r, h', w']
         g_hidden4 = g_hidden.reshape(n, rank, *spatial)
         g_down = layout.weight_grad(x, d.shape, g_hidden4)
         if into is not None:
             into.add_(layout.input_grad(g_hidden4, d, x), alpha=coef)
-    g_up = up_grad(grad_out, hidden.reshape(n, rank, *spatial))
+    g_up = up_grad(grad_out, hidden)
     return {"down": g_down.to(down.dtype), "up": g_up.to(up.dtype)}

@@ -83,36 +83,61 @@ def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layo
     return weight + (delta_weight(params, layout) * coef).to(weight.dtype)
 
 
-def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
-    """delta W applied to x without forming delta W: [..., in] -> [..., out]."""
-    down, up = params["down"].to(x.dtype), params["up"].to(x.dtype)
-    x2 = x.reshape(-1, x.shape[-1])
+def inner(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> tuple[torch.Tensor, ...]:
+    """What backward needs of the forward besides x: the rank-sized activations (hidden_t [k*r, N])."""
     # The thin products keep the rank as rows ([r, N]): BLAS runs those several times faster on CPU
     # than the [N, r] orientation, for the same numbers.
-    hidden_t = down @ x2.T  # [k*r, N]
+    return (project_tokens(params["down"].to(x.dtype), x.reshape(-1, x.shape[-1])),)
+
+
+def _expand(hidden_t: torch.Tensor, up: torch.Tensor, layout: RowLayout, out: torch.Tensor, coef: float) -> None:
+    """out [N, out_features] += coef * (the up projection of hidden_t), slice by slice."""
     if layout.is_full:
-        return (hidden_t.T @ up.T).reshape(*x.shape[:-1], -1)
-    rank = down.shape[0] // len(layout.slices)
-    out = x2.new_zeros(x2.shape[0], layout.out_features)
+        out.addmm_(hidden_t.T, up.T, alpha=coef)
+        return
+    rank = hidden_t.shape[0] // len(layout.slices)
     for rows, up_rows, down_rows in _blocks(layout.slices, rank):
-        out[:, rows] = hidden_t[down_rows].T @ up[up_rows].T
+        out[:, rows].addmm_(hidden_t[down_rows].T, up[up_rows].T, alpha=coef)
+
+
+def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
+    """delta W applied to x without forming delta W: [..., in] -> [..., out]."""
+    (hidden_t,) = inner(x, params, layout)
+    up = params["up"].to(x.dtype)
+    if layout.is_full:
+        out = hidden_t.T @ up.T
+    else:
+        out = x.new_zeros(hidden_t.shape[1], layout.out_features)
+        _expand(hidden_t, up, layout, out, 1.0)
     return out.reshape(*x.shape[:-1], -1)
+
+
+def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout,
+                 coef: float) -> tuple[torch.Tensor, ...]:
+    """y += coef * delta_forward(x), in place (inside the GEMM where y is contiguous); returns `inner`."""
+    hidden = inner(x, params, layout)
+    if y.is_contiguous():
+        _expand(hidden[0], params["up"].to(x.dtype), layout, y.view(-1, y.shape[-1]), coef)
+    else:
+        y.add_(delta_forward(x, params, layout), alpha=coef)
+    return hidden
 
 
 def backward(
     x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout,
-    into: torch.Tensor | None = None, coef: float = 1.0,
+    into: torch.Tensor | None = None, coef: float = 1.0, saved: tuple[torch.Tensor, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients of sum(grad_out * delta_forward(x)) for {down, up}, in their dtype.
 
-    With `into` (shaped like x), also adds coef * (the gradient w.r.t. x) to it, in place.
+    With `into` (shaped like x), also adds coef * (the gradient w.r.t. x) to it, in place. `saved` is what
+    `inner` gave in forward, when it was kept; otherwise it is computed again.
     """
     down, up = params["down"], params["up"]
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
     g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [N, out]
     d, u = down.to(x2.dtype), up.to(x2.dtype)
     # Rank-as-rows orientation throughout, as in delta_forward.
-    hidden_t = project_tokens(d, x2)  # [k*r, N]
+    (hidden_t,) = inner(x, params, layout) if saved is None else saved  # [k*r, N]
     if layout.is_full:
         g_hidden_t = project_tokens(u.T, g2)  # [r, N]
         g_up = reduce_tokens(hidden_t, g2).T  # [out, r]

@@ -43,21 +43,33 @@ def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layo
     return weight + (delta_weight(params, layout) * coef).to(weight.dtype)
 
 
+def inner(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> tuple[torch.Tensor, ...]:
+    """What backward needs of the forward besides x: (reduced [n, r, h, w], hidden [n, r, h', w'])."""
+    reduced = F.conv2d(x, params["down"].to(x.dtype))
+    return reduced, layout.forward(reduced, params["mid"].to(x.dtype), None)
+
+
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
-    reduced = F.conv2d(x, params["down"].to(x.dtype))  # [n, r, h, w]
-    hidden = layout.forward(reduced, params["mid"].to(x.dtype), None)  # [n, r, h', w']
-    return F.conv2d(hidden, params["up"].to(x.dtype))
+    return F.conv2d(inner(x, params, layout)[1], params["up"].to(x.dtype))
+
+
+def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
+                 coef: float) -> tuple[torch.Tensor, ...]:
+    """y += coef * delta_forward(x), in place; returns `inner`."""
+    saved = inner(x, params, layout)
+    y.add_(F.conv2d(saved[1], params["up"].to(x.dtype)), alpha=coef)
+    return saved
 
 
 def backward(
     x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
-    into: torch.Tensor | None = None, coef: float = 1.0,
+    into: torch.Tensor | None = None, coef: float = 1.0, saved: tuple[torch.Tensor, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Gradients of sum(grad_out * delta_forward(x)) for {down, mid, up}; with `into`, adds coef * (w.r.t. x)."""
+    """Gradients of sum(grad_out * delta_forward(x)) for {down, mid, up}; with `into`, adds coef * (w.r.t. x).
+    `saved` is what `inner` gave in forward, when it was kept; otherwise it is computed again."""
     down, mid, up = params["down"], params["mid"], params["up"]
     d, m, u = down.to(x.dtype), mid.to(x.dtype), up.to(x.dtype)
-    reduced = F.conv2d(x, d)  # [n, r, h, w]
-    hidden = layout.forward(reduced, m, None)  # [n, r, h', w']
+    reduced, hidden = inner(x, params, layout) if saved is None else saved  # [n, r, h, w], [n, r, h', w']
     g_up = up_grad(grad_out, hidden)
     g_hidden = F.conv2d(grad_out, u.transpose(0, 1))
     g_mid = layout.weight_grad(reduced, m.shape, g_hidden)

@@ -31,26 +31,31 @@ class _UnfoldedForward(torch.autograd.Function):
         with no_autocast(x):
             x = x.to(dtype)
             y = op.forward(x, weight.to(dtype), None if bias is None else bias.to(dtype))
+            inners = []
             for term, params, seed in zip(terms, split(terms, factors), seeds):
                 mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
-                y.add_(term.kind.delta_forward(_dropped(x, term.dropout, mask), params, term.layout), alpha=term.coef)
-        save(ctx, x, weight, factors, op=op, terms=terms, seeds=seeds, dtype=dtype)
+                inners.append(term.kind.forward_into(y, _dropped(x, term.dropout, mask), params, term.layout, term.coef))
+        # The adapters' rank-sized activations are kept (small next to x), so backward need not redo them.
+        save(ctx, x, weight, factors, [t for inner in inners for t in inner], op=op, terms=terms, seeds=seeds,
+             dtype=dtype, inner_sizes=[len(inner) for inner in inners])
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, factors, grad_y = saved(ctx, grad_y)
+        x, weight, factors, flat_inners, grad_y = saved(ctx, grad_y)
         need_x = ctx.needs_input_grad[0]
         grads = []
         offset = 6  # x, weight, bias, op, terms, seeds come before the factors
+        inners = iter(flat_inners)
         with no_autocast(x):
             grad_x = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x) if need_x else None
-            for term, params, seed in zip(ctx.terms, split(ctx.terms, factors), ctx.seeds):
+            for term, params, seed, size in zip(ctx.terms, split(ctx.terms, factors), ctx.seeds, ctx.inner_sizes):
+                inner = tuple(next(inners) for _ in range(size))
                 mask = _keep_mask(x, term.dropout, seed) if term.dropout else None
                 # With dropout the input gradient passes through the mask too, so it is formed apart first.
                 into = None if grad_x is None else (grad_x if mask is None else torch.zeros_like(grad_x))
                 grads += factor_grads(ctx, _dropped(x, term.dropout, mask), grad_y, (term,), tuple(params.values()),
-                                      offset, into)
+                                      offset, into, (inner,))
                 offset += len(term.names)
                 if into is not None and mask is not None:
                     grad_x.add_(_dropped(into, term.dropout, mask))  # the chain rule through x * mask / (1 - p)
