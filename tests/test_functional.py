@@ -122,16 +122,15 @@ def test_folded_under_autocast_bf16():
 @pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
 def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
-    """base(x) + c * delta(dropout(x)), the mask redrawn in backward from its seed: same values and grads."""
+    """base(x) + c * delta(dropout(x)), the mask kept as bits for backward: same values and grads."""
     from vislora.functional.unfold import _dropped, _keep_mask
 
     fn = KINDS[kind]
     layer = layer.requires_grad_(False)
     params = {n: t.requires_grad_() for n, t in _params(kind, layer, layout).items()}
     torch.manual_seed(7)
-    seed = int(torch.randint(2**62, ()))
     x1 = x.clone().requires_grad_()
-    mask = _keep_mask(x1, p, seed) if p else None
+    mask = _keep_mask(x1, p) if p else None
     ref = layer(x1) + 0.6 * fn.delta_forward(_dropped(x1, p, mask), params, layout)
     g = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, [x1, *params.values()], g)
@@ -144,9 +143,9 @@ def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
         torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-9)
 
 
-def test_dropout_saves_the_input_and_the_rank_sized_hidden_only():
-    """With dropout the unfolded op keeps x and the adapter's [rank, tokens] hidden for backward; autograd would
-    keep x, dropout(x) and the mask."""
+def test_dropout_saves_the_input_the_rank_sized_hidden_and_mask_bits_only():
+    """With dropout the unfolded op keeps x, the adapter's [rank, tokens] hidden and the mask as bits for
+    backward; autograd would keep x, dropout(x) and a byte per element of mask."""
     layer = nn.Linear(64, 96).requires_grad_(False)
     layout = RowLayout.full(96)
     params = {n: t.requires_grad_() for n, t in KINDS["lora"].init_params(layer.weight.shape, 4, "random", layout).items()}
@@ -162,7 +161,7 @@ def test_dropout_saves_the_input_and_the_rank_sized_hidden_only():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         unfolded_forward(x, layer.weight, layer.bias, op_for(layer), (Term(KINDS["lora"], layout, 1.0, ("down", "up"), 0.1),),
                          tuple(params.values()))
-    assert sum(saved) == (x.numel() + 4 * x.shape[0]) * x.element_size()
+    assert sum(saved) == (x.numel() + 4 * x.shape[0]) * x.element_size() + x.numel() // 8
 
 
 @pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
@@ -190,3 +189,14 @@ def test_token_split_products_equal_plain_products():
         torch.testing.assert_close(project_tokens(w_t, odd), w_t @ odd.T, rtol=1e-12, atol=1e-12)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("shape", [(64,), (3, 40), (2, 5, 7)])
+def test_bitmask_round_trip(shape):
+    from vislora.functional import bitmask
+
+    mask = torch.rand(shape) >= 0.3
+    packed = bitmask.pack(mask)
+    if mask.numel() % 8 == 0:
+        assert packed.dtype == torch.uint8 and packed.numel() == mask.numel() // 8
+    assert torch.equal(bitmask.unpack(packed, mask.shape), mask)

@@ -159,7 +159,7 @@ def _one_error_line(capsys) -> str:
     return line
 
 
-def test_predict_checks_the_base(trained, data, tmp_path, capsys):
+def test_predict_checks_the_base(trained, data, tmp_path, capsys, monkeypatch):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     shutil.copy(trained / "adapter.safetensors", moved)
@@ -174,9 +174,18 @@ def test_predict_checks_the_base(trained, data, tmp_path, capsys):
     assert cli.main([*args, "--weights", str(other), image]) == 2
     line = _one_error_line(capsys)
     assert "sha256" in line and "other_base" in line
-    # --weights naming the right base works from anywhere.
+    # --weights naming the right base works from anywhere, reading the base once (hash and load together).
+    base, reads, real_open, real_read_bytes = Path(data["weights"]).resolve(), [], open, Path.read_bytes
+
+    def counting_open(f, *a, **k):
+        reads.append(isinstance(f, (str, os.PathLike)) and Path(f).resolve() == base)
+        return real_open(f, *a, **k)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p.resolve() == base) or real_read_bytes(p))
     assert cli.main([*args, "--weights", str(data["weights"]), image]) == 0
     assert capsys.readouterr().out.startswith(f"{image}: ")
+    assert sum(reads) == 1
 
 
 def test_resume_gives_the_same_adapter(trained, data, tmp_path):

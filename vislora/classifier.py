@@ -11,6 +11,7 @@ base (hub tag, local weights checked by sha256, or a seeded random init) and loa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import sha256_file
 from .dataset import Preprocess
 from .errors import VisloraError
 from .formats import container
@@ -90,7 +90,8 @@ def record_base(model: str | None, model_kwargs: dict[str, Any], *, pretrained: 
         relative = os.path.relpath(weights.resolve(), Path(recorded_in).resolve())
     except ValueError:  # another drive (Windows): only an absolute path can point there
         relative = str(weights.resolve())
-    return BaseRecord(model, kwargs, "file", relative, sha256_file(weights), init_seed=seed), weights
+    # The sha256 is filled in by build_model, from the same read that loads the weights.
+    return BaseRecord(model, kwargs, "file", relative, init_seed=seed), weights
 
 
 def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
@@ -98,11 +99,21 @@ def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def _load_base_weights(model: nn.Module, path: Path) -> None:
-    """Load every weight but the classifier's (a new head is trained); anything else missing is an error."""
+def _load_base_weights(model: nn.Module, path: Path, sha256: str | None) -> str:
+    """Load every weight but the classifier's (a new head is trained); anything else missing is an error.
+
+    The file is read once: its sha256 (returned) is checked against `sha256`, when given, before any
+    weight is loaded.
+    """
     heads = _classifier_keys(model)
     is_head = lambda key: any(key == h or key.startswith(h + ".") for h in heads)  # noqa: E731
-    tensors, _ = container.read(path)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 and digest != sha256:
+        raise BaseModelError(f"{path}: sha256 {digest[:16]}... differs from the base this classifier was "
+                             f"trained on (sha256 {sha256[:16]}...); pass that base")
+    tensors, _ = container.parse(data, path)
+    del data
     wanted = {k: v for k, v in tensors.items() if not is_head(k)}
     model_keys = {k: v.shape for k, v in model.state_dict().items() if not is_head(k)}
     missing = sorted(set(model_keys) - set(wanted))
@@ -113,10 +124,12 @@ def _load_base_weights(model: nn.Module, path: Path) -> None:
                              f"{extra[:3]}, other shapes {wrong[:3]}); give the --model and --model-kwargs they "
                              "were made with")
     model.load_state_dict(wanted, strict=False)
+    return digest
 
 
 def build_model(record: BaseRecord, num_classes: int, weights: str | os.PathLike | None = None) -> nn.Module:
-    """The base model with a new `num_classes` head. `weights` is the local file for source "file"."""
+    """The base model with a new `num_classes` head. `weights` is the local file for source "file": it must
+    match `record.sha256`, or, where the record has none yet, gives it."""
     import timm
 
     torch.manual_seed(record.init_seed)  # the random parts (new head, or everything for "none") are seeded
@@ -126,7 +139,7 @@ def build_model(record: BaseRecord, num_classes: int, weights: str | os.PathLike
     if record.source == "file":
         if weights is None:
             raise BaseModelError("a base from a file needs its weights path")
-        _load_base_weights(model, Path(weights))
+        record.sha256 = _load_base_weights(model, Path(weights), record.sha256)
     return model
 
 
@@ -164,11 +177,7 @@ def _resolve_weights(record: BaseRecord, recorded_in: Path, override: str | os.P
     if not path.is_file():
         raise BaseModelError(f"{path}: base weights not found (recorded as {record.weights!r}); "
                              "pass the base file with --weights FILE")
-    digest = sha256_file(path)
-    if record.sha256 and digest != record.sha256:
-        raise BaseModelError(f"{path}: sha256 {digest[:16]}... differs from the base this classifier was "
-                             f"trained on ({record.weights}, sha256 {record.sha256[:16]}...); pass that base")
-    return path
+    return path  # build_model checks its sha256 as it reads it
 
 
 def load_classifier(path: str | os.PathLike, *, weights: str | os.PathLike | None = None) -> Classifier:

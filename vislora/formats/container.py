@@ -73,7 +73,12 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, st
     path = Path(path)
     if not path.is_file():
         raise AdapterFormatError("no such file", path=path, category="missing")
-    data = path.read_bytes()
+    return parse(path.read_bytes(), path)
+
+
+def parse(data: bytes, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`read` for a file's bytes already in memory (`path` names it in errors)."""
+    path = Path(path)
     _sniff(path, data)
     if len(data) < 8:
         raise AdapterFormatError(f"{len(data)} bytes is too short for a safetensors header", path=path,
