@@ -59,7 +59,8 @@ class _UnfoldedForward(torch.autograd.Function):
                                       offset, into, (inner,))
                 offset += len(term.names)
                 if into is not None and mask is not None:
-                    grad_x.add_(_dropped(into, term.dropout, mask))  # the chain rule through x * mask / (1 - p)
+                    # the chain rule through x * mask / (1 - p)
+                    grad_x.add_(torch.where(mask, into, 0.0), alpha=1.0 / (1.0 - term.dropout))
         return (grad_x, None, None, None, None, *grads)
 
 
