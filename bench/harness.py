@@ -49,7 +49,8 @@ def keep_freed_memory() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**40))
+    # mallopt takes a C int: the largest one, not 2**40 (which would wrap to 0 and trim on every free).
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def ratio(times: dict[str, list[float]], name: str, reference: str) -> float:

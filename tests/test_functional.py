@@ -200,3 +200,26 @@ def test_bitmask_round_trip(shape):
     if mask.numel() % 8 == 0:
         assert packed.dtype == torch.uint8 and packed.numel() == mask.numel() // 8
     assert torch.equal(bitmask.unpack(packed, mask.shape), mask)
+
+
+CONV_CASES = [c for c in CASES if c[0] != "lora"]
+
+
+@pytest.mark.parametrize("kind,layer,layout,x", CONV_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CONV_CASES)])
+def test_unfolded_takes_channels_last_inputs(kind, layer, layout, x):
+    """A channels-last conv output cannot take the adapter inside the batched product; the result is the same."""
+    fn = KINDS[kind]
+    layer = layer.float().requires_grad_(False)
+    params = {n: p.float().requires_grad_() for n, p in _params(kind, layer, layout).items()}
+    x = x.float().to(memory_format=torch.channels_last)
+    x1 = x.clone().requires_grad_()
+    ref = layer(x1) + 0.6 * fn.delta_forward(x1, params, layout)
+    assert not layer(x1).is_contiguous()  # the case under test
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x1, *params.values()], g)
+    x2 = x.clone().requires_grad_()
+    out = unfolded_forward(x2, layer.weight, layer.bias, op_for(layer), (Term(fn, layout, 0.6, tuple(params)),),
+                           tuple(params.values()))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for got, exp in zip(torch.autograd.grad(out, [x2, *params.values()], g), ref_grads):
+        torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-4)

@@ -67,23 +67,28 @@ def inner(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) ->
     return (layout.forward(x, d, None),)
 
 
-def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
-    (hidden,) = inner(x, params, layout)
+def _up(hidden: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The 1 x 1 up conv as a batched product: [n, r, h', w'] -> [n, out, h', w']."""
     n, rank = hidden.shape[:2]
-    u = params["up"].to(x.dtype).reshape(-1, rank)
-    return _per_sample(u, hidden.reshape(n, rank, -1)).reshape(n, u.shape[0], *hidden.shape[2:])  # [n, out, h', w']
+    u = params["up"].to(hidden.dtype).reshape(-1, rank)
+    return _per_sample(u, hidden.reshape(n, rank, -1)).reshape(n, u.shape[0], *hidden.shape[2:])
+
+
+def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
+    return _up(inner(x, params, layout)[0], params)
 
 
 def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
                  coef: float) -> tuple[torch.Tensor, ...]:
     """y += coef * delta_forward(x), in place (inside the batched product where y is contiguous)."""
     saved = inner(x, params, layout)
-    if not y.is_contiguous():
-        y.add_(delta_forward(x, params, layout), alpha=coef)
+    hidden = saved[0]
+    if not y.is_contiguous():  # channels-last, for one
+        y.add_(_up(hidden, params), alpha=coef)
         return saved
-    n, rank = saved[0].shape[:2]
+    n, rank = hidden.shape[:2]
     u = params["up"].to(x.dtype).reshape(-1, rank)
-    y.view(n, u.shape[0], -1).baddbmm_(u.expand(n, *u.shape), saved[0].reshape(n, rank, -1), alpha=coef)
+    y.view(n, u.shape[0], -1).baddbmm_(u.expand(n, *u.shape), hidden.reshape(n, rank, -1), alpha=coef)
     return saved
 
 

@@ -116,10 +116,13 @@ def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tenso
                  coef: float) -> tuple[torch.Tensor, ...]:
     """y += coef * delta_forward(x), in place (inside the GEMM where y is contiguous); returns `inner`."""
     hidden = inner(x, params, layout)
+    up = params["up"].to(x.dtype)
     if y.is_contiguous():
-        _expand(hidden[0], params["up"].to(x.dtype), layout, y.view(-1, y.shape[-1]), coef)
+        _expand(hidden[0], up, layout, y.view(-1, y.shape[-1]), coef)
     else:
-        y.add_(delta_forward(x, params, layout), alpha=coef)
+        delta = y.new_zeros(hidden[0].shape[1], layout.out_features)
+        _expand(hidden[0], up, layout, delta, coef)
+        y.add_(delta.view(y.shape))
     return hidden
 
 
