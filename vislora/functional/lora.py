@@ -100,16 +100,19 @@ def _expand(hidden_t: torch.Tensor, up: torch.Tensor, layout: RowLayout, out: to
         out[:, rows].addmm_(hidden_t[down_rows].T, up[up_rows].T, alpha=coef)
 
 
+def _delta(hidden_t: torch.Tensor, up: torch.Tensor, layout: RowLayout) -> torch.Tensor:
+    """The up projection of hidden_t as a new [N, out_features] tensor."""
+    if layout.is_full:
+        return hidden_t.T @ up.T
+    out = hidden_t.new_zeros(hidden_t.shape[1], layout.out_features)
+    _expand(hidden_t, up, layout, out, 1.0)
+    return out
+
+
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
     """delta W applied to x without forming delta W: [..., in] -> [..., out]."""
     (hidden_t,) = inner(x, params, layout)
-    up = params["up"].to(x.dtype)
-    if layout.is_full:
-        out = hidden_t.T @ up.T
-    else:
-        out = x.new_zeros(hidden_t.shape[1], layout.out_features)
-        _expand(hidden_t, up, layout, out, 1.0)
-    return out.reshape(*x.shape[:-1], -1)
+    return _delta(hidden_t, params["up"].to(x.dtype), layout).reshape(*x.shape[:-1], -1)
 
 
 def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout,
@@ -120,9 +123,7 @@ def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tenso
     if y.is_contiguous():
         _expand(hidden[0], up, layout, y.view(-1, y.shape[-1]), coef)
     else:
-        delta = y.new_zeros(hidden[0].shape[1], layout.out_features)
-        _expand(hidden[0], up, layout, delta, coef)
-        y.add_(delta.view(y.shape))
+        y.add_(_delta(hidden[0], up, layout).view(y.shape), alpha=coef)
     return hidden
 
 
@@ -139,7 +140,7 @@ def backward(
     x2 = x.reshape(-1, x.shape[-1])  # [N, in]
     g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [N, out]
     d, u = down.to(x2.dtype), up.to(x2.dtype)
-    # Rank-as-rows orientation throughout, as in delta_forward.
+    # Rank-as-rows orientation throughout, as in inner.
     (hidden_t,) = inner(x, params, layout) if saved is None else saved  # [k*r, N]
     if layout.is_full:
         g_hidden_t = project_tokens(u.T, g2)  # [r, N]
