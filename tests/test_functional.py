@@ -174,6 +174,22 @@ def test_add_delta_weight_equals_weight_plus_scaled_delta(kind, layer, layout, x
     assert fused.data_ptr() != w.data_ptr()  # never written in place
 
 
+def test_folded_lora_weight_has_padded_rows_and_stays_differentiable():
+    """The fold writes into rows a cache line apart (fast BLAS writes); with factors that need gradients
+    under grad mode it falls back to a plain differentiable product."""
+    lin = nn.Linear(64, 32)
+    params = KINDS["lora"].init_params(lin.weight.shape, 4, "random", RowLayout.full(32))
+    w = lin.weight.detach()
+    fused = KINDS["lora"].add_delta_weight(w, params, RowLayout.full(32), 0.5)
+    assert fused.shape == w.shape and fused.stride(0) > w.shape[1]
+    torch.testing.assert_close(F.linear(torch.ones(2, 64), fused), F.linear(torch.ones(2, 64), fused.contiguous()))
+    down = params["down"].requires_grad_()
+    again = KINDS["lora"].add_delta_weight(w, params, RowLayout.full(32), 0.5)
+    again.sum().backward()
+    torch.testing.assert_close(again, fused)
+    assert down.grad is not None
+
+
 def test_token_split_products_equal_plain_products():
     """The thread-split thin products (used on CPU with several threads) give the plain products' values."""
     from vislora.functional.ops import project_tokens, reduce_tokens
