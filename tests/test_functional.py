@@ -207,6 +207,25 @@ def test_token_split_products_equal_plain_products():
         torch.set_num_threads(previous)
 
 
+def test_large_fp32_thin_products_equal_plain_products():
+    """Products big enough to go to oneDNN (fp32 on CPU) give BLAS's values, in every input layout we pass."""
+    from vislora.functional import ops
+
+    a_t, b, w_t = torch.randn(8, 1576), torch.randn(1576, 768), torch.randn(8, 768)
+    assert ops._onednn_fits(a_t, b) == (ops._ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available())
+    for wide in (b, torch.randn(1576, 1536)[:, 100:868]):  # contiguous, and a column slice (q/v slices)
+        torch.testing.assert_close(ops.reduce_tokens(a_t, wide), a_t @ wide, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(ops.project_tokens(w_t, wide), w_t @ wide.T, rtol=1e-5, atol=1e-4)
+    hidden = ops.project_tokens(w_t, b)  # a transposed view, used again as the thin side
+    torch.testing.assert_close(ops.reduce_tokens(hidden, b), (w_t @ b.T) @ b, rtol=1e-4, atol=1e-2)
+    narrow = torch.randn(1576, 16)  # too little work for oneDNN: BLAS takes the transposed view
+    torch.testing.assert_close(ops.reduce_tokens(hidden, narrow), (w_t @ b.T) @ narrow, rtol=1e-4, atol=1e-2)
+    w_t.requires_grad_()
+    assert not ops._onednn_fits(w_t, b)  # inside autograd: the differentiable product
+    ops.project_tokens(w_t, b).sum().backward()
+    assert w_t.grad is not None
+
+
 @pytest.mark.parametrize("shape", [(64,), (3, 40), (2, 5, 7)])
 def test_bitmask_round_trip(shape):
     from vislora.functional import bitmask
