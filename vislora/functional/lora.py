@@ -101,8 +101,7 @@ def _padded_rows(weight: torch.Tensor) -> torch.Tensor:
 
 def inner(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout) -> tuple[torch.Tensor, ...]:
     """What backward needs of the forward besides x: the rank-sized activations (hidden_t [k*r, N])."""
-    # The thin products keep the rank as rows ([r, N]): BLAS runs those several times faster on CPU
-    # than the [N, r] orientation, for the same numbers.
+    # Rank as rows ([r, N]) throughout: project_tokens picks the fastest product for that result.
     return (project_tokens(params["down"].to(x.dtype), x.reshape(-1, x.shape[-1])),)
 
 

@@ -106,7 +106,9 @@ def _token_chunks(x: torch.Tensor, tokens: int) -> int:
 
 
 def _onednn_linear():
-    """oneDNN's linear (x @ w.T) where this build of torch registers it, else None."""
+    """oneDNN's linear (x @ w.T) where this build of torch has oneDNN and registers it, else None."""
+    if not torch.backends.mkldnn.is_available():
+        return None
     try:
         return torch.ops.mkldnn._linear_pointwise
     except (AttributeError, RuntimeError):
@@ -122,7 +124,6 @@ def _onednn_fits(thin: torch.Tensor, wide: torch.Tensor) -> bool:
         thin.shape[0] * wide.numel() >= _ONEDNN_MIN_WORK
         and _ONEDNN_LINEAR is not None
         and torch.backends.mkldnn.enabled
-        and torch.backends.mkldnn.is_available()
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (thin, wide))
         and not (torch.is_grad_enabled() and (thin.requires_grad or wide.requires_grad))
     )
