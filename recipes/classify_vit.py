@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import vislora
-from vislora import checkpoint
-from vislora.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
-from vislora.data import DatasetError, Samples, scan, split
-from vislora.dataset import ImageDataset, Preprocess
-from vislora.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
-from vislora.sampling import EpochBatches
-from vislora.trainstate import restore_training, save_training
+from vislora.train import checkpoint
+from vislora.tasks.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
+from vislora.data.folders import DatasetError, Samples, scan, split
+from vislora.data.dataset import ImageDataset, Preprocess
+from vislora.train.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
+from vislora.train.sampling import EpochBatches
+from vislora.train.trainstate import restore_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
