@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -32,11 +31,11 @@ from vislora.data.folders import DatasetError, Samples, scan, split
 from vislora.data.dataset import ImageDataset, Preprocess
 from vislora.train.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
 from vislora.train.sampling import EpochBatches
+from vislora.train.runs import MAX_BAD_STEPS, config_hash, lr_at, make_accelerator, run_main
 from vislora.train.trainstate import restore_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
-MAX_BAD_STEPS = 3  # consecutive non-finite steps before giving up
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,33 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- steps -------------------------------------------------------------------------------------------------
-def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    # accelerate sets up several CPU processes (gloo) only when told it runs on the CPU.
-    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
-        hasattr(torch, "xpu") and torch.xpu.is_available())
-    cpu = args.cpu or not accelerated
-    precision = args.mixed_precision
-    if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
-        cuda = torch.cuda.is_available() and not cpu
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    _forget_single_process_state()
-    return Accelerator(mixed_precision=precision, cpu=cpu)
-
-
-def _forget_single_process_state() -> None:
-    """Let a second run in the same process use other settings (a notebook trying bf16 after fp32).
-
-    accelerate keeps one state per process and refuses different settings later. A single-process state
-    holds nothing worth keeping, so it starts afresh; under a multi-process launch the state belongs to the
-    launch and stays. `_reset_state` is accelerate's own way to do this (transformers' TrainingArguments
-    calls it too); the fp32 -> bf16 -> fp32 recipe test covers it.
-    """
-    from accelerate.state import AcceleratorState
-
-    if PartialState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | None, int]:
     """Train and validation samples (checked before any model work) and the number of skipped files."""
     train = scan(args.data, warn=main, progress=main and args.progress)
@@ -149,21 +121,6 @@ def adapt(model: torch.nn.Module, args: argparse.Namespace) -> str:
     vislora.inject(model, list(args.preset), rank=args.rank, alpha=args.alpha, dropout=args.dropout,
                    modules_to_save=[heads] if isinstance(heads, str) else list(heads))
     return "lora"
-
-
-def lr_at(step: int, total: int, args: argparse.Namespace) -> float:
-    """Linear warm-up over the first `warmup` share of steps, then cosine decay to zero."""
-    warm = int(args.warmup * total)
-    if step < warm:
-        return args.lr * (step + 1) / warm
-    progress = (step - warm) / max(total - warm, 1)
-    return args.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def config_hash(args: argparse.Namespace, train: Samples, world: int) -> str:
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAJECTORY}
-    settings.update(world=world, images=train.paths, labels=train.labels)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @torch.no_grad()
@@ -215,7 +172,7 @@ def train_step(model, optimizer, micro_batches, trainable, args, accelerator: Ac
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args.mixed_precision, args.cpu)
     main = accelerator.is_main_process
     out, run_dir = Path(args.out), Path(args.out) / "checkpoints"
     train, val, skipped = load_data(args, main)
@@ -238,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
-    digest = config_hash(args, train, world)
+    digest = config_hash(args, NOT_TRAJECTORY, world=world, images=train.paths, labels=train.labels)
 
     state = {"step": 0, "history": [], "epoch_loss": 0.0, "epoch_images": 0, "epoch_seconds": 0.0,
              "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0}
@@ -259,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def close_epoch(at: int) -> None:
         """Validate, and append the epoch's row (the same whether the epoch ran in one go or was resumed)."""
-        row = {"epoch": math.ceil(at / steps_per_epoch), "step": at, "lr": lr_at(at - 1, total, args),
+        row = {"epoch": math.ceil(at / steps_per_epoch), "step": at, "lr": lr_at(at - 1, total, args.lr, args.warmup),
                "train_loss": state["epoch_loss"] / state["epoch_images"],
                **(evaluate(bare, val_set, args, accelerator) if val_set else {}),
                "images_per_s": state["epoch_images"] / max(state["epoch_seconds"], 1e-9),
@@ -290,7 +247,7 @@ def run(args: argparse.Namespace) -> dict:
         for _ in range(within, min(steps_per_epoch, within + total - step)):
             started = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, args)
+                group["lr"] = lr_at(step, total, args.lr, args.warmup)
             loss_sum, images, finite, used = train_step(model, optimizer, micro_batches, trainable, args, accelerator)
             if finite:
                 state["bad_steps"] = 0
@@ -357,21 +314,16 @@ def finish(args, accelerator: Accelerator, model, mode: str, record: BaseRecord,
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the recipe; a vislora error is printed as one line (no traceback) with exit status 2."""
-    args = parse_args(argv)
-    try:
-        summary = run(args)
-    except vislora.VisloraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not PartialState().is_main_process:
-        return 0
+def report(summary: dict) -> None:
     if summary["val_top1"] is not None:
         print(f"val top-1 {summary['val_top1']:.4f}, top-5 {summary['val_top5']:.4f}")
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; a vislora error is printed as one line (no traceback) with exit status 2."""
+    return run_main(run, parse_args(argv), report)
 
 
 if __name__ == "__main__":

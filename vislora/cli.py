@@ -2,6 +2,8 @@
 
     vislora classify --data DIR --model NAME --out OUT ...     the ViT classification recipe (same flags)
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
+    vislora dreambooth --model BASE --instance-data DIR --instance-prompt TEXT --out OUT ...   (same flags)
+    vislora style --model BASE --data DIR --out OUT ...                   Stable Diffusion style LoRA
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
 be decoded is reported on its own line and the others are still predicted (exit status 1).
@@ -21,6 +23,18 @@ def _classify(argv: list[str]) -> int:
     from .recipes import classify_vit
 
     return classify_vit.main(argv)
+
+
+def _dreambooth(argv: list[str]) -> int:
+    from .recipes import dreambooth_sd
+
+    return dreambooth_sd.main(argv)
+
+
+def _style(argv: list[str]) -> int:
+    from .recipes import style_sd
+
+    return style_sd.main(argv)
 
 
 def _predict(argv: list[str]) -> int:
@@ -59,6 +73,8 @@ def _predict(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
+    "dreambooth": (_dreambooth, "teach a Stable Diffusion model a subject (recipes/dreambooth_sd.py)"),
+    "style": (_style, "train a style adapter from captioned images (recipes/style_sd.py)"),
 }
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from .targets import PRESETS, TargetRule
 
 ADAPTABLE = ("unet", "transformer", "text_encoder", "text_encoder_2")
-FAMILY_COMPONENT = {"unet": "unet", "text": "text_encoder"}
+FAMILY_COMPONENT = {"unet": "unet", "text": "text_encoder", "text2": "text_encoder_2"}
 
 
 def components(model: Any) -> dict[str, nn.Module]:

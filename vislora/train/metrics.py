@@ -34,11 +34,12 @@ def peak_rss_mb() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def write_metrics(out: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+def write_metrics(out: Path, summary: dict[str, Any], history: list[dict[str, Any]],
+                  columns: tuple[str, ...] = HISTORY_COLUMNS) -> None:
     """metrics.json (summary plus history) and metrics.csv (history), each replaced atomically."""
     write_bytes(out / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode("utf-8"))
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
     write_bytes(out / "metrics.csv", text.getvalue().encode("utf-8"))

@@ -1,0 +1,511 @@
+"""Teach a Stable Diffusion model a subject (DreamBooth) with LoRA, on one CPU or many GPUs (accelerate).
+
+    python recipes/dreambooth_sd.py --model DIR|HUB_ID|FILE.safetensors --instance-data DIR \
+        --instance-prompt "a sks dog" --prior-preservation --class-prompt "a dog" --out runs/dog
+    accelerate launch --num_processes 4 recipes/dreambooth_sd.py ...        # the same, data-parallel
+
+recipes/style_sd.py is the same recipe on a folder of captioned images (--data, --caption, --trigger,
+aspect-ratio buckets). Writes OUT/adapter.safetensors (loads in diffusers' `pipe.load_lora_weights`; its
+metadata records the base and the prompts), OUT/metrics.json, metrics.csv and loss.png, a labelled sample
+grid per validation (OUT/samples/step-000200.png), and transactional checkpoints that --resume continues from,
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+import vislora
+from vislora.data.buckets import assign, bucket_batches, bucket_sizes, fit
+from vislora.data.captions import Captioned, image_files, scan_captioned
+from vislora.data.folders import DatasetError
+from vislora.data.images import decode_image
+from vislora.tasks.diffusion import (DiffusionBase, PromptEmbeds, check_presets, check_prompts, encode_prompts,
+                                     generate, load_pipeline, sdxl_time_ids)
+from vislora.train import checkpoint
+from vislora.train import diffusion_loss as dl
+from vislora.train.metrics import peak_rss_mb, write_metrics
+from vislora.train.plots import plot_loss, save_grid, save_png
+from vislora.train.runs import MAX_BAD_STEPS, config_hash, lr_at, make_accelerator, run_main
+from vislora.train.sampling import derive_seed, epoch_order
+from vislora.train.trainstate import restore_training, save_training
+
+# Arguments that do not change what is trained; everything else must match to resume.
+NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
+                  "validation_prompt", "validation_seeds", "sample_steps", "guidance", "class_data", "model",
+                  "model_config"}
+HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
+METADATA_KEY = "vislora.diffusion"
+_DRAWS, _CLASS_ORDER = 3, 4  # derive_seed purposes of this recipe (sampling and buckets use 0-2)
+
+
+def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
+                                "Train a style LoRA for Stable Diffusion from a folder of captioned images.",
+                                prog=f"vislora {task}")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
+    model.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
+    model.add_argument("--resolution", type=int, help="training size in pixels (default: the model's)")
+    data = p.add_argument_group("data")
+    if task == "dreambooth":
+        data.add_argument("--instance-data", required=True, help="folder of images of the subject")
+        data.add_argument("--instance-prompt", required=True, help='e.g. "a sks dog"')
+        data.add_argument("--prior-preservation", action="store_true", help="also train on class images")
+        data.add_argument("--class-prompt", help='e.g. "a dog" (needed with --prior-preservation)')
+        data.add_argument("--class-data", help="folder of class images; the missing ones are generated and kept "
+                          "(default OUT/class_images)")
+        data.add_argument("--num-class-images", type=int, default=100)
+        data.add_argument("--prior-loss-weight", type=float, default=1.0)
+    else:
+        data.add_argument("--data", required=True, help="images with captions: a .txt beside each, or metadata.jsonl")
+        data.add_argument("--caption", help="one caption for every image (overrides the caption files)")
+        data.add_argument("--trigger", help="a trigger word put first in every caption")
+        data.add_argument("--no-buckets", dest="buckets", action="store_false",
+                          help="centre-crop every image square instead of aspect-ratio buckets")
+    adapt = p.add_argument_group("adapter")
+    adapt.add_argument("--preset", nargs="+", default=["unet.attn"], help="presets or patterns (default unet.attn)")
+    adapt.add_argument("--rank", type=int, default=4)
+    adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
+    adapt.add_argument("--conv-rank", type=int, default=0, help="LoCon on the UNet convs with this rank (0: none)")
+    adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
+    adapt.add_argument("--train-text-encoder", action="store_true", help="also LoRA on the text encoder(s)")
+    adapt.add_argument("--dropout", type=float, default=0.0)
+    train = p.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=400)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    train.add_argument("--warmup", type=float, default=0.0, help="share of the steps with linear warm-up")
+    train.add_argument("--batch-size", type=int, default=1, help="per process (and as many class images)")
+    train.add_argument("--grad-accum", type=int, default=1)
+    train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
+    train.add_argument("--noise-offset", type=float, default=0.0)
+    train.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    train.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="encode images and prompts every step instead of once")
+    train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto")
+    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes' AdamW8bit (GPU)")
+    train.add_argument("--cpu", action="store_true")
+    train.add_argument("--threads", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    val = p.add_argument_group("validation")
+    val.add_argument("--validate-every", type=int, default=0, help="steps between sample grids (0: at the end only)")
+    val.add_argument("--validation-prompt", nargs="+", help="default: the instance prompt / the first captions")
+    val.add_argument("--validation-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    val.add_argument("--sample-steps", type=int, default=25, help="denoising steps for samples and class images")
+    val.add_argument("--guidance", type=float, default=7.5)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True)
+    out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
+    out.add_argument("--keep", type=int, default=2)
+    out.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    args.task = task
+    return args
+
+
+# -- steps -------------------------------------------------------------------------------------------------
+@dataclass
+class Items:
+    """Training pictures at their bucket size: pixels uint8 [3, h, w], captions, bucket index, crop (top, left)."""
+
+    data: Captioned
+    pixels: list[torch.Tensor]
+    buckets: list[int]
+    crops: list[tuple[int, int]]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work, before any file is read."""
+    if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
+        raise DatasetError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
+    for flag in ("steps", "rank", "batch_size", "grad_accum"):
+        if getattr(args, flag) < 1:
+            raise DatasetError(f"--{flag.replace('_', '-')} must be at least 1")
+
+
+def multiple_of(base: DiffusionBase) -> int:
+    """Image sides must divide by this: the VAE's downsampling times the UNet's."""
+    return base.pipe.vae_scale_factor * 2 ** (len(base.pipe.unet.config.block_out_channels) - 1)
+
+
+def load_items(data: Captioned, sizes: list[tuple[int, int]]) -> Items:
+    pixels, buckets, crops = [], [], []
+    for path, size in zip(data.paths, data.sizes):
+        b = assign(sizes, size)
+        x, crop = fit(decode_image(path), sizes[b])
+        pixels.append(((x + 1) * 127.5).round().to(torch.uint8))  # exact: fit's values are k / 127.5 - 1
+        buckets.append(b)
+        crops.append(crop)
+    return Items(data, pixels, buckets, crops)
+
+
+def class_images(base: DiffusionBase, args: argparse.Namespace, accelerator: Accelerator, resolution: int) -> Path:
+    """The class folder with at least --num-class-images pictures; only the missing ones are drawn with the
+    base (main process; seeds continue from the count already there), each written atomically."""
+    folder = Path(args.class_data or Path(args.out) / "class_images")
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        have = len(image_files(folder, "--class-data")) if any(folder.iterdir()) else 0
+        missing = range(have, args.num_class_images)
+        bar = tqdm(total=len(missing), desc="class images", disable=None if args.progress else True, leave=False)
+        for start in range(missing.start, missing.stop, 4):
+            index = list(range(start, min(start + 4, missing.stop)))
+            drawn = generate(base.pipe, [args.class_prompt] * len(index), [args.seed * 100_003 + i for i in index],
+                             steps=args.sample_steps, guidance=args.guidance, size=resolution)
+            for i, image in zip(index, drawn):
+                save_png(folder / f"class-{i:05d}.png", image)
+            bar.update(len(index))
+        bar.close()
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def load_data(args: argparse.Namespace, base: DiffusionBase, accelerator: Accelerator
+              ) -> tuple[Items, Items | None, int]:
+    """Instance (or style) items and class items (prior preservation), checked before any training."""
+    main = accelerator.is_main_process
+    resolution = args.resolution or base.pipe.unet.config.sample_size * base.pipe.vae_scale_factor
+    if resolution % multiple_of(base):
+        raise DatasetError(f"--resolution {resolution}: must be a multiple of {multiple_of(base)} for this model")
+    if args.task == "dreambooth":
+        data = scan_captioned(args.instance_data, flag="--instance-data", caption=args.instance_prompt,
+                              min_size=resolution, warn=main)
+        square = True
+    else:
+        data = scan_captioned(args.data, flag="--data", caption=args.caption, trigger=args.trigger,
+                              min_size=resolution, warn=main)
+        square = not args.buckets
+    prompts = {"--instance-prompt" if args.task == "dreambooth" else p: c for p, c in zip(data.paths, data.captions)}
+    if args.task == "dreambooth" and args.class_prompt:
+        prompts["--class-prompt"] = args.class_prompt
+    for line in check_prompts(base.pipe, prompts):
+        if main:
+            warnings.warn(line, stacklevel=2)
+    sizes = bucket_sizes(resolution, multiple_of(base), square=square)
+    items = load_items(data, sizes)
+    classes = None
+    if args.task == "dreambooth" and args.prior_preservation:
+        folder = class_images(base, args, accelerator, resolution)
+        found = scan_captioned(folder, flag="--class-data", caption=args.class_prompt, min_size=resolution, warn=main)
+        classes = load_items(Captioned(found.paths[:args.num_class_images], found.captions[:args.num_class_images],
+                                       found.sizes[:args.num_class_images]), sizes[:1])
+    return items, classes, resolution
+
+
+def adapt(base: DiffusionBase, args: argparse.Namespace) -> vislora.InjectReport:
+    """LoRA on --preset (and the text encoder(s)), LoCon on the UNet convs with --conv-rank."""
+    targets: dict[str, dict] = {p: {"rank": args.rank, "alpha": args.alpha or args.rank} for p in args.preset}
+    if args.conv_rank:
+        targets["unet.conv"] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
+    if args.train_text_encoder:
+        targets["text.attn"] = {"rank": args.rank, "alpha": args.alpha or args.rank}
+        if base.is_sdxl:
+            targets["text2.attn"] = {"rank": args.rank, "alpha": args.alpha or args.rank}
+    check_presets(base.pipe, list(targets))
+    return vislora.inject(base.pipe, targets, rank=args.rank, dropout=args.dropout)
+
+
+@torch.no_grad()
+def cache_latents(vae: nn.Module, items: Items, device: torch.device, progress: bool) -> list[tuple[torch.Tensor, ...]]:
+    """Each picture's latent distribution (mean, std) [4, h/8, w/8], encoded once (the VAE is frozen).
+    A step samples mean + std * e with its own e, as encoding every step would."""
+    out = []
+    for x in tqdm(items.pixels, desc="caching latents", disable=None if progress else True, leave=False):
+        dist = vae.encode(x[None].to(device, torch.float32) / 127.5 - 1.0).latent_dist
+        out.append((dist.mean[0].cpu(), dist.std[0].cpu()))
+    return out
+
+
+def latent_params(vae: nn.Module, items: Items, indices: list[int], cached, device) -> tuple[torch.Tensor, torch.Tensor]:
+    if cached is not None:
+        return (torch.stack([cached[i][0] for i in indices]).to(device),
+                torch.stack([cached[i][1] for i in indices]).to(device))
+    with torch.no_grad():  # --no-cache: the VAE encodes the batch every step
+        pixels = torch.stack([items.pixels[i] for i in indices]).to(device, torch.float32) / 127.5 - 1.0
+        dist = vae.encode(pixels).latent_dist
+    return dist.mean, dist.std
+
+
+class TextCache:
+    """Prompt embeddings, computed once per distinct prompt while the text encoders are frozen."""
+
+    def __init__(self, base: DiffusionBase, enabled: bool) -> None:
+        self.base, self.enabled, self.store = base, enabled, {}
+
+    def __call__(self, prompts: list[str], device) -> PromptEmbeds:
+        if not self.enabled:
+            return encode_prompts(self.base.pipe, prompts, device=device)
+        for p in set(prompts) - set(self.store):
+            with torch.no_grad():
+                e = encode_prompts(self.base.pipe, [p], device=device)
+            self.store[p] = PromptEmbeds(e.hidden[0], None if e.pooled is None else e.pooled[0])
+        rows = [self.store[p] for p in prompts]
+        pooled = None if rows[0].pooled is None else torch.stack([r.pooled for r in rows])
+        return PromptEmbeds(torch.stack([r.hidden for r in rows]), pooled)
+
+
+class Batches:
+    """Global batch n (= step x grad_accum + micro) as item indices: a pure function of (seed, n), so a
+    resumed run and any number of processes see the same pictures. Class pictures follow their own order."""
+
+    def __init__(self, items: Items, classes: Items | None, global_batch: int, seed: int) -> None:
+        self.items, self.classes, self.global_batch, self.seed = items, classes, global_batch, seed
+        self.per_epoch = len(bucket_batches(items.buckets, global_batch, seed, 0))
+        self._epoch: tuple[int, list[list[int]]] | None = None
+        if self.per_epoch == 0:
+            raise DatasetError(f"{len(items.pixels)} images make no full batch of {global_batch} in any one "
+                               "aspect-ratio bucket; lower --batch-size, or use --no-buckets")
+
+    def instance(self, n: int) -> list[int]:
+        epoch, within = divmod(n, self.per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, bucket_batches(self.items.buckets, self.global_batch, self.seed, epoch))
+        return self._epoch[1][within]
+
+    def prior(self, n: int) -> list[int]:
+        count = len(self.classes.pixels)
+        picks = []
+        for k in range(n * self.global_batch, (n + 1) * self.global_batch):
+            epoch, pos = divmod(k, count)
+            picks.append(epoch_order(count, derive_seed(self.seed, _CLASS_ORDER), epoch)[pos])
+        return picks
+
+
+def sample_loss(base: DiffusionBase, unet, vae, text: TextCache, items: Items, indices: list[int], cached,
+                first: int, n: int, args, alphas: torch.Tensor, device) -> torch.Tensor:
+    """Per-sample denoising losses [B] of one batch. Sample j of global batch n draws its noise, timestep and
+    latent from a generator seeded by (seed, n, first + j), its position in the global batch."""
+    mean, std = latent_params(vae, items, indices, cached, device)           # [B, 4, h, w]
+    draws = [dl.draw(tuple(mean.shape[1:]), torch.Generator().manual_seed(
+        derive_seed(args.seed, n, first + j, purpose=_DRAWS)), len(alphas), args.noise_offset)
+        for j in range(len(indices))]
+    eps = torch.stack([d.latent_noise for d in draws]).to(device)
+    noise = torch.stack([d.noise for d in draws]).to(device)
+    t = torch.tensor([d.timestep for d in draws], device=device)
+    x0 = (mean + std * eps) * vae.config.scaling_factor
+    noisy = dl.add_noise(x0, noise, t, alphas)
+    emb = text([items.data.captions[i] for i in indices], device)
+    extra = {}
+    if base.is_sdxl:  # micro-conditioning: original size, crop, target size per picture
+        ids = [sdxl_time_ids(items.data.sizes[i][::-1], items.crops[i], tuple(items.pixels[i].shape[1:]))
+               for i in indices]
+        extra["added_cond_kwargs"] = {"text_embeds": emb.pooled, "time_ids": torch.stack(ids).to(device)}
+    pred = unet(noisy, t, emb.hidden, **extra).sample
+    weights = dl.snr_weights(t, alphas, args.snr_gamma, base.prediction)
+    return dl.per_sample_loss(pred, dl.target(x0, noise, t, alphas, base.prediction)) * weights
+
+
+def describe(args: argparse.Namespace, base: DiffusionBase, resolution: int) -> dict[str, str]:
+    """The adapter file's provenance entry: base (path relative to OUT, or hub name, with sha256), prompts."""
+    record = dict(base.record)
+    if "path" in record:
+        with contextlib.suppress(ValueError):  # another drive: keep the absolute path
+            record["path"] = os.path.relpath(record["path"], Path(args.out).resolve())
+    info = {"task": args.task, "base": record, "resolution": resolution, "steps": args.steps}
+    if args.task == "dreambooth":
+        info.update(instance_prompt=args.instance_prompt,
+                    class_prompt=args.class_prompt if args.prior_preservation else None)
+    else:
+        info.update(caption=args.caption, trigger=args.trigger)
+    return {METADATA_KEY: json.dumps(info, sort_keys=True)}
+
+
+@torch.no_grad()
+def validate(base: DiffusionBase, args, prompts: list[str], step: int, resolution: int) -> Path:
+    """A labelled grid: one row per prompt, one column per fixed seed, at OUT/samples/step-NNNNNN.png."""
+    base.pipe.unet.eval()
+    seeds = list(args.validation_seeds)
+    drawn = generate(base.pipe, [p for p in prompts for _ in seeds], seeds * len(prompts), steps=args.sample_steps,
+                     guidance=args.guidance, size=resolution)
+    rows = [drawn[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(prompts))]
+    scale = max(1, 128 // resolution)
+    title = f"step {step}, seeds {seeds}"
+    return save_grid(Path(args.out) / "samples" / f"step-{step:06d}.png", rows, prompts, title, scale)
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = make_accelerator(args.mixed_precision, args.cpu)
+    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
+    run_dir = Path(args.out) / "checkpoints"
+    base = load_pipeline(args.model, config=args.model_config)
+    pipe = base.pipe
+    pipe.to(device)
+    items, classes, resolution = load_data(args, base, accelerator)
+    report = adapt(base, args)
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+
+    # Frozen VAE (always) and text encoders (unless trained): their outputs are computed once.
+    cached = cache_latents(pipe.vae, items, device, main and args.progress) if args.cache else None
+    cached_class = cache_latents(pipe.vae, classes, device, False) if args.cache and classes else None
+    text = TextCache(base, args.cache and not args.train_text_encoder)
+    alphas = torch.as_tensor(pipe.scheduler.alphas_cumprod, dtype=torch.float32)
+
+    trained = {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if args.train_text_encoder else {}),
+               **({"text_encoder_2": pipe.text_encoder_2} if args.train_text_encoder and base.is_sdxl else {})}
+    holder = nn.ModuleDict(trained)  # one module for checkpoints: parameters named "<component>.<path>"
+    trainable = vislora.trainable_parameters(pipe)
+    optimizer = make_optimizer(trainable, args)
+    batches = Batches(items, classes, args.batch_size * world, args.seed)
+    digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
+                         classes=classes.data.paths if classes else None, base=base.record)
+    state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": []}
+    if args.resume:
+        found = checkpoint.latest(run_dir, config_hash=digest)
+        if found is not None:
+            state = restore_training(found, holder, optimizer)
+        accelerator.print(f"resuming from {found.path} (step {state['step']})" if found else
+                          f"--resume: no complete checkpoint in {run_dir}; starting at step 0")
+    wrapped = {k: accelerator.prepare(m) for k, m in trained.items()}
+    unet = wrapped["unet"]
+    optimizer = accelerator.prepare(optimizer)
+    accelerator.print(f"{args.task}: {report.trainable_params:,} trainable parameters in {len(report.matched)} "
+                      f"modules; {len(items.pixels)} images{f' + {len(classes.pixels)} class images' if classes else ''}"
+                      f" at {resolution} px; {args.steps} steps on {world} x {device}; base {base.arch}, "
+                      f"{base.prediction}")
+    prompts = args.validation_prompt or ([args.instance_prompt] if args.task == "dreambooth"
+                                         else list(dict.fromkeys(items.data.captions))[:2])
+
+    step = state["step"]
+    rss_before = peak_rss_mb()
+    bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
+               dynamic_ncols=True)
+    for m in wrapped.values():
+        m.train()
+    while step < args.steps:
+        started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.lr_schedule)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # instance loss sum, prior loss sum, images
+        rank = accelerator.process_index
+        for micro in range(args.grad_accum):
+            n = step * args.grad_accum + micro
+            mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
+            # Gradients are averaged across processes only on the last micro-batch of the step.
+            with contextlib.ExitStack() as stack:
+                if micro < args.grad_accum - 1:
+                    for m in wrapped.values():
+                        stack.enter_context(accelerator.no_sync(m))
+                stack.enter_context(accelerator.autocast())
+                inst = sample_loss(base, unet, pipe.vae, text, items, batches.instance(n)[mine], cached,
+                                   mine.start, n, args, alphas, device)
+                loss = inst.mean()
+                prior = torch.zeros(())
+                if classes is not None:  # the same number of class pictures, drawn as their own samples
+                    prior = sample_loss(base, unet, pipe.vae, text, classes, batches.prior(n)[mine], cached_class,
+                                        batches.global_batch + mine.start, n, args, alphas, device)
+                    loss = loss + args.prior_loss_weight * prior.mean()
+                accelerator.backward(loss / args.grad_accum)
+            sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
+                                 device=device)
+        norm = accelerator.clip_grad_norm_(trainable, args.clip_grad if args.clip_grad > 0 else math.inf)
+        finite = accelerator.scaler is not None or bool(torch.isfinite(torch.as_tensor(norm)))
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
+        if state["bad_steps"] >= MAX_BAD_STEPS:
+            raise vislora.NonFiniteError(f"step {step + 1}: {MAX_BAD_STEPS} steps in a row had NaN/inf gradients; "
+                                         "lower --lr, or try --mixed-precision no")
+        inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
+        seconds = time.perf_counter() - started
+        row = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "instance_loss": inst_sum / count,
+               "prior_loss": prior_sum / count if classes else None, "seconds": seconds}
+        row["loss"] = row["instance_loss"] + (args.prior_loss_weight * row["prior_loss"] if classes else 0.0)
+        state["history"].append(row)
+        if step > 0:  # the first step pays for warm-up (allocations, thread pools): not a fair step time
+            state["timed_seconds"] += seconds
+            state["timed_steps"] += 1
+        step += 1
+        state["step"] = step
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if main and args.validate_every and step % args.validate_every == 0 and step < args.steps:
+            state["samples"].append(str(validate(base, args, prompts, step, resolution)))
+            for m in wrapped.values():
+                m.train()
+        if main and ((args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.steps):
+            save_training(run_dir, step, holder, optimizer, state, config_hash=digest, keep=args.keep)
+        accelerator.wait_for_everyone()
+    bar.close()
+    return finish(args, accelerator, base, state, prompts, resolution,
+                  {"trainable_params": report.trainable_params, "modules": len(report.matched),
+                   "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
+                   "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before})
+
+
+def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW; bitsandbytes' 8-bit AdamW with --use-8bit-adam (an optional extra: pip install bitsandbytes)."""
+    if not args.use_8bit_adam:
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise DatasetError("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes") from None
+    return bnb.optim.AdamW8bit(params, lr=args.lr, weight_decay=1e-2)
+
+
+def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, prompts: list[str], resolution: int,
+           counts: dict) -> dict:
+    """Write the adapter, the last sample grid, the loss plot and the metrics (main process only)."""
+    out = Path(args.out)
+    history = state["history"]
+    summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
+               "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
+               "first_loss": history[0]["instance_loss"] if history else None,
+               "last_loss": history[-1]["instance_loss"] if history else None, **counts,
+               "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1), "peak_rss_mb": peak_rss_mb(),
+               "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+               "files": {}}
+    if torch.cuda.is_available():
+        summary["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        adapter = vislora.save_adapter(base.pipe, out / "adapter.safetensors",
+                                       metadata=describe(args, base, resolution))
+        summary["files"]["adapter"] = str(adapter)
+        summary["files"]["samples"] = str(validate(base, args, prompts, state["step"], resolution))
+        if history:
+            keys = ("instance_loss", "prior_loss") if history[0]["prior_loss"] is not None else ("instance_loss",)
+            summary["files"]["plot"] = str(plot_loss(history, out / "loss.png", keys, f"{args.task} ({base.arch})"))
+        summary["files"]["metrics"] = str(out / "metrics.json")
+        write_metrics(out, summary, history, HISTORY_COLUMNS)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def report(summary: dict) -> None:
+    print(f"instance loss {summary['first_loss']:.4f} (step 1) -> {summary['last_loss']:.4f} "
+          f"(step {summary['steps']})")
+    for kind, path in summary["files"].items():
+        print(f"{kind}: {path}")
+
+
+def main(argv: list[str] | None = None, task: str = "dreambooth") -> int:
+    """Run the recipe; a vislora error is printed as one line (no traceback) with exit status 2."""
+    return run_main(run, parse_args(argv, task), report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""A tiny Stable Diffusion pipeline with a real CLIPTokenizer (a character vocabulary), built from configs
+and saved as a diffusers folder: what the training tests load, as users load theirs."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+CHARS = string.ascii_lowercase + string.digits + ",."
+
+
+def build_tokenizer(out_dir: Path, max_length: int = 32):
+    """A CLIPTokenizer over single characters (each also as a word end, "a</w>"); no merges."""
+    from transformers import CLIPTokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate([*CHARS, *(c + "</w>" for c in CHARS), *SPECIALS])}
+    (out_dir / "vocab.json").write_text(json.dumps(vocab))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=max_length,
+                              pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_pipeline(root: Path, *, prediction: str = "epsilon", width: int = 32, seed: int = 0):
+    """UNet (2 levels, 32/64 channels), a 2-level VAE (x2 down: 32 px images, 16 px latents), a 2-layer CLIP."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer(root / "_tokenizer")
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=8)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width, norm_num_groups=8, attention_head_dim=8)
+    text = CLIPTextModel(CLIPTextConfig(
+        hidden_size=width, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(steps_offset=1, clip_sample=False, prediction_type=prediction,
+                              beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def save_pipeline(root: Path, **kw) -> Path:
+    folder = root / "base"
+    build_pipeline(root, **kw).save_pretrained(folder, safe_serialization=True)
+    return folder

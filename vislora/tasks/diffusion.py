@@ -1,0 +1,224 @@
+"""Stable Diffusion pipelines for training: load a base the ways users have it, name its architecture,
+encode prompts, and draw images with fixed seeds.
+
+    base = load_pipeline("runwayml/stable-diffusion-v1-5")   # hub id, diffusers folder, or one .safetensors file
+    base.arch, base.prediction  -> "sd1", "epsilon"
+    emb = encode_prompts(base.pipe, ["a sks digit"])            # hidden [B, L, D], pooled [B, D] (SDXL) or None
+    images = generate(base.pipe, ["a sks digit"], seeds=[0, 1], steps=20, size=512)
+
+Pickled weights (.ckpt, .bin, .pt) are refused with the same `UnsafeFormatError` as adapter files, by their
+first bytes, before any library can unpickle them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AdapterCompatError, UnsafeFormatError, VisloraError
+from ..formats.container import _sniff
+from ..train.checkpoint import sha256_file
+
+# Cross-attention width -> architecture (SD1.x: CLIP ViT-L; SD2.x: OpenCLIP ViT-H). SDXL has text_encoder_2.
+ARCH_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2"}
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# Keys only an SDXL single-file checkpoint has (its second text encoder, in the original layout).
+_SDXL_KEYS = ("conditioner.embedders.1.",)
+
+
+class BaseModelError(VisloraError):
+    """The diffusion base cannot be loaded as given (missing, unsafe, or not a Stable Diffusion pipeline)."""
+
+
+@dataclass
+class DiffusionBase:
+    """A loaded pipeline and what it is: arch "sd1" | "sd2" | "sdxl" | "custom" (other widths, e.g. tiny
+    test pipelines), prediction "epsilon" | "v_prediction", and the provenance recorded in adapter files."""
+
+    pipe: Any
+    arch: str
+    prediction: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.arch == "sdxl"
+
+
+def refuse_pickle(path: Path) -> None:
+    """UnsafeFormatError for a pickle or zip-of-pickles (any suffix), by its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    try:
+        _sniff(path, head)
+    except UnsafeFormatError:
+        raise
+    except VisloraError as e:
+        if path.suffix.lower() in PICKLE_SUFFIXES:  # unknown bytes under a pickle's name: still refuse it
+            raise UnsafeFormatError(f"{path.suffix} files are pickles; vislora loads .safetensors only",
+                                    path=path, category="pickle") from None
+        raise BaseModelError(str(e)) from None
+
+
+def _check_folder(root: Path) -> None:
+    """Every weights file in a diffusers folder must have a safetensors form; a component with pickles only is refused."""
+    for part in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [p for p in part.iterdir() if p.is_file()]
+        if any(p.suffix == ".safetensors" for p in files):
+            continue
+        for p in files:
+            if p.suffix.lower() in PICKLE_SUFFIXES:
+                refuse_pickle(p)  # raises for a real pickle
+                raise UnsafeFormatError("only pickled weights here; convert them to .safetensors",
+                                        path=p, category="pickle")
+
+
+def _single_file_class(path: Path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:  # reads the header only
+        keys = list(f.keys())
+    sdxl = any(k.startswith(_SDXL_KEYS) for k in keys)
+    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+
+
+def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
+    from diffusers import DiffusionPipeline
+
+    path = Path(model)
+    if path.is_file():
+        refuse_pickle(path)
+        cls = _single_file_class(path)
+        kwargs = {"config": config} if config else {}
+        pipe = cls.from_single_file(str(path), **kwargs)
+        return pipe, {"source": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        _check_folder(path)
+        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True)
+        weights = sorted((path / "unet").glob("*.safetensors"))
+        return pipe, {"source": "folder", "path": str(path.resolve()),
+                      "unet_sha256": sha256_file(weights[0]) if weights else None}
+    if path.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) or not _HUB_ID.match(model):
+        raise BaseModelError(f"--model {model}: no such file or folder (nor a hub id like 'owner/name')")
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True)  # the hub, for users who are online
+    return pipe, {"source": "hub", "name": model,
+                  "commit": getattr(pipe, "_internal_dict", {}).get("_commit_hash")}
+
+
+def architecture(pipe: Any) -> str:
+    """"sdxl" (two text encoders), "sd1"/"sd2" by cross-attention width, else "custom"."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    return ARCH_BY_CROSS_WIDTH.get(pipe.unet.config.cross_attention_dim, "custom")
+
+
+def load_pipeline(model: str, *, config: str | None = None) -> DiffusionBase:
+    """A Stable Diffusion pipeline from a diffusers folder, a hub id, or one .safetensors checkpoint
+    (`config`: a local diffusers folder or hub id giving its configs, for offline use), in fp32."""
+    pipe, record = _load(model, config)
+    if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
+        raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet and vae to train on")
+    pipe.set_progress_bar_config(disable=True)
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise BaseModelError(f"--model {model}: prediction type {prediction!r} is not trained here "
+                             "(epsilon and v_prediction are)")
+    arch = architecture(pipe)
+    record.update(arch=arch, prediction=prediction, pipeline=type(pipe).__name__)
+    return DiffusionBase(pipe, arch, prediction, record)
+
+
+# -- prompts ------------------------------------------------------------------------------------------------
+@dataclass
+class PromptEmbeds:
+    """Text conditioning: hidden [B, L, D] for cross-attention; pooled [B, D'] for SDXL's added conditioning."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def _tokenizers(pipe: Any) -> list[tuple[Any, Any]]:
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    if any(t is None for t, _ in pairs):
+        raise BaseModelError("the pipeline has no tokenizer; prompts cannot be encoded")
+    return pairs
+
+
+def tokens_cut(pipe: Any, prompt: str) -> int:
+    """How many tokens of `prompt` the (first) tokenizer drops at its length limit (start/end tokens kept)."""
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
+    return max(0, len(ids) - tokenizer.model_max_length)
+
+
+def check_prompts(pipe: Any, prompts: dict[str, str]) -> list[str]:
+    """A warning line for each prompt the tokenizer would cut; `prompts` maps where it comes from -> text."""
+    found = []
+    for where, prompt in prompts.items():
+        cut = tokens_cut(pipe, prompt)
+        if cut:
+            found.append(f"{where}: the prompt is {cut} tokens longer than the tokenizer takes "
+                         f"({pipe.tokenizer.model_max_length}); {cut} tokens were cut: {prompt[:60]!r}")
+    return found
+
+
+def encode_prompts(pipe: Any, prompts: list[str], *, device: torch.device | str | None = None) -> PromptEmbeds:
+    """SD1/2: the text encoder's last hidden state. SDXL (as diffusers does): both encoders' penultimate
+    hidden states side by side [B, 77, 768 + 1280], and the second encoder's pooled projection."""
+    hidden, pooled = [], None
+    pairs = _tokenizers(pipe)
+    for tokenizer, encoder in pairs:
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device or encoder.device)
+        if len(pairs) == 1:
+            hidden.append(encoder(ids)[0])
+            continue
+        out = encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0] if out[0].dim() == 2 else pooled
+    return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)
+
+
+def sdxl_time_ids(original: tuple[int, int], crop: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """SDXL's micro-conditioning: (original h, w, crop top, left, target h, w) as a [6] tensor."""
+    return torch.tensor([*original, *crop, *target], dtype=torch.float32)
+
+
+# -- drawing ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 20, guidance: float = 7.5,
+             size: int | None = None) -> list:
+    """One PIL image per (prompt, seed) pair, each from its own seeded generator: the same call gives the
+    same images, whatever else is drawn in the batch."""
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt")
+    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    device = pipe.unet.device
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                generator=generators, output_type="pil").images
+
+
+def check_presets(pipe: Any, presets: list[str], flag: str = "--preset") -> None:
+    """AdapterCompatError naming the flag when a preset is for a component this pipeline lacks."""
+    from ..components import FAMILY_COMPONENT, components
+    from ..targets import PRESETS
+
+    parts = components(pipe)
+    for name in presets:
+        if name not in PRESETS:
+            continue
+        family = PRESETS[name].family
+        if FAMILY_COMPONENT.get(family) not in parts:
+            raise AdapterCompatError(f"{flag} {name}: this preset adapts a {family!r} model; this "
+                                     f"{architecture(pipe)} pipeline has {', '.join(parts)}", category="preset")

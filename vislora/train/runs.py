@@ -1,0 +1,79 @@
+"""What every recipe's run does the same way: the accelerator (devices, processes, mixed precision), the
+learning-rate schedule, the settings hash that guards --resume, and one-line errors at the command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator, PartialState
+
+from ..errors import VisloraError
+
+MAX_BAD_STEPS = 3  # consecutive non-finite steps before a run gives up
+
+
+def make_accelerator(mixed_precision: str = "auto", cpu: bool = False) -> Accelerator:
+    """`auto`: bf16 where the GPU supports it, else fp16 on CUDA, fp32 ("no") on the CPU. Several CPU
+    processes (gloo) are set up only when accelerate is told it runs on the CPU."""
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    cpu = cpu or not accelerated
+    precision = mixed_precision
+    if precision == "auto":
+        cuda = torch.cuda.is_available() and not cpu
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    _forget_single_process_state()
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+def _forget_single_process_state() -> None:
+    """Let a second run in the same process use other settings (a notebook trying bf16 after fp32).
+
+    accelerate keeps one state per process and refuses different settings later. A single-process state
+    holds nothing worth keeping, so it starts afresh; under a multi-process launch the state belongs to the
+    launch and stays. `_reset_state` is accelerate's own way to do this (transformers' TrainingArguments
+    calls it too); the fp32 -> bf16 -> fp32 recipe test covers it.
+    """
+    from accelerate.state import AcceleratorState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: float = 0.0, schedule: str = "cosine") -> float:
+    """Linear warm-up over the first `warmup` share of the steps, then `schedule`: "cosine" decay to zero,
+    or "constant"."""
+    warm = int(warmup * total)
+    if step < warm:
+        return lr * (step + 1) / warm
+    if schedule == "constant":
+        return lr
+    progress = (step - warm) / max(total - warm, 1)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def config_hash(args: argparse.Namespace, ignore: set[str], **extra: Any) -> str:
+    """sha256 of every argument that changes what is trained (all but `ignore`) and `extra` (data, world)."""
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
+    settings.update(extra)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_main(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,
+             report: Callable[[dict], None]) -> int:
+    """Run a recipe; a vislora error prints as one line (no traceback), exit status 2. Only the main
+    process reports."""
+    try:
+        summary = run(args)
+    except VisloraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if PartialState().is_main_process:
+        report(summary)
+    return 0
