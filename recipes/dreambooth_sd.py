@@ -209,17 +209,19 @@ def load_data(args: argparse.Namespace, base: DiffusionBase, accelerator: Accele
     return items, classes, resolution
 
 
-def adapt(base: DiffusionBase, args: argparse.Namespace) -> vislora.InjectReport:
-    """LoRA on --preset (and the text encoder(s)), LoCon on the UNet convs with --conv-rank."""
-    targets: dict[str, dict] = {p: {"rank": args.rank, "alpha": args.alpha or args.rank} for p in args.preset}
+def targets_of(base: DiffusionBase, args: argparse.Namespace) -> dict[str, dict]:
+    """LoRA on --preset (and the text encoder(s) with --train-text-encoder), LoCon on the UNet convs with
+    --conv-rank; checked against the pipeline's components before anything else is done."""
+    lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
+    targets: dict[str, dict] = {p: dict(lora) for p in args.preset}
     if args.conv_rank:
         targets["unet.conv"] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
     if args.train_text_encoder:
-        targets["text.attn"] = {"rank": args.rank, "alpha": args.alpha or args.rank}
+        targets["text.attn"] = dict(lora)
         if base.is_sdxl:
-            targets["text2.attn"] = {"rank": args.rank, "alpha": args.alpha or args.rank}
+            targets["text2.attn"] = dict(lora)
     check_presets(base.pipe, list(targets))
-    return vislora.inject(base.pipe, targets, rank=args.rank, dropout=args.dropout)
+    return targets
 
 
 @torch.no_grad()
@@ -348,11 +350,13 @@ def run(args: argparse.Namespace) -> dict:
     accelerator = make_accelerator(args.mixed_precision, args.cpu)
     main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     run_dir = Path(args.out) / "checkpoints"
-    base = load_pipeline(args.model, config=args.model_config)
+    base = load_pipeline(args.model, config=args.model_config, progress=main and args.progress)
     pipe = base.pipe
     pipe.to(device)
+    targets = targets_of(base, args)
     items, classes, resolution = load_data(args, base, accelerator)
-    report = adapt(base, args)
+    torch.manual_seed(args.seed)  # the adapters' initial factors: the same in every run with this seed
+    report = vislora.inject(pipe, targets, rank=args.rank, dropout=args.dropout)
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
 
@@ -369,7 +373,8 @@ def run(args: argparse.Namespace) -> dict:
     optimizer = make_optimizer(trainable, args)
     batches = Batches(items, classes, args.batch_size * world, args.seed)
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
-                         classes=classes.data.paths if classes else None, base=base.record)
+                         classes=[Path(p).name for p in classes.data.paths] if classes else None,
+                         base=base.record)
     state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": []}
     if args.resume:
         found = checkpoint.latest(run_dir, config_hash=digest)

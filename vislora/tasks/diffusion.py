@@ -12,10 +12,11 @@ first bytes, before any library can unpickle them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -120,10 +121,27 @@ def architecture(pipe: Any) -> str:
     return ARCH_BY_CROSS_WIDTH.get(pipe.unet.config.cross_attention_dim, "custom")
 
 
-def load_pipeline(model: str, *, config: str | None = None) -> DiffusionBase:
+@contextlib.contextmanager
+def _loading_bars(show: bool) -> Iterator[None]:
+    """diffusers' and transformers' loading bars on or off for the block (their switches are global)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    before = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    for lib, on in ((dlog, show), (tlog, show)):
+        lib.enable_progress_bar() if on else lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, on in zip((dlog, tlog), before):
+            lib.enable_progress_bar() if on else lib.disable_progress_bar()
+
+
+def load_pipeline(model: str, *, config: str | None = None, progress: bool = False) -> DiffusionBase:
     """A Stable Diffusion pipeline from a diffusers folder, a hub id, or one .safetensors checkpoint
     (`config`: a local diffusers folder or hub id giving its configs, for offline use), in fp32."""
-    pipe, record = _load(model, config)
+    with _loading_bars(progress):
+        pipe, record = _load(model, config)
     if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
         raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet and vae to train on")
     pipe.set_progress_bar_config(disable=True)

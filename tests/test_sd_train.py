@@ -1,0 +1,205 @@
+"""The Stable Diffusion recipes end to end on a tiny pipeline folder: DreamBooth with prior preservation,
+style training with captions and buckets, resume, two processes, diffusers loading, preset counts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sd_tiny import save_pipeline
+
+import vislora
+from vislora.formats import container
+from vislora.recipes import dreambooth_sd, style_sd
+from vislora.tasks.diffusion import load_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
+
+
+def _digit(folder: Path, name: str, size: tuple[int, int], shift: int, bar: bool = True) -> Path:
+    """A dark stroke on white: a vertical bar (the 'subject') or a horizontal one."""
+    a = np.full((size[1], size[0], 3), 255, np.uint8)
+    w, h = size
+    if bar:
+        a[h // 4:3 * h // 4, w // 2 - 3 + shift:w // 2 + 3 + shift] = 0
+    else:
+        a[h // 2 - 3 + shift:h // 2 + 3 + shift, w // 4:3 * w // 4] = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    Image.fromarray(a).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sd")
+    base = save_pipeline(root)
+    for i in range(4):
+        _digit(root / "instance", f"{i}.png", (32, 32), i - 2)
+    style = root / "style"
+    for i in range(4):  # two wide and two tall pictures: two buckets
+        _digit(style, f"w{i}.png", (48, 32), i - 2, bar=False)
+        (style / f"w{i}.txt").write_text("a flat digit\n")
+        _digit(style, f"t{i}.png", (32, 48), i - 2)
+    (style / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"t{i}.png", "text": "a tall digit"}) + "\n"
+                                                  for i in range(4)))
+    return {"root": root, "base": base, "instance": root / "instance", "style": style}
+
+
+def _dreambooth(world, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(world["base"]), "--instance-data", str(world["instance"]), "--instance-prompt",
+            "a sks digit", "--prior-preservation", "--class-prompt", "a digit", "--num-class-images", "4",
+            "--class-data", str(world["root"] / "classes"), "--steps", "12", "--lr", "1e-2", "--out", str(out),
+            *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def dreambooth(world) -> Path:
+    out = world["root"] / "db"
+    assert dreambooth_sd.main(_dreambooth(world, out, "--checkpoint-every", "6", "--keep", "10",
+                                          "--validate-every", "6")) == 0
+    return out
+
+
+def _fixed_loss(base_dir: Path, adapter: Path | None, folder: Path, caption: str | None, draws: int = 6) -> float:
+    """Mean denoising loss over the pictures of `folder`, with fixed noise and timesteps (draws 1000..)."""
+    base = load_pipeline(str(base_dir))
+    if adapter is not None:
+        vislora.load_adapter(base.pipe, adapter)
+    args = argparse.Namespace(seed=0, noise_offset=0.0, snr_gamma=None)
+    data = dreambooth_sd.scan_captioned(folder, caption=caption, warn=False)
+    sizes = dreambooth_sd.bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None)
+    items = dreambooth_sd.load_items(data, sizes)
+    cached = dreambooth_sd.cache_latents(base.pipe.vae, items, torch.device("cpu"), False)
+    text = dreambooth_sd.TextCache(base, True)
+    alphas = torch.as_tensor(base.pipe.scheduler.alphas_cumprod, dtype=torch.float32)
+    with torch.no_grad():
+        losses = [dreambooth_sd.sample_loss(base, base.pipe.unet, base.pipe.vae, text, items, [i], cached, 0, 1000 + n,
+                                            args, alphas, "cpu") for n in range(draws) for i in range(len(items.pixels))]
+    return float(torch.cat(losses).mean())
+
+
+def test_dreambooth_outputs_and_metadata(dreambooth, world):
+    assert {"adapter.safetensors", "metrics.json", "metrics.csv", "loss.png", "samples", "checkpoints"} <= set(
+        os.listdir(dreambooth))
+    assert sorted(os.listdir(dreambooth / "samples")) == ["step-000006.png", "step-000012.png"]
+    tensors, meta = container.read(dreambooth / "adapter.safetensors")
+    # 4 attention projections x (attn1, attn2) x 4 transformer blocks in the tiny UNet, lora_A and lora_B each.
+    assert len(tensors) == 2 * 32 and all(k.startswith("unet.") and ".attn" in k for k in tensors)
+    info = json.loads(meta[dreambooth_sd.METADATA_KEY])
+    assert info["instance_prompt"] == "a sks digit" and info["class_prompt"] == "a digit"
+    assert info["base"]["source"] == "folder" and len(info["base"]["unet_sha256"]) == 64
+    assert not os.path.isabs(info["base"]["path"])
+    metrics = json.loads((dreambooth / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and metrics["class_images"] == 4 and len(metrics["history"]) == 12
+    assert all(r["prior_loss"] is not None for r in metrics["history"])
+    assert len(list((world["root"] / "classes").glob("*.png"))) == 4
+
+
+def test_dreambooth_lowers_the_instance_loss(dreambooth, world):
+    """Fixed noise and timesteps over the instance pictures: the trained adapter denoises them better."""
+    before = _fixed_loss(world["base"], None, world["instance"], "a sks digit")
+    after = _fixed_loss(world["base"], dreambooth / "adapter.safetensors", world["instance"], "a sks digit")
+    assert after < 0.9 * before, (before, after)
+
+
+def test_the_file_reproduces_the_trained_model(dreambooth, world):
+    """The last checkpoint holds the trained weights as the run had them; the adapter file, loaded into a
+    fresh base, gives the same UNet output (and one that differs from the base's)."""
+    trained = load_pipeline(str(world["base"])).pipe
+    vislora.inject(trained, {"unet.attn": {"rank": 4, "alpha": 4}})
+    saved = container.read(dreambooth / "checkpoints" / "ckpt-000000012" / "trainable.safetensors")[0]
+    params = dict(trained.unet.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name.removeprefix("unet.")].copy_(value)
+    loaded = load_pipeline(str(world["base"])).pipe
+    vislora.load_adapter(loaded, dreambooth / "adapter.safetensors")
+    plain = load_pipeline(str(world["base"])).pipe
+    g = torch.Generator().manual_seed(0)
+    x, h = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 32, 32, generator=g)
+    t = torch.tensor([50, 700])
+    with torch.no_grad():
+        a, b, c = (p.unet(x, t, h).sample for p in (trained, loaded, plain))
+    assert (a - c).abs().max() > 1e-3
+    assert torch.equal(a, b)
+
+
+def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path):
+    folder = world["root"] / "classes"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    assert dreambooth_sd.main(_dreambooth(world, tmp_path / "more", "--num-class-images", "6", "--steps", "1")) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    assert len(after) == 6 and all(after[k] == v for k, v in before.items())
+
+
+def test_resume_equals_an_unbroken_run(dreambooth, world, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(dreambooth, out)
+    for name in ("adapter.safetensors", "metrics.json", "metrics.csv", "loss.png"):
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoints" / "ckpt-000000012")
+    assert dreambooth_sd.main(_dreambooth(world, out, "--checkpoint-every", "6", "--keep", "10",
+                                          "--validate-every", "6", "--resume")) == 0
+    a, b = (container.read(d / "adapter.safetensors")[0] for d in (dreambooth, out))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    first, second = (json.loads((d / "metrics.json").read_text())["history"] for d in (dreambooth, out))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in first] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in second]
+
+
+def test_resume_refuses_another_runs_checkpoints(dreambooth, world, tmp_path, capsys):
+    out = tmp_path / "other"
+    shutil.copytree(dreambooth / "checkpoints", out / "checkpoints")
+    assert dreambooth_sd.main(_dreambooth(world, out, "--rank", "8", "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different training settings" in err[0]
+
+
+def test_style_with_captions_and_buckets(world, tmp_path):
+    out = tmp_path / "style"
+    assert style_sd.main(["--model", str(world["base"]), "--data", str(world["style"]), "--trigger", "zxy",
+                          "--steps", "12", "--lr", "1e-2", "--batch-size", "2", "--out", str(out), *FAST]) == 0
+    meta = container.read(out / "adapter.safetensors")[1]
+    info = json.loads(meta[dreambooth_sd.METADATA_KEY])
+    assert info["task"] == "style" and info["trigger"] == "zxy"
+    data = dreambooth_sd.scan_captioned(world["style"], trigger="zxy", warn=False)
+    assert sorted(set(data.captions)) == ["zxy, a flat digit", "zxy, a tall digit"]
+    sizes = dreambooth_sd.bucket_sizes(32, 4)
+    items = dreambooth_sd.load_items(data, sizes)
+    shapes = {tuple(x.shape) for x in items.pixels}
+    assert len(shapes) == 2 and all(h * w <= 32 * 32 and h != w for _, h, w in shapes)
+    before = _fixed_loss(world["base"], None, world["style"], None)
+    after = _fixed_loss(world["base"], out / "adapter.safetensors", world["style"], None)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
+    """torchrun, 2 CPU processes (gloo) x batch 1 == 1 process x batch 2: each sample's noise and timestep
+    follow its place in the global batch, and gradients are averaged."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "recipes" / "dreambooth_sd.py"),
+                           *_dreambooth(world, two, "--steps", "3", "--batch-size", "1", "--lr", "1e-3")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert dreambooth_sd.main(_dreambooth(world, one, "--steps", "3", "--batch-size", "2", "--lr", "1e-3")) == 0
+    a, b = (container.read(d / "adapter.safetensors")[0] for d in (two, one))
+    moved = max(v.abs().max().item() for k, v in a.items() if "lora_B" in k)  # B starts at zero
+    assert moved > 1e-3
+    # Adam divides by the gradients' size, so summation-order differences (1e-7) grow to about 1e-6 here.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
+    assert done.stdout.count("adapter:") == 1
