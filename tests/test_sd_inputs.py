@@ -1,0 +1,197 @@
+"""Bad input to the Stable Diffusion recipes: one clear line naming the file or flag before training starts,
+or a counted warning; base loading (folders, pickles refused); preset counts on SD1.5 and SDXL UNets built
+on the meta device; the DreamBooth file in diffusers' own loader."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sd_tiny import build_pipeline, save_pipeline
+
+import vislora
+from vislora.data.captions import SmallImageWarning, scan_captioned
+from vislora.data.folders import DatasetError, SkippedImageWarning
+from vislora.recipes import dreambooth_sd, style_sd
+from vislora.tasks.diffusion import BaseModelError, check_prompts, load_pipeline
+from vislora.targets import TargetRule, resolve
+
+FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return save_pipeline(tmp_path_factory.mktemp("sdbase"))
+
+
+def _images(folder: Path, n: int = 2, size: tuple[int, int] = (32, 32)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((size[1], size[0], 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _one_error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _db(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(base), "--instance-data", str(data), "--instance-prompt", "a sks digit", "--out", str(out),
+            *FAST, *extra]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "--instance-data"),
+    ("no-images", "no image files"),
+    ("all-unreadable", "none of its 2 images is readable"),
+    ("text2-on-sd1", "--preset text2.attn"),
+    ("vit-on-sd", "--preset vit.attn"),
+    ("prior-without-prompt", "--prior-preservation needs --class-prompt"),
+    ("odd-resolution", "--resolution 30"),
+])
+def test_unusable_input_is_one_error_line_before_training(base, tmp_path, capsys, problem, message):
+    data = tmp_path / "data"
+    extra: list[str] = []
+    if problem == "no-images":
+        data.mkdir()
+        (data / "notes.md").write_text("x")
+    elif problem == "all-unreadable":
+        data.mkdir()
+        for i in range(2):
+            (data / f"{i}.png").write_bytes(b"not a png")
+    elif problem != "missing":
+        _images(data)
+    extra = {"text2-on-sd1": ["--preset", "text2.attn"], "vit-on-sd": ["--preset", "vit.attn"],
+             "prior-without-prompt": ["--prior-preservation"], "odd-resolution": ["--resolution", "30"]}.get(problem, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert dreambooth_sd.main(_db(base, data, tmp_path / "out", *extra)) == 2
+    assert message in _one_error(capsys)
+    assert not (tmp_path / "out").exists()  # nothing was started, nothing half-written
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    data = _images(tmp_path / "d", 3)
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.warns(SkippedImageWarning) as caught:
+        found = scan_captioned(data, caption="x")
+    assert len(found) == 3 and len(found.skipped) == 1
+    assert any("broken.png" in str(w.message) for w in caught) and any("1 files skipped" in str(w.message)
+                                                                        for w in caught)
+
+
+def test_captions_empty_missing_and_small_images(tmp_path):
+    data = _images(tmp_path / "d", 3, size=(20, 24))
+    (data / "0.txt").write_text("a digit")
+    (data / "1.txt").write_text("  \n")
+    with pytest.raises(DatasetError, match=r"1\.txt: empty caption file"):
+        scan_captioned(data, flag="--data")
+    (data / "1.txt").write_text("another digit")
+    with pytest.raises(DatasetError, match=r"--data .*1 images have no caption.*2\.png"):
+        scan_captioned(data, flag="--data")
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "2.png", "text": "from jsonl"}) + "\n")
+    with pytest.warns(SmallImageWarning, match="3 of 3 images are smaller than the training resolution 32"):
+        found = scan_captioned(data, flag="--data", min_size=32)
+    assert found.captions == ["a digit", "another digit", "from jsonl"]
+    assert scan_captioned(data, caption="one for all", trigger="zq").captions == ["zq, one for all"] * 3
+
+
+def test_style_without_captions_is_one_error_line(base, tmp_path, capsys):
+    data = _images(tmp_path / "d", 2)
+    assert style_sd.main(["--model", str(base), "--data", str(data), "--out", str(tmp_path / "out"), *FAST]) == 2
+    assert "2 images have no caption" in _one_error(capsys)
+
+
+def test_long_prompts_are_a_warning_that_counts_the_cut_tokens(base, tmp_path):
+    pipe = load_pipeline(str(base)).pipe
+    long = "a " + "very " * 10 + "long prompt"
+    (line,) = check_prompts(pipe, {"--instance-prompt": long, "--class-prompt": "a digit"})
+    tokens = len(pipe.tokenizer(long)["input_ids"])
+    assert line.startswith("--instance-prompt") and f"{tokens - 32} tokens were cut" in line
+
+
+def test_pickled_bases_are_refused(base, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(vislora.UnsafeFormatError, match="model.ckpt"):
+        load_pipeline(str(ckpt))
+    raw = tmp_path / "model.safetensors"
+    raw.write_bytes(b"\x80\x02}q\x00." + b"\0" * 64)
+    with pytest.raises(vislora.UnsafeFormatError, match="raw pickle"):
+        load_pipeline(str(raw))
+    folder = tmp_path / "pickled"
+    build_pipeline(tmp_path).save_pretrained(folder, safe_serialization=False)
+    with pytest.raises(vislora.UnsafeFormatError, match=r"unet.*\.bin"):
+        load_pipeline(str(folder))
+    with pytest.raises(BaseModelError, match="no such file or folder"):
+        load_pipeline(str(tmp_path / "missing.safetensors"))
+
+
+def test_loads_a_folder_and_reads_the_prediction_type(tmp_path):
+    folder = save_pipeline(tmp_path, prediction="v_prediction")
+    loaded = load_pipeline(str(folder))
+    assert loaded.prediction == "v_prediction" and loaded.arch == "custom"
+    assert len(loaded.record["unet_sha256"]) == 64
+
+
+# -- preset counts on the real architectures (meta device: no memory, no download) ---------------------------
+SD15 = dict(cross_attention_dim=768, sample_size=64)
+SDXL = dict(block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            use_linear_projection=True, sample_size=128)
+COUNTS = {  # preset -> (SD1.5 with 860 M parameters, SDXL with 2.57 G) modules
+    "unet.cross_attn": (64, 280), "unet.attn": (128, 560), "unet.attn_ff": (160, 700), "unet.conv": (96, 71),
+    "unet.all": (278, 788),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(COUNTS))
+def test_preset_counts_on_sd15_and_sdxl(preset):
+    from diffusers import UNet2DConditionModel
+
+    for config, expected in zip((SD15, SDXL), COUNTS[preset]):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**config)
+        targets, _ = resolve(unet, [TargetRule(preset)])
+        assert len(targets) == expected, (config.get("cross_attention_dim"), preset, len(targets))
+
+
+def test_text2_presets_reach_the_second_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    class TwoEncoders:  # what components() reads from an SDXL pipeline
+        def __init__(self):
+            config = CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    vocab_size=50, max_position_embeddings=8)
+            self.components = {"text_encoder": CLIPTextModel(config), "text_encoder_2": CLIPTextModelWithProjection(config)}
+
+    pipe = TwoEncoders()
+    report = vislora.inject(pipe, ["text.attn", "text2.attn"], rank=2)
+    assert sum(m.startswith("text_encoder_2.") for m in report.matched) == 8
+    assert sum(m.startswith("text_encoder.") for m in report.matched) == 8
+
+
+# -- diffusers' loader ---------------------------------------------------------------------------------------
+def test_dreambooth_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
+    pytest.importorskip("peft")
+    data = _images(tmp_path / "d", 2)
+    out = tmp_path / "out"
+    assert dreambooth_sd.main(_db(base, data, out, "--lr", "1e-2")) == 0
+    ours, theirs, plain = (load_pipeline(str(base)).pipe for _ in range(3))
+    vislora.load_adapter(ours, out / "adapter.safetensors")
+    theirs.load_lora_weights(str(out / "adapter.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    x, h, t = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 32, 32, generator=g), torch.tensor([50, 700])
+    with torch.no_grad():
+        a, b, c = (p.unet(x, t, h).sample for p in (ours, theirs, plain))
+    assert (a - c).abs().max() > 1e-4
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
