@@ -25,14 +25,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import vislora
-from vislora.train import checkpoint
 from vislora.tasks.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
 from vislora.data.folders import DatasetError, Samples, scan, split
 from vislora.data.dataset import ImageDataset, Preprocess
 from vislora.train.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
 from vislora.train.sampling import EpochBatches
-from vislora.train.runs import MAX_BAD_STEPS, config_hash, lr_at, make_accelerator, run_main
-from vislora.train.trainstate import restore_training, save_training
+from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
+                                run_main)
+from vislora.train.trainstate import resume_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
@@ -158,12 +158,7 @@ def train_step(model, optimizer, micro_batches, trainable, args, accelerator: Ac
             loss = F.cross_entropy(model(x).float(), y)
             accelerator.backward(loss / args.grad_accum)
         sums += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64, device=sums.device)
-    norm = accelerator.clip_grad_norm_(trainable, args.clip_grad if args.clip_grad > 0 else math.inf)
-    # With fp16 the grad scaler skips non-finite steps itself.
-    finite = accelerator.scaler is not None or bool(torch.isfinite(torch.as_tensor(norm)))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
     loss_sum, images = accelerator.reduce(sums, "sum").tolist()
     return loss_sum, int(images), finite, used.tolist()
 
@@ -200,11 +195,7 @@ def run(args: argparse.Namespace) -> dict:
     state = {"step": 0, "history": [], "epoch_loss": 0.0, "epoch_images": 0, "epoch_seconds": 0.0,
              "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0}
     if args.resume:
-        found = checkpoint.latest(run_dir, config_hash=digest)
-        if found is not None:
-            state = restore_training(found, model, optimizer)
-        accelerator.print(f"resuming from {found.path} (step {state['step']})" if found else
-                          f"--resume: no complete checkpoint in {run_dir}; starting at step 0")
+        state = resume_training(run_dir, model, optimizer, state, config_hash=digest, say=accelerator.print)
     model, optimizer = accelerator.prepare(model, optimizer)
     bare = accelerator.unwrap_model(model)
     accelerator.print(f"{mode}: {n_trainable:,} of {n_total:,} parameters train ({100 * n_trainable / n_total:.2f}%); "
@@ -261,9 +252,7 @@ def run(args: argparse.Namespace) -> dict:
             state["epoch_loss"] += loss_sum
             state["epoch_images"] += images
             state["epoch_seconds"] += seconds
-            if step > 0:  # the first step pays for warm-up (allocations, thread pools): not a fair step time
-                state["timed_seconds"] += seconds
-                state["timed_steps"] += 1
+            count_time(state, step, seconds)
             step += 1
             state["step"] = step
             bar.update(1)

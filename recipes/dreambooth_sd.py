@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -36,13 +35,13 @@ from vislora.data.folders import DatasetError
 from vislora.data.images import decode_image
 from vislora.tasks.diffusion import (DiffusionBase, PromptEmbeds, check_presets, check_prompts, encode_prompts,
                                      generate, load_pipeline, sdxl_time_ids)
-from vislora.train import checkpoint
 from vislora.train import diffusion_loss as dl
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
-from vislora.train.runs import MAX_BAD_STEPS, config_hash, lr_at, make_accelerator, run_main
+from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
+                                run_main)
 from vislora.train.sampling import derive_seed, epoch_order
-from vislora.train.trainstate import restore_training, save_training
+from vislora.train.trainstate import resume_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
@@ -377,11 +376,7 @@ def run(args: argparse.Namespace) -> dict:
                          base=base.record)
     state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": []}
     if args.resume:
-        found = checkpoint.latest(run_dir, config_hash=digest)
-        if found is not None:
-            state = restore_training(found, holder, optimizer)
-        accelerator.print(f"resuming from {found.path} (step {state['step']})" if found else
-                          f"--resume: no complete checkpoint in {run_dir}; starting at step 0")
+        state = resume_training(run_dir, holder, optimizer, state, config_hash=digest, say=accelerator.print)
     wrapped = {k: accelerator.prepare(m) for k, m in trained.items()}
     unet = wrapped["unet"]
     optimizer = accelerator.prepare(optimizer)
@@ -424,11 +419,7 @@ def run(args: argparse.Namespace) -> dict:
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
                                  device=device)
-        norm = accelerator.clip_grad_norm_(trainable, args.clip_grad if args.clip_grad > 0 else math.inf)
-        finite = accelerator.scaler is not None or bool(torch.isfinite(torch.as_tensor(norm)))
-        if finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
         if state["bad_steps"] >= MAX_BAD_STEPS:
             raise vislora.NonFiniteError(f"step {step + 1}: {MAX_BAD_STEPS} steps in a row had NaN/inf gradients; "
@@ -439,9 +430,7 @@ def run(args: argparse.Namespace) -> dict:
                "prior_loss": prior_sum / count if classes else None, "seconds": seconds}
         row["loss"] = row["instance_loss"] + (args.prior_loss_weight * row["prior_loss"] if classes else 0.0)
         state["history"].append(row)
-        if step > 0:  # the first step pays for warm-up (allocations, thread pools): not a fair step time
-            state["timed_seconds"] += seconds
-            state["timed_steps"] += 1
+        count_time(state, step, seconds)
         step += 1
         state["step"] = step
         bar.update(1)

@@ -97,19 +97,19 @@ def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
         refuse_pickle(path)
         cls = _single_file_class(path)
         kwargs = {"config": config} if config else {}
-        pipe = cls.from_single_file(str(path), **kwargs)
+        pipe = cls.from_single_file(str(path), torch_dtype=torch.float32, **kwargs)
         return pipe, {"source": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
         _check_folder(path)
-        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True)
+        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, torch_dtype=torch.float32)
         weights = sorted((path / "unet").glob("*.safetensors"))
         return pipe, {"source": "folder", "path": str(path.resolve()),
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
     if path.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) or not _HUB_ID.match(model):
         raise BaseModelError(f"--model {model}: no such file or folder (nor a hub id like 'owner/name')")
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True)  # the hub, for users who are online
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, torch_dtype=torch.float32)  # the hub, for users who are online
     return pipe, {"source": "hub", "name": model,
                   "commit": getattr(pipe, "_internal_dict", {}).get("_commit_hash")}
 

@@ -77,3 +77,22 @@ def run_main(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace
     if PartialState().is_main_process:
         report(summary)
     return 0
+
+
+def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, params: list, clip_grad: float) -> bool:
+    """Clip the gradient norm (0: no clipping), step unless it is NaN/inf, zero the gradients. Returns whether
+    the step was taken; with fp16 the grad scaler skips non-finite steps itself, so it counts as taken."""
+    norm = accelerator.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+    finite = accelerator.scaler is not None or bool(torch.isfinite(torch.as_tensor(norm)))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
+def count_time(state: dict, step: int, seconds: float) -> None:
+    """Add a step's time to the run's timing, except the first step's, which pays for warm-up (allocations,
+    thread pools) and is not a fair step time."""
+    if step > 0:
+        state["timed_seconds"] += seconds
+        state["timed_steps"] += 1

@@ -103,3 +103,15 @@ def restore_training(found: checkpoint.Checkpoint, model: nn.Module, optimizer: 
     load_optimizer_state(optimizer, found.tensors("optimizer"), found.json("optimizer"))
     set_rng_state(found.tensors("rng"), found.json("rng"))
     return found.json("state")
+
+
+def resume_training(run_dir, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], *,
+                    config_hash: str, say=print) -> dict[str, Any]:
+    """--resume: restore the newest complete checkpoint made with these settings and return its state, or
+    return `state` (a fresh run) when there is none. Another run's checkpoints raise CheckpointError."""
+    found = checkpoint.latest(run_dir, config_hash=config_hash)
+    if found is not None:
+        state = restore_training(found, model, optimizer)
+    say(f"resuming from {found.path} (step {state['step']})" if found else
+        f"--resume: no complete checkpoint in {run_dir}; starting at step 0")
+    return state
