@@ -17,7 +17,7 @@ from torch import nn
 from .components import components, prefixed, route, set_module
 from .config import AdapterConfig, TargetsArg
 from .errors import AdapterCompatError, AdapterStateError, NonFiniteError
-from .functional import kind_for
+from .functional import KINDS, kind_for
 from .layers import AdapterLayer, AdapterSlot
 from .targets import Target, resolve
 
@@ -108,6 +108,8 @@ def _slot_for(target: Target, layer: AdapterLayer, config: AdapterConfig) -> Ada
     rank = target.rank or config.rank
     alpha = target.alpha if target.alpha is not None else (config.alpha if config.alpha is not None else rank)
     kind = kind_for(layer.base_layer, config.preferred_kinds())
+    if target.slices and not getattr(KINDS[kind], "ROW_SLICES", False):
+        raise AdapterCompatError(f"{target.path}: {kind!r} adapters do not take q/k/v slices; drop the [..] suffix")
     return layer.new_slot(kind, rank, alpha, slices=target.slices, rslora=config.rslora, dropout=config.dropout,
                           init=config.init)
 
@@ -145,6 +147,7 @@ def inject(
     dropout: float = 0.0,
     rslora: bool = False,
     conv: str = "locon",
+    linear: str = "lora",
     init: str = "default",
     modules_to_save: tuple[str, ...] | list[str] = (),
     trainable: bool = True,
@@ -155,7 +158,7 @@ def inject(
     keyword settings. Only the new adapter's factors and `modules_to_save` stay trainable.
     """
     config = target if isinstance(target, AdapterConfig) else AdapterConfig(
-        target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, conv=conv, init=init,
+        target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, conv=conv, linear=linear, init=init,
         modules_to_save=tuple(modules_to_save))
     check_new_name(model, name)
     parts = components(model)

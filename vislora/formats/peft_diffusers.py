@@ -22,8 +22,15 @@ from .adapter import AdapterFile, ModuleWeights
 
 FORMAT = "peft_diffusers"
 METADATA_KEY = "lora_adapter_metadata"
-# vislora factor -> PEFT's tensor name (lora_mid: LyCORIS's name for the Tucker core; not PEFT's)
-FILE_FACTOR = {"down": "lora_A", "up": "lora_B", "mid": "lora_mid"}
+# vislora factor -> PEFT's tensor name; lora_mid is LyCORIS's name for the Tucker core, which PEFT and
+# diffusers' load_lora_weights do not read (they refuse such files: lora_A's 1 x 1 shape does not fit).
+PEFT_FACTOR = {"down": "lora_A", "up": "lora_B"}
+FILE_FACTOR = {**PEFT_FACTOR, "mid": "lora_mid"}
+
+
+def peft_readable(factors: tuple[str, ...]) -> bool:
+    """Whether PEFT / diffusers apply an adapter with these factors (plain down/up: LoRA and LoCon)."""
+    return set(factors) <= set(PEFT_FACTOR)
 
 # key suffix -> factor, longest first so ".lora.down.weight" wins over a shorter match
 _SUFFIXES = (

@@ -6,6 +6,7 @@ Each kind module declares:
     FACTORS                                       factor names, in the order they are passed around
     BASES                                         the nn layer classes it applies to (nn.Linear, nn.Conv2d)
     fits(weight_shape) -> bool                    optional: False where the kind has nothing to add there
+    ROW_SLICES = True                             optional: it adapts row slices of a fused Linear (q/v)
     shapes(weight_shape, rank, layout)            -> {factor name: shape}; used to initialise and to check files
     init_params(weight_shape, rank, init, layout) -> {factor name: tensor}
     delta_weight(params, layout)                  -> tensor shaped like the base weight

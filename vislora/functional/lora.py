@@ -19,6 +19,7 @@ from .rows import RowLayout, blocks
 
 FACTORS = ("down", "up")
 BASES = (nn.Linear,)
+ROW_SLICES = True  # adapts q/v slices of a fused qkv (see rows.py)
 
 
 def shapes(weight_shape: tuple[int, ...], rank: int, layout: RowLayout) -> dict[str, tuple[int, ...]]:
