@@ -128,3 +128,20 @@ def test_a_kind_added_from_a_test_injects_trains_saves_loads_and_merges(tmp_path
         torch.testing.assert_close(other(x), trained, rtol=1e-5, atol=1e-5)
         vislora.unmerge(other)
         assert torch.equal(other(x), trained)
+
+
+def test_accelerate_state_reset_has_a_working_fallback(monkeypatch):
+    """The one function that drops accelerate's single-process state works with and without its private reset."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    from vislora.train.accelerate_state import forget_single_process_state
+
+    for private in (True, False):
+        PartialState(cpu=True)
+        assert PartialState._shared_state
+        if not private:
+            monkeypatch.delattr(AcceleratorState, "_reset_state")
+        assert forget_single_process_state()
+        assert not PartialState._shared_state and not AcceleratorState._shared_state
+    assert not forget_single_process_state()  # nothing to drop

@@ -1,4 +1,4 @@
-"""Model-level operations: inject, remove, merge, unmerge, strengths, trainable parameters.
+"""Model-level operations: inject, remove, trainable parameters, status (merge and strengths: merge.py).
 
 Everything resolves targets and checks names before it changes the model, so a failed call leaves the
 model as it was.
@@ -6,9 +6,7 @@ model as it was.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -16,7 +14,7 @@ from torch import nn
 
 from .components import components, prefixed, route, set_module
 from .config import AdapterConfig, TargetsArg
-from .errors import AdapterCompatError, AdapterStateError, NonFiniteError
+from .errors import AdapterCompatError, AdapterStateError
 from .functional import KINDS, kind_for
 from .layers import AdapterLayer, AdapterSlot
 from .targets import Target, resolve
@@ -97,7 +95,8 @@ def check_new_name(model: Any, name: str) -> None:
         raise AdapterStateError(f"adapter {name!r} is already on this model; remove it first or pick another name")
 
 
-def _unknown(model: Any, names: list[str]) -> None:
+def check_known(model: Any, names: list[str]) -> None:
+    """Every name is an adapter on this model."""
     known = adapter_names(model)
     missing = [n for n in names if n not in known]
     if missing:
@@ -214,7 +213,7 @@ def remove(model: Any, names: list[str] | str | None = None, *, keep_merged: boo
     """
     names = [names] if isinstance(names, str) else names
     if names is not None:
-        _unknown(model, names)
+        check_known(model, names)
     changed = 0
     for comp, root in components(model).items():
         for path, layer in [(p, m) for p, m in root.named_modules() if isinstance(m, AdapterLayer)]:
@@ -228,79 +227,6 @@ def remove(model: Any, names: list[str] | str | None = None, *, keep_merged: boo
         if names is None or n in names:
             del configs(model)[n]
     return changed
-
-
-# -- merge ---------------------------------------------------------------------------------------------------
-def merge(model: Any, names: list[str] | str | None = None) -> int:
-    """Merge adapters (default: all enabled) into the base weights, at their current strengths.
-
-    The sum is formed in fp32 from the pristine weight and checked for NaN/inf before it is written; on
-    failure every layer is put back as it was. Returns the number of layers changed.
-    """
-    names = [names] if isinstance(names, str) else names
-    if names is not None:
-        _unknown(model, names)
-    layers = [layer for _, layer in adapter_layers(model)]
-    before = [layer.snapshot() for layer in layers]
-    changed = 0
-    try:
-        for layer in layers:
-            wanted = [n for n in layer.adapters if names is None or n in names]
-            changed += bool(layer.merge(wanted))
-    except NonFiniteError:
-        # The failing layer wrote nothing; put the tensors of the layers before it back as they were.
-        for layer, state in zip(layers, before):
-            layer.restore(state)
-        raise
-    if changed == 0:
-        warnings.warn("merge: nothing to merge (already merged, or no enabled adapters)", stacklevel=2)
-    return changed
-
-
-def unmerge(model: Any, names: list[str] | str | None = None) -> int:
-    """Undo merges (default: all) by restoring the original weight tensors; exact, no subtraction."""
-    names = [names] if isinstance(names, str) else names
-    changed = 0
-    for _, layer in adapter_layers(model):
-        if not layer.merged:
-            continue
-        keep = [n for n in layer.merged if names is not None and n not in names]
-        layer.unmerge()
-        if keep:
-            layer.merge(keep)
-        changed += 1
-    if changed == 0:
-        warnings.warn("unmerge: nothing is merged", stacklevel=2)
-    return changed
-
-
-# -- strengths -----------------------------------------------------------------------------------------------
-def set_strength(model: Any, name: str, strength: float, *, component: str | None = None) -> None:
-    """Set adapter `name`'s blend factor (on one pipeline component only, if given). Merged layers follow."""
-    _unknown(model, [name])
-    for path, layer in adapter_layers(model):
-        if name in layer.adapters and (component is None or path.startswith(component + ".")):
-            layer.adapters[name].strength = float(strength)
-            if name in layer.merged:
-                layer.refresh_merge()
-
-
-@contextlib.contextmanager
-def disabled(model: Any, names: list[str] | str | None = None) -> Iterator[None]:
-    """Run the base model (without these adapters) inside the block; restored even if the block raises."""
-    names = [names] if isinstance(names, str) else names
-    slots = [s for _, layer in adapter_layers(model) for n, s in layer.adapters.items()
-             if names is None or n in names]
-    if any(layer.merged for _, layer in adapter_layers(model)):
-        raise AdapterStateError("unmerge before disabling adapters: merged weights cannot be switched off")
-    previous = [s.enabled for s in slots]
-    for s in slots:
-        s.enabled = False
-    try:
-        yield
-    finally:
-        for s, was in zip(slots, previous):
-            s.enabled = was
 
 
 def trainable_parameters(model: Any) -> list[nn.Parameter]:
