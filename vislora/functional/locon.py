@@ -8,11 +8,10 @@ Shapes (r = rank):
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from .init import kaiming, last
 from .ops import Conv2dOp
 
 FACTORS = ("down", "up")
@@ -28,12 +27,7 @@ def shapes(weight_shape: tuple[int, ...], rank: int, layout: Conv2dOp) -> dict[s
 def init_params(weight_shape: torch.Size, rank: int, init: str, layout: Conv2dOp) -> dict[str, torch.Tensor]:
     """down: Kaiming-uniform (as nn.Conv2d); up: zeros (exact no-op), or random with init="random"."""
     want = shapes(weight_shape, rank, layout)
-    down = torch.empty(want["down"])
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-    up = torch.zeros(want["up"])
-    if init == "random":
-        torch.nn.init.normal_(up, std=1.0 / rank)
-    return {"down": down, "up": up}
+    return {"down": kaiming(want["down"]), "up": last(want["up"], rank, init)}
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:

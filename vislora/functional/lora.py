@@ -9,11 +9,10 @@ With one slice covering every row this is plain LoRA: delta W = up @ down.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from .init import kaiming, last
 from .ops import project_tokens, reduce_tokens
 from .rows import RowLayout, blocks
 
@@ -33,12 +32,7 @@ def init_params(weight_shape: torch.Size, rank: int, init: str, layout: RowLayou
     init="random" also fills up, giving an adapter that changes the output (for tests and checks).
     """
     want = shapes(weight_shape, rank, layout)
-    down = torch.empty(want["down"])
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-    up = torch.zeros(want["up"])
-    if init == "random":
-        torch.nn.init.normal_(up, std=1.0 / rank)
-    return {"down": down, "up": up}
+    return {"down": kaiming(want["down"]), "up": last(want["up"], rank, init)}
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:

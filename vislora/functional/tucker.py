@@ -9,12 +9,11 @@ Shapes (r = rank):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import kaiming, last
 from .locon import up_grad
 from .ops import Conv2dOp
 
@@ -35,13 +34,8 @@ def shapes(weight_shape: tuple[int, ...], rank: int, layout: Conv2dOp) -> dict[s
 
 def init_params(weight_shape: torch.Size, rank: int, init: str, layout: Conv2dOp) -> dict[str, torch.Tensor]:
     want = shapes(weight_shape, rank, layout)
-    down, mid = torch.empty(want["down"]), torch.empty(want["mid"])
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-    torch.nn.init.kaiming_uniform_(mid, a=math.sqrt(5))
-    up = torch.zeros(want["up"])
-    if init == "random":
-        torch.nn.init.normal_(up, std=1.0 / rank)
-    return {"down": down, "mid": mid, "up": up}
+    down = kaiming(want["down"])
+    return {"down": down, "mid": kaiming(want["mid"]), "up": last(want["up"], rank, init)}
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
