@@ -82,10 +82,9 @@ def detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
 
 
 def folder(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """A PEFT adapter folder: adapter_model.safetensors, read with the scale settings of adapter_config.json."""
+    """A PEFT adapter folder: adapter_model.safetensors, read with the scale settings of adapter_config.json
+    (any folder is taken for one, so a folder without the file gets the container's missing-file error)."""
     weights, config_file = path / "adapter_model.safetensors", path / "adapter_config.json"
-    if not weights.exists() and not config_file.exists():
-        return None
     if not config_file.is_file():
         return weights, {}
     try:
