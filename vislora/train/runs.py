@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator, PartialState
 
 from ..errors import VisloraError
+from .accelerate_state import forget_single_process_state
 
 MAX_BAD_STEPS = 3  # consecutive non-finite steps before a run gives up
 
@@ -28,22 +29,8 @@ def make_accelerator(mixed_precision: str = "auto", cpu: bool = False) -> Accele
     if precision == "auto":
         cuda = torch.cuda.is_available() and not cpu
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    _forget_single_process_state()
+    forget_single_process_state()  # a second run in one process may use other settings
     return Accelerator(mixed_precision=precision, cpu=cpu)
-
-
-def _forget_single_process_state() -> None:
-    """Let a second run in the same process use other settings (a notebook trying bf16 after fp32).
-
-    accelerate keeps one state per process and refuses different settings later. A single-process state
-    holds nothing worth keeping, so it starts afresh; under a multi-process launch the state belongs to the
-    launch and stays. `_reset_state` is accelerate's own way to do this (transformers' TrainingArguments
-    calls it too); the fp32 -> bf16 -> fp32 recipe test covers it.
-    """
-    from accelerate.state import AcceleratorState
-
-    if PartialState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def lr_at(step: int, total: int, lr: float, warmup: float = 0.0, schedule: str = "cosine") -> float:
