@@ -34,11 +34,33 @@ from harness import in_subprocess, interleaved, ratio, step_peak_mib, table  # n
 from train_step import shallow_copy  # noqa: E402
 
 import vislora  # noqa: E402
+from vislora.data.latents import Items, TextCache  # noqa: E402
 from vislora.recipes import dreambooth_sd  # noqa: E402
 from vislora.tasks.diffusion import DiffusionBase, PromptEmbeds  # noqa: E402
 
 SIZE, RANK = 128, 4
 PEFT_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # what train_dreambooth_lora.py adapts
+
+
+def _random(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The module with random weights, drawn fast: parameters are created empty (accelerate's
+    init_empty_weights keeps buffers such as position ids real), then each matrix or kernel is drawn
+    N(0, 1/fan_in) so activations keep their scale, biases 0, norm scales 1. The default init of 1.2 G
+    parameters takes minutes on a busy CPU; the timings do not depend on which random weights they are."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        module = build()
+    with torch.no_grad():
+        for mod in module.modules():
+            for name, p in list(mod.named_parameters(recurse=False)):
+                fresh = torch.empty(p.shape)
+                if p.dim() > 1:
+                    fresh.normal_(0, p[0].numel() ** -0.5)
+                else:
+                    fresh.fill_(1.0 if "norm" in type(mod).__name__.lower() and name == "weight" else 0.0)
+                mod._parameters[name] = torch.nn.Parameter(fresh, requires_grad=p.requires_grad)
+    return module
 
 
 def pipeline() -> SimpleNamespace:
@@ -47,17 +69,17 @@ def pipeline() -> SimpleNamespace:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+    unet = _random(lambda: UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
         block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3))
+    vae = _random(lambda: AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                        sample_size=512))
+    text = _random(lambda: CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77, vocab_size=49408,
-                                        hidden_act="quick_gelu", projection_dim=768))
+                                        hidden_act="quick_gelu", projection_dim=768)))
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000)
     for m in (unet, vae, text):
@@ -80,10 +102,10 @@ def ours(p: SimpleNamespace) -> Callable[[], None]:
     with torch.no_grad():
         dist = p.vae.encode(p.pixels).latent_dist
         hidden = p.text_encoder(p.ids)[0]
-    items = dreambooth_sd.Items(SimpleNamespace(captions=["a sks dog"], sizes=[(SIZE, SIZE)]),
+    items = Items(SimpleNamespace(captions=["a sks dog"], sizes=[(SIZE, SIZE)]),
                                 [torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)], [0], [(0, 0)])
     cached = [(dist.mean[0], dist.std[0])]
-    text = dreambooth_sd.TextCache(DiffusionBase(None, "sd1", "epsilon"), True)
+    text = TextCache(DiffusionBase(None, "sd1", "epsilon"), True)
     text.store["a sks dog"] = PromptEmbeds(hidden[0])
     alphas = torch.as_tensor(p.scheduler.alphas_cumprod, dtype=torch.float32)
     args = SimpleNamespace(seed=0, noise_offset=0.0, snr_gamma=None)
@@ -140,6 +162,7 @@ VARIANTS = {"vislora": ours, "diffusers": lambda p: diffusers_step(p, False),
 def time_all(rounds: int) -> dict:
     p = pipeline()
     steps = {name: make(p) for name, make in VARIANTS.items()}
+    print("built; timing", file=sys.stderr, flush=True)
     times = interleaved(steps, rounds)
     return {"seconds": {n: statistics.median(t) for n, t in times.items()},
             "vs diffusers": ratio(times, "vislora", "diffusers"),
@@ -154,18 +177,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--threads", type=int, help="CPU threads (default: torch's choice); 1 is steadier on a busy machine")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)
     ap.add_argument("--time", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = ["--threads", str(args.threads)] if args.threads else []
     if args.memory_of:
         print(json.dumps(memory_of(args.memory_of)))
         return
     if args.time:
         print(json.dumps(time_all(args.rounds)))
         return
-    t = in_subprocess(__file__, ["--time", "--rounds", str(args.rounds)])
-    memory = {} if args.no_memory else {n: in_subprocess(__file__, ["--memory-of", n], for_memory=True)["step_peak_mib"]
-                                         for n in VARIANTS}
+    t = in_subprocess(__file__, ["--time", "--rounds", str(args.rounds), *threads])
+    memory = {} if args.no_memory else {
+        n: in_subprocess(__file__, ["--memory-of", n, *threads], for_memory=True)["step_peak_mib"] for n in VARIANTS}
     rows = [[n, f"{s:.3f}", f"{memory[n]:.0f}" if memory else "-"] for n, s in t["seconds"].items()]
     print(f"SD1.5 architecture (random weights), {SIZE}x{SIZE}, batch 1, LoRA r={RANK} on the UNet attention, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds")

@@ -20,7 +20,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,12 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import vislora
-from vislora.data.buckets import assign, bucket_batches, bucket_sizes, fit
+from vislora.data.buckets import bucket_batches, bucket_sizes
 from vislora.data.captions import Captioned, image_files, scan_captioned
 from vislora.data.folders import DatasetError
-from vislora.data.images import decode_image
-from vislora.tasks.diffusion import (DiffusionBase, PromptEmbeds, check_presets, check_prompts, encode_prompts,
-                                     generate, load_pipeline, sdxl_time_ids)
+from vislora.data.latents import Items, TextCache, cache_latents, latent_params, load_items
+from vislora.tasks.diffusion import (DiffusionBase, check_presets, check_prompts, generate, load_pipeline,
+                                     sdxl_time_ids)
 from vislora.train import diffusion_loss as dl
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
@@ -120,16 +119,6 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
 
 
 # -- steps -------------------------------------------------------------------------------------------------
-@dataclass
-class Items:
-    """Training pictures at their bucket size: pixels uint8 [3, h, w], captions, bucket index, crop (top, left)."""
-
-    data: Captioned
-    pixels: list[torch.Tensor]
-    buckets: list[int]
-    crops: list[tuple[int, int]]
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, before any file is read."""
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
@@ -142,17 +131,6 @@ def check_args(args: argparse.Namespace) -> None:
 def multiple_of(base: DiffusionBase) -> int:
     """Image sides must divide by this: the VAE's downsampling times the UNet's."""
     return base.pipe.vae_scale_factor * 2 ** (len(base.pipe.unet.config.block_out_channels) - 1)
-
-
-def load_items(data: Captioned, sizes: list[tuple[int, int]]) -> Items:
-    pixels, buckets, crops = [], [], []
-    for path, size in zip(data.paths, data.sizes):
-        b = assign(sizes, size)
-        x, crop = fit(decode_image(path), sizes[b])
-        pixels.append(((x + 1) * 127.5).round().to(torch.uint8))  # exact: fit's values are k / 127.5 - 1
-        buckets.append(b)
-        crops.append(crop)
-    return Items(data, pixels, buckets, crops)
 
 
 def class_images(base: DiffusionBase, args: argparse.Namespace, accelerator: Accelerator, resolution: int) -> Path:
@@ -221,45 +199,6 @@ def targets_of(base: DiffusionBase, args: argparse.Namespace) -> dict[str, dict]
             targets["text2.attn"] = dict(lora)
     check_presets(base.pipe, list(targets))
     return targets
-
-
-@torch.no_grad()
-def cache_latents(vae: nn.Module, items: Items, device: torch.device, progress: bool) -> list[tuple[torch.Tensor, ...]]:
-    """Each picture's latent distribution (mean, std) [4, h/8, w/8], encoded once (the VAE is frozen).
-    A step samples mean + std * e with its own e, as encoding every step would."""
-    out = []
-    for x in tqdm(items.pixels, desc="caching latents", disable=None if progress else True, leave=False):
-        dist = vae.encode(x[None].to(device, torch.float32) / 127.5 - 1.0).latent_dist
-        out.append((dist.mean[0].cpu(), dist.std[0].cpu()))
-    return out
-
-
-def latent_params(vae: nn.Module, items: Items, indices: list[int], cached, device) -> tuple[torch.Tensor, torch.Tensor]:
-    if cached is not None:
-        return (torch.stack([cached[i][0] for i in indices]).to(device),
-                torch.stack([cached[i][1] for i in indices]).to(device))
-    with torch.no_grad():  # --no-cache: the VAE encodes the batch every step
-        pixels = torch.stack([items.pixels[i] for i in indices]).to(device, torch.float32) / 127.5 - 1.0
-        dist = vae.encode(pixels).latent_dist
-    return dist.mean, dist.std
-
-
-class TextCache:
-    """Prompt embeddings, computed once per distinct prompt while the text encoders are frozen."""
-
-    def __init__(self, base: DiffusionBase, enabled: bool) -> None:
-        self.base, self.enabled, self.store = base, enabled, {}
-
-    def __call__(self, prompts: list[str], device) -> PromptEmbeds:
-        if not self.enabled:
-            return encode_prompts(self.base.pipe, prompts, device=device)
-        for p in set(prompts) - set(self.store):
-            with torch.no_grad():
-                e = encode_prompts(self.base.pipe, [p], device=device)
-            self.store[p] = PromptEmbeds(e.hidden[0], None if e.pooled is None else e.pooled[0])
-        rows = [self.store[p] for p in prompts]
-        pooled = None if rows[0].pooled is None else torch.stack([r.pooled for r in rows])
-        return PromptEmbeds(torch.stack([r.hidden for r in rows]), pooled)
 
 
 class Batches:

@@ -18,6 +18,9 @@ from PIL import Image
 from sd_tiny import save_pipeline
 
 import vislora
+from vislora.data.buckets import bucket_sizes
+from vislora.data.captions import scan_captioned
+from vislora.data.latents import TextCache, cache_latents, load_items
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
 from vislora.tasks.diffusion import load_pipeline
@@ -77,11 +80,11 @@ def _fixed_loss(base_dir: Path, adapter: Path | None, folder: Path, caption: str
     if adapter is not None:
         vislora.load_adapter(base.pipe, adapter)
     args = argparse.Namespace(seed=0, noise_offset=0.0, snr_gamma=None)
-    data = dreambooth_sd.scan_captioned(folder, caption=caption, warn=False)
-    sizes = dreambooth_sd.bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None)
-    items = dreambooth_sd.load_items(data, sizes)
-    cached = dreambooth_sd.cache_latents(base.pipe.vae, items, torch.device("cpu"), False)
-    text = dreambooth_sd.TextCache(base, True)
+    data = scan_captioned(folder, caption=caption, warn=False)
+    sizes = bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None)
+    items = load_items(data, sizes)
+    cached = cache_latents(base.pipe.vae, items, torch.device("cpu"), False)
+    text = TextCache(base, True)
     alphas = torch.as_tensor(base.pipe.scheduler.alphas_cumprod, dtype=torch.float32)
     with torch.no_grad():
         losses = [dreambooth_sd.sample_loss(base, base.pipe.unet, base.pipe.vae, text, items, [i], cached, 0, 1000 + n,
@@ -173,10 +176,10 @@ def test_style_with_captions_and_buckets(world, tmp_path):
     meta = container.read(out / "adapter.safetensors")[1]
     info = json.loads(meta[dreambooth_sd.METADATA_KEY])
     assert info["task"] == "style" and info["trigger"] == "zxy"
-    data = dreambooth_sd.scan_captioned(world["style"], trigger="zxy", warn=False)
+    data = scan_captioned(world["style"], trigger="zxy", warn=False)
     assert sorted(set(data.captions)) == ["zxy, a flat digit", "zxy, a tall digit"]
-    sizes = dreambooth_sd.bucket_sizes(32, 4)
-    items = dreambooth_sd.load_items(data, sizes)
+    sizes = bucket_sizes(32, 4)
+    items = load_items(data, sizes)
     shapes = {tuple(x.shape) for x in items.pixels}
     assert len(shapes) == 2 and all(h * w <= 32 * 32 and h != w for _, h, w in shapes)
     before = _fixed_loss(world["base"], None, world["style"], None)

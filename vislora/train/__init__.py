@@ -1,2 +1,3 @@
 """What every training recipe shares: transactional checkpoints, trainer state (optimizer, RNG), the seeded
-sampling order, and metrics (CSV/JSON, plots, peak memory)."""
+sampling order, metrics (CSV/JSON, plots, peak memory), the accelerator and schedule (`runs`), loss curves
+and image grids (`plots`), and the denoising objective (`diffusion_loss`)."""
