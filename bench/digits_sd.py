@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, nargs="+", default=[5.0, 7.0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="one is fastest on a shared machine")
     p.add_argument("--grid", type=Path, default=None, help="write a 10 x 8 sample grid PNG (first guidance)")
     return p.parse_args(argv)
 

@@ -95,7 +95,7 @@ def build_tokenizer(out_dir: str | Path, words: tuple[str, ...] = WORDS, max_len
 
     Vocabulary: <|startoftext|>, <|endoftext|>, every one of the 256 byte characters alone and with the
     end-of-word mark "</w>" (so any text, ASCII or not, tokenizes without <unk>), then for each word in `words`
-    its prefixes and the word + "</w>", joined by left-to-right merges so each listed word is one token.
+    the merges that join it into one token "word</w>" (intermediate pieces become tokens too).
     """
     from transformers import CLIPTokenizer
 
@@ -134,20 +134,20 @@ def stage(name: str, log: dict) -> Iterator[None]:
     print(f"   {name}: {log[name]['wall_s']} s wall, {log[name]['cpu_s']} s CPU", flush=True)
 
 
-def report(bar, step: int, steps: int, loss: torch.Tensor, progress: bool) -> None:
+def report(bar, name: str, step: int, steps: int, loss: torch.Tensor, progress: bool) -> None:
     """Loss on the bar; without a terminal, one line per tenth of the steps."""
     if progress:
         bar.set_postfix(loss=f"{loss.item():.4f}")
     elif (step + 1) % max(1, steps // 10) == 0:
-        print(f"   {bar.desc} step {step + 1}/{steps} loss {loss.item():.4f}", flush=True)
+        print(f"   {name} step {step + 1}/{steps} loss {loss.item():.4f}", flush=True)
 
 
 def vae_images(seed: int) -> torch.Tensor:
-    """Training images for the VAE in [-1, 1], [5N, 3, 32, 32]: the digits plain, bold, thin, italic (+-15 deg)
-    and mirrored, so adapters that learn those shapes find them in the latent space."""
+    """Training images for the VAE in [-1, 1], [6N, 3, 32, 32]: the digits plain, bold, thin, italic (+-15 deg)
+    and mirrored (plain twice over), so adapters that learn those shapes find them in the latent space."""
     paper, _ = paper_digits(32)
     rng = np.random.default_rng(seed)
-    variants = [paper, STYLES["bold"](paper), STYLES["thin"](paper), STYLES["mirror"](paper),
+    variants = [paper, paper, STYLES["bold"](paper), STYLES["thin"](paper), STYLES["mirror"](paper),
                 STYLES["italic"](paper, angle=float(rng.choice([-15.0, 15.0])))]
     grey = torch.from_numpy(np.concatenate(variants)).float()
     return (grey * 2 - 1)[:, None].expand(-1, 3, -1, -1).contiguous()
@@ -173,7 +173,7 @@ def train_vae(steps: int, batch: int, lr: float, seed: int, progress: bool):
         loss.backward()
         opt.step()
         sched.step()
-        report(bar, step, steps, loss, progress)
+        report(bar, "vae", step, steps, loss, progress)
     vae.eval()
     return vae
 
@@ -233,14 +233,15 @@ def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, s
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        hidden = text_encoder(ids[caption]).last_hidden_state  # [B, L, 64]
+        # Only 11 distinct captions: encode each once per step and index, rather than B sequences.
+        hidden = text_encoder(ids).last_hidden_state[caption]  # [11, L, 64] -> [B, L, 64]
         loss = F.mse_loss(unet(zt, t, encoder_hidden_states=hidden).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        report(bar, step, steps, loss, progress)
+        report(bar, "unet", step, steps, loss, progress)
     return unet.eval(), text_encoder.eval()
 
 
@@ -252,14 +253,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=HERE / "digits_sd")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=300)
-    p.add_argument("--unet-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=200)
+    p.add_argument("--unet-steps", type=int, default=800)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--batch", type=int, default=64, help="UNet batch")
-    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-lr", type=float, default=3e-3)
     p.add_argument("--unet-lr", type=float, default=2e-3)
     p.add_argument("--drop", type=float, default=0.1, help="fraction of captions replaced by '' (for CFG)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads: one is fastest on a busy machine (no barrier waits); a given count "
+                        "repeats bit for bit")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -290,8 +293,8 @@ def main(argv: list[str] | None = None) -> Path:
         pipe.save_pretrained(args.out, safe_serialization=True)
     sizes = {name: n_params(m) for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))}
     folder = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
-    summary = {"params": sizes, "stages": log, "folder_bytes": folder, "args": {k: str(v) for k, v in vars(args).items()},
-              "threads": torch.get_num_threads()}
+    settings = {k: str(v) for k, v in vars(args).items() if k != "out"}
+    summary = {"params": sizes, "stages": log, "folder_bytes": folder, "args": settings}
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
     return args.out
