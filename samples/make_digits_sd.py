@@ -201,18 +201,24 @@ def check_vae(vae) -> dict:
             "scorer_accuracy": round(float((classify(grey) == labels).mean()), 4)}
 
 
-def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, seed: int, progress: bool):
+def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, seed: int, progress: bool,
+               init: Path | None = None):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     mean, std, labels = encode_digits(vae)
-    scaling = float(1.0 / mean.std())  # unit-variance latents, as SD's scaling_factor does
-    vae.register_to_config(scaling_factor=scaling)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **TEXT_CONFIG))
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    if init is None:
+        scaling = float(1.0 / mean.std())  # unit-variance latents, as SD's scaling_factor does
+        vae.register_to_config(scaling_factor=scaling)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, **TEXT_CONFIG))
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+    else:
+        scaling = vae.config.scaling_factor
+        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32)
     noise_schedule = DDPMScheduler(**SCHEDULE)
     captions = [digit_caption(d) for d in range(10)] + [""]
     ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
@@ -263,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads: one is fastest on a busy machine (no barrier waits); a given count "
                         "repeats bit for bit")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue from a saved folder: its VAE (with --vae-steps 0), UNet and text encoder")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -277,13 +285,18 @@ def main(argv: list[str] | None = None) -> Path:
     with stage("tokenizer", log):
         tokenizer = build_tokenizer(args.out / "tokenizer")
     with stage("vae", log):
-        vae = train_vae(args.vae_steps, args.vae_batch, args.vae_lr, args.seed, progress)
+        if args.init is not None and args.vae_steps == 0:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(args.init / "vae", torch_dtype=torch.float32).eval()
+        else:
+            vae = train_vae(args.vae_steps, args.vae_batch, args.vae_lr, args.seed, progress)
     with stage("vae check", log):
         log["vae_reconstruction"] = check_vae(vae)
         print(f"   plain digits through the VAE: {log['vae_reconstruction']}", flush=True)
     with stage("unet", log):
         unet, text_encoder = train_unet(vae, tokenizer, args.unet_steps, args.batch, args.unet_lr, args.drop,
-                                        args.seed, progress)
+                                        args.seed, progress, args.init)
     with stage("save", log):
         scheduler = DPMSolverMultistepScheduler(**SCHEDULE)
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
