@@ -406,8 +406,7 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
-               "first_loss": history[0]["instance_loss"] if history else None,
-               "last_loss": history[-1]["instance_loss"] if history else None, **counts,
+               **loss_ends(history), **counts,
                "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1), "peak_rss_mb": peak_rss_mb(),
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "files": {}}
@@ -428,9 +427,19 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     return summary
 
 
+def loss_ends(history: list[dict]) -> dict:
+    """Mean instance loss over the first and the last tenth of the steps (at least one step each)."""
+    window = max(1, len(history) // 10)
+
+    def mean(rows: list[dict]) -> float | None:
+        return sum(r["instance_loss"] for r in rows) / len(rows) if rows else None
+
+    return {"first_loss": mean(history[:window]), "last_loss": mean(history[-window:]), "loss_window": window}
+
+
 def report(summary: dict) -> None:
-    print(f"instance loss {summary['first_loss']:.4f} (step 1) -> {summary['last_loss']:.4f} "
-          f"(step {summary['steps']})")
+    print(f"instance loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of the first and of the "
+          f"last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
 

@@ -38,8 +38,8 @@ OUT = ROOT / "runs" / "demo"
 SUBJECT = 7                   # the digit taught as "sks"
 SUBJECT_PROMPT, CLASS_PROMPT = "a sks digit", "a handwritten digit"
 DRIFT_DIGIT = 3
-N_DRAWN, SAMPLE_STEPS, GUIDANCE = 32, 20, 5.0
-COMMON = ["--threads", "2", "--no-progress", "--sample-steps", str(SAMPLE_STEPS), "--guidance", str(GUIDANCE),
+N_DRAWN, SAMPLE_STEPS, GUIDANCE = 32, 15, 5.0
+COMMON = ["--threads", "1", "--no-progress", "--sample-steps", str(SAMPLE_STEPS), "--guidance", str(GUIDANCE),
           "--seed", "0"]
 DREAMBOOTH = ["--steps", "150", "--lr", "3e-3", "--batch-size", "2", "--rank", "8", "--num-class-images", "32",
               "--validation-seeds", "0", "1", "2", "3", "4", "5", "6", "7"]
@@ -135,7 +135,7 @@ def styles(base: Path = BASE, out: Path = OUT / "style") -> dict:
 
 
 def main() -> int:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # on shared or busy cores, one thread is faster than two waiting on each other
     if not (BASE / "model_index.json").is_file():
         print(f"{_relative(BASE)} is missing: make it with samples/make_digits_sd.py", file=sys.stderr)
         return 1

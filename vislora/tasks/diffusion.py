@@ -32,6 +32,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _SDXL_KEYS = ("conditioner.embedders.1.",)
 
 
+def _dtype_keyword() -> str:
+    """diffusers renamed from_pretrained's `torch_dtype` to `dtype` (and warns on the old name)."""
+    try:
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 class BaseModelError(VisloraError):
     """The diffusion base cannot be loaded as given (missing, unsafe, or not a Stable Diffusion pipeline)."""
 
@@ -97,19 +106,20 @@ def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
         refuse_pickle(path)
         cls = _single_file_class(path)
         kwargs = {"config": config} if config else {}
-        pipe = cls.from_single_file(str(path), torch_dtype=torch.float32, **kwargs)
+        pipe = cls.from_single_file(str(path), **{_dtype_keyword(): torch.float32}, **kwargs)
         return pipe, {"source": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
         _check_folder(path)
-        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, torch_dtype=torch.float32)
+        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, **{_dtype_keyword(): torch.float32})
         weights = sorted((path / "unet").glob("*.safetensors"))
         return pipe, {"source": "folder", "path": str(path.resolve()),
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
     if path.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) or not _HUB_ID.match(model):
         raise BaseModelError(f"--model {model}: no such file or folder (nor a hub id like 'owner/name')")
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, torch_dtype=torch.float32)  # the hub, for users who are online
+    # The hub, for users who are online.
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **{_dtype_keyword(): torch.float32})
     return pipe, {"source": "hub", "name": model,
                   "commit": getattr(pipe, "_internal_dict", {}).get("_commit_hash")}
 
