@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 import vislora
 from vislora.data.buckets import bucket_batches, bucket_sizes
 from vislora.data.captions import Captioned, image_files, scan_captioned
-from vislora.data.folders import DatasetError
+from vislora.data.folders import IMAGE_SUFFIXES, DatasetError
 from vislora.data.latents import Items, TextCache, cache_latents, latent_params, load_items
 from vislora.tasks.diffusion import (DiffusionBase, check_presets, check_prompts, generate, load_pipeline,
                                      sdxl_time_ids)
@@ -126,6 +126,10 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("steps", "rank", "batch_size", "grad_accum"):
         if getattr(args, flag) < 1:
             raise DatasetError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.task == "dreambooth":
+        image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
+    else:
+        image_files(Path(args.data), "--data")
 
 
 def multiple_of(base: DiffusionBase) -> int:
@@ -139,7 +143,7 @@ def class_images(base: DiffusionBase, args: argparse.Namespace, accelerator: Acc
     folder = Path(args.class_data or Path(args.out) / "class_images")
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        have = len(image_files(folder, "--class-data")) if any(folder.iterdir()) else 0
+        have = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
         missing = range(have, args.num_class_images)
         bar = tqdm(total=len(missing), desc="class images", disable=None if args.progress else True, leave=False)
         for start in range(missing.start, missing.stop, 4):

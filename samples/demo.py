@@ -3,7 +3,9 @@
 The base, samples/digits_base.safetensors (made by samples/make_digits_base.py), is a tiny ViT that has
 only ever seen the handwritten digits 0-4. The demo lays out scikit-learn's scans of the digits 5-9 as an
 image folder, fine-tunes the base on them with the recipe (LoRA on the attention layers plus a new 5-class
-head), then predicts a few held-out images with the adapter file alone.
+head), then predicts a few held-out images with the adapter file alone. Then samples/demo_sd.py runs the
+Stable Diffusion part on the digits diffusion base: DreamBooth with and without prior preservation, and
+bold and italic style adapters at several strengths, each measured (digit classifier, stroke width, slant).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def main() -> int:
     print(f"files: {adapter.relative_to(ROOT)} (adapter + head, {adapter.stat().st_size / 1024:.0f} KiB), "
           f"{(adapter_run / 'metrics.png').relative_to(ROOT)}, {(adapter_run / 'metrics.json').relative_to(ROOT)}")
     print(f"try:   .venv/bin/vislora predict --adapter {adapter.relative_to(ROOT)} {examples[0].relative_to(ROOT)}")
+
+    # Stable Diffusion: DreamBooth and style adapters on the digits diffusion base (samples/demo_sd.py).
+    import demo_sd
+
+    demo_sd.dreambooth()
+    demo_sd.styles()
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
 

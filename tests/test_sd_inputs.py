@@ -195,3 +195,12 @@ def test_dreambooth_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
         a, b, c = (p.unet(x, t, h).sample for p in (ours, theirs, plain))
     assert (a - c).abs().max() > 1e-4
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cli_runs_both_recipes(base, tmp_path, capsys):
+    from vislora import cli
+
+    assert cli.main(["dreambooth", *_db(base, tmp_path / "none", tmp_path / "out")]) == 2
+    assert "--instance-data" in _one_error(capsys) and not (tmp_path / "out").exists()
+    assert cli.main(["style", "--model", str(base), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data" in _one_error(capsys)

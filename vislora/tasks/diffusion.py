@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -138,6 +139,7 @@ def _loading_bars(show: bool) -> Iterator[None]:
     from transformers.utils import logging as tlog
 
     before = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    show = show and sys.stderr.isatty()  # bars in a log file are noise
     for lib, on in ((dlog, show), (tlog, show)):
         lib.enable_progress_bar() if on else lib.disable_progress_bar()
     try:
