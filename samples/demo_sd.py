@@ -5,7 +5,7 @@ statistics, on a CPU in a few minutes.
 
 DreamBooth: five scans of one handwritten digit (a 7) are taught as "a sks digit", with and without prior
 preservation ("a handwritten digit" class images drawn by the base). Printed: how often "a sks digit" draws
-a 7 before and after, and how often "a handwritten digit three" still draws a 3 (language drift).
+a 7 before and after, and how often "a handwritten digit three" (and "six") still draws a 3 (a 6): language drift.
 
 Style: two adapters from transformed digit folders, bold (thickened strokes) and italic (sheared), captioned
 "a handwritten digit three in bold style". Printed: the stroke width and slant of the drawings at adapter
@@ -37,7 +37,7 @@ BASE = ROOT / "samples" / "digits_sd"
 OUT = ROOT / "runs" / "demo"
 SUBJECT = 7                   # the digit taught as "sks"
 SUBJECT_PROMPT, CLASS_PROMPT = "a sks digit", "a handwritten digit"
-DRIFT_DIGIT = 3
+DRIFT_DIGITS = (3, 6)         # language drift: these prompts should keep drawing their digit
 N_DRAWN, SAMPLE_STEPS, GUIDANCE = 32, 15, 5.0
 COMMON = ["--threads", "1", "--no-progress", "--sample-steps", str(SAMPLE_STEPS), "--guidance", str(GUIDANCE),
           "--seed", "0"]
@@ -75,9 +75,9 @@ def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
     """Teach the subject with and without prior preservation; measure subject fidelity and drift."""
     started = time.perf_counter()
     data = subject_folder(out / "instance")
-    three = f"a handwritten digit {DIGIT_WORDS[DRIFT_DIGIT]}"
+    prompts = {SUBJECT_PROMPT: SUBJECT, **{f"a handwritten digit {DIGIT_WORDS[d]}": d for d in DRIFT_DIGITS}}
     pipe = load_pipeline(str(base)).pipe
-    drawn = {"base": (_draw(pipe, [SUBJECT_PROMPT] * N_DRAWN), _draw(pipe, [three] * N_DRAWN))}
+    drawn = {"base": {p: _draw(pipe, [p] * N_DRAWN) for p in prompts}}
     for name, extra in (("prior", ["--prior-preservation", "--class-prompt", CLASS_PROMPT,
                                    "--class-data", str(out / "class_images")]), ("no_prior", [])):
         status = dreambooth_sd.main(["--model", str(base), "--instance-data", str(data), "--instance-prompt",
@@ -85,21 +85,22 @@ def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
         if status:
             raise SystemExit(status)
         vislora.load_adapter(pipe, out / name / "adapter.safetensors", name=name)
-        drawn[name] = (_draw(pipe, [SUBJECT_PROMPT] * N_DRAWN), _draw(pipe, [three] * N_DRAWN))
+        drawn[name] = {p: _draw(pipe, [p] * N_DRAWN) for p in prompts}
         vislora.remove(pipe, name)
-    rows = {k: (_share(s, SUBJECT), _share(t, DRIFT_DIGIT)) for k, (s, t) in drawn.items()}
-    grid = save_grid(out / "compare.png", [drawn[k][i][:8] for k in drawn for i in (0, 1)],
-                     [f"{k}: {p}" for k in drawn for p in (SUBJECT_PROMPT, three)], "DreamBooth on the digits base",
-                     scale=2)
-    print(f"\nDreamBooth: 5 scans of a {SUBJECT} taught as {SUBJECT_PROMPT!r} "
+    rates = {k: {p: _share(images, prompts[p]) for p, images in by_prompt.items()} for k, by_prompt in drawn.items()}
+    grid = save_grid(out / "compare.png", [drawn[k][p][:8] for k in drawn for p in prompts],
+                     [f"{k}: {p}" for k in drawn for p in prompts], "DreamBooth on the digits base", scale=2)
+    print(f"\nDreamBooth: 5 scans of a {SUBJECT} taught as {SUBJECT_PROMPT!r}, {DREAMBOOTH[1]} steps "
           f"({N_DRAWN} drawings per prompt, read by the digit classifier)")
-    print(f"  {'model':<32} {SUBJECT_PROMPT!r} -> a {SUBJECT}   {three!r} -> a {DRIFT_DIGIT}")
+    heads = [f"{p!r} -> a {d}" for p, d in prompts.items()]
+    print(f"  {'model':<31} " + "   ".join(heads))
     labels = {"base": "base", "prior": "adapter, prior preservation", "no_prior": "adapter, no prior preservation"}
-    for key, (subject, drift) in rows.items():
-        print(f"  {labels[key]:<32} {100 * subject:>14.0f}%   {100 * drift:>33.0f}%")
+    for key, by_prompt in rates.items():
+        print(f"  {labels[key]:<31} " + "   ".join(f"{100 * r:>{len(h) - 1}.0f}%" for h, r in
+                                                    zip(heads, by_prompt.values())))
     print(f"  grids: {_relative(grid)}, {_relative(out / 'prior' / 'samples')}/")
     print(f"  ({time.perf_counter() - started:.0f} s)")
-    return {"rows": rows, "grid": str(grid)}
+    return {"rates": rates, "grid": str(grid)}
 
 
 def styles(base: Path = BASE, out: Path = OUT / "style") -> dict:
