@@ -278,6 +278,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def forget_origin(folder: Path) -> None:
+    """Drop the `_name_or_path` a component loaded with --init keeps: a shipped folder names no local path."""
+    for config in folder.glob("*/config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> Path:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
@@ -307,6 +315,7 @@ def main(argv: list[str] | None = None) -> Path:
                                        requires_safety_checker=False)
         pipe.to(torch.float16)  # halves the folder; from_pretrained(torch_dtype=torch.float32) restores fp32
         pipe.save_pretrained(args.out, safe_serialization=True)
+        forget_origin(args.out)
     sizes = {name: n_params(m) for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))}
     folder = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     settings = {k: str(v) for k, v in vars(args).items() if k != "out"}
