@@ -1,30 +1,22 @@
-"""A tiny Stable Diffusion pipeline with a real CLIPTokenizer (a character vocabulary), built from configs
-and saved as a diffusers folder: what the training tests load, as users load theirs."""
+"""Tiny Stable Diffusion pipelines (SD1-style and SDXL) with the digits base's real CLIPTokenizer, built from
+configs and saved as diffusers folders: what the tests load, as users load theirs."""
 
 from __future__ import annotations
 
-import json
-import string
+import sys
 from pathlib import Path
 
 import torch
 
-SPECIALS = ("<|startoftext|>", "<|endoftext|>")
-CHARS = string.ascii_lowercase + string.digits + ",."
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
-def build_tokenizer(out_dir: Path, max_length: int = 32):
-    """A CLIPTokenizer over single characters (each also as a word end, "a</w>"); no merges."""
-    from transformers import CLIPTokenizer
+def build_tokenizer(out_dir: Path):
+    """The digits base's CLIPTokenizer (byte-level BPE with whole-word merges; 24 tokens at most)."""
+    sys.path.insert(0, str(SAMPLES))
+    from make_digits_sd import build_tokenizer as build
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {t: i for i, t in enumerate([*CHARS, *(c + "</w>" for c in CHARS), *SPECIALS])}
-    (out_dir / "vocab.json").write_text(json.dumps(vocab))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=max_length,
-                              pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(out_dir)
-    return tokenizer
+    return build(out_dir)
 
 
 def build_pipeline(root: Path, *, prediction: str = "epsilon", width: int = 32, seed: int = 0):

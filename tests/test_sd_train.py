@@ -1,5 +1,6 @@
-"""The Stable Diffusion recipes end to end on a tiny pipeline folder: DreamBooth with prior preservation,
-style training with captions and buckets, resume, two processes, diffusers loading, preset counts."""
+"""The Stable Diffusion recipes end to end on the shipped digits base (samples/digits_sd; a tiny
+config-built folder where it is absent): DreamBooth with prior preservation, style training with captions
+and buckets, resume, two processes, SDXL, checkpointing and caching equivalences."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from vislora.recipes import dreambooth_sd, style_sd
 from vislora.tasks.diffusion import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+DIGITS_SD = ROOT / "samples" / "digits_sd"
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
 
 
@@ -46,7 +48,7 @@ def _digit(folder: Path, name: str, size: tuple[int, int], shift: int, bar: bool
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sd")
-    base = save_pipeline(root)
+    base = DIGITS_SD if (DIGITS_SD / "model_index.json").is_file() else save_pipeline(root)
     for i in range(4):
         _digit(root / "instance", f"{i}.png", (32, 32), i - 2)
     style = root / "style"
@@ -130,7 +132,9 @@ def test_the_file_reproduces_the_trained_model(dreambooth, world):
     vislora.load_adapter(loaded, dreambooth / "adapter.safetensors")
     plain = load_pipeline(str(world["base"])).pipe
     g = torch.Generator().manual_seed(0)
-    x, h = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 32, 32, generator=g)
+    config = plain.unet.config
+    x = torch.randn(2, 4, config.sample_size, config.sample_size, generator=g)
+    h = torch.randn(2, plain.tokenizer.model_max_length, config.cross_attention_dim, generator=g)
     t = torch.tensor([50, 700])
     with torch.no_grad():
         a, b, c = (p.unet(x, t, h).sample for p in (trained, loaded, plain))
