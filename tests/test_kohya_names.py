@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sd_models import clip, sd15_unet, sdxl_unet
-from vislora.formats.kohya_names import build, ldm_prefixes, mangle
+from vislora.formats.kohya_names import SD_BLOCKS, SDXL_BLOCKS, build, ldm_prefixes, mangle, skeleton
 from vislora.targets import adaptable_modules
 
 
@@ -94,3 +94,9 @@ def test_mangle():
 
 def test_block_counts_come_from_the_model():
     assert len([k for k in ldm_prefixes(sdxl_unet((1, 1, 1))) if "attentions" in k]) == 11
+
+
+def test_skeleton_from_config_names_like_the_model(sd15, sdxl):
+    assert ldm_prefixes(skeleton(SD_BLOCKS)) == ldm_prefixes(sd15)
+    assert ldm_prefixes(skeleton(SDXL_BLOCKS)) == ldm_prefixes(sdxl)
+    assert ldm_prefixes(skeleton(dict(sdxl.config))) == ldm_prefixes(sdxl)

@@ -24,6 +24,7 @@ class ModuleWeights:
     alpha: float
     rslora: bool = False
     slices: tuple[tuple[int, int], ...] | None = None  # output row ranges for fused qkv slices
+    magnitude: torch.Tensor | None = None  # DoRA magnitude, in LyCORIS's shape ([out, 1, ...] or [1, in, ...])
 
     @property
     def scale(self) -> float:

@@ -82,6 +82,35 @@ def ldm_prefixes(unet: nn.Module) -> dict[str, str]:
     return table
 
 
+class _Blocks:
+    """Stand-in for a UNet block with only the child counts `ldm_prefixes` reads."""
+
+    def __init__(self, **counts: int) -> None:
+        for name, n in counts.items():
+            setattr(self, name, [None] * n)
+
+
+def skeleton(config: dict[str, Any]) -> Any:
+    """A stand-in with a diffusers UNet config's block structure (types and layers_per_block), for naming
+    files without the model: down blocks have layers_per_block resnets (and attentions in CrossAttn blocks)
+    and a downsampler but the last; up blocks one resnet more and an upsampler but the last."""
+    layers = config.get("layers_per_block", 2)
+    down_types, up_types = config["down_block_types"], config["up_block_types"]
+    unet = _Blocks()
+    unet.down_blocks = [_Blocks(resnets=layers, attentions=layers if "CrossAttn" in t else 0,
+                                downsamplers=int(i < len(down_types) - 1)) for i, t in enumerate(down_types)]
+    unet.up_blocks = [_Blocks(resnets=layers + 1, attentions=layers + 1 if "CrossAttn" in t else 0,
+                              upsamplers=int(i < len(up_types) - 1)) for i, t in enumerate(up_types)]
+    unet.mid_block = _Blocks(resnets=2, attentions=1)
+    return unet
+
+
+SDXL_BLOCKS = {"layers_per_block": 2, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+               "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")}
+SD_BLOCKS = {"layers_per_block": 2, "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+             "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3}
+
+
 def ldm_path(path: str, prefixes: dict[str, str]) -> str | None:
     """A diffusers UNet module path in LDM/SGM naming, or None where LDM has no such module."""
     if path in _TOP_LDM:
@@ -177,3 +206,25 @@ def build(model: Any) -> NameMap:
                 if sgm is not None:
                     names.add("ldm", where, mangle(prefix, sgm))
     return names
+
+
+UNET_ROOTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "conv_norm_out", "time_embedding",
+              "add_embedding")
+TE_ROOTS = ("text_model", "encoder", "embeddings", "final_layer_norm", "text_projection")
+
+
+def name_for(full: str, has_te2: bool, ldm: dict[str, str] | None = None) -> str:
+    """The kohya name of a component-prefixed module path, without a model: UNet paths in diffusers
+    naming (or LDM/SGM naming when `ldm`, the UNet's `ldm_prefixes`, is given), text encoders with HF CLIP
+    paths under lora_te / lora_te1 / lora_te2, anything else under the LyCORIS wrapper's `lycoris_`."""
+    comp, _, local = full.partition(".")
+    if comp not in ("unet", "text_encoder", "text_encoder_2"):
+        root = full.split(".")[0]
+        comp, local = ("unet" if root in UNET_ROOTS else "text_encoder" if root in TE_ROOTS else ""), full
+    if comp == "unet":
+        path = ldm_path(local, ldm) if ldm is not None else local
+        return mangle("lora_unet", path or local)
+    if comp.startswith("text_encoder"):
+        prefix = "lora_te2" if comp == "text_encoder_2" else ("lora_te1" if has_te2 else "lora_te")
+        return mangle(prefix, local if local.startswith(("text_model.", "text_projection")) else f"text_model.{local}")
+    return mangle("lycoris", full)
