@@ -23,7 +23,8 @@ import torch
 
 from ..errors import AdapterFormatError
 from ..functional import lokr
-from . import AdapterFile, ModuleWeights, container, kohya_names
+from . import container, kohya_names
+from .adapter import AdapterFile, ModuleWeights
 from .arch import of_file
 from .kohya_names import KOHYA_PREFIXES
 
