@@ -89,8 +89,8 @@ def _corpus(tmp_path):
         "not an adapter": (_tensor_file({"model.weight": torch.ones(3)}), AdapterFormatError, "not-an-adapter"),
         "dora magnitude": (_tensor_file({**lora, "blocks.0.attn.qkv.lora_magnitude_vector": torch.ones(192)}),
                            AdapterFormatError, "unsupported"),
-        "kohya names": (_tensor_file({"lora_unet_x.lora_down.weight": torch.ones(2, 4)}), AdapterFormatError,
-                        "unsupported-format"),
+        "kohya module without its up factor": (_tensor_file({"lora_unet_x.lora_down.weight": torch.ones(2, 4)}),
+                                               AdapterFormatError, "incomplete"),
     }
 
 

@@ -86,7 +86,9 @@ def of_model(model: Any) -> Arch:
 def mismatch(file_arch: Arch, model_arch: Arch) -> str | None:
     """Why a file made for one base does not fit this model, naming both; None when they agree or either
     is unknown."""
+    if not (file_arch.name or model_arch.name):
+        return None  # neither is a known base: the shape check lists what differs
     if file_arch.cross_width and model_arch.cross_width and file_arch.cross_width != model_arch.cross_width:
-        return (f"the file was made for {file_arch} (cross-attention width {file_arch.cross_width}); this model is "
-                f"{model_arch} (width {model_arch.cross_width})")
+        return (f"the file was made for {file_arch}; this model is {model_arch} (cross-attention width "
+                f"{file_arch.cross_width} in the file, {model_arch.cross_width} in the model)")
     return None

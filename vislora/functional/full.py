@@ -28,6 +28,18 @@ def init_params(weight_shape: torch.Size, rank: int, init: str, layout: object) 
     return {"diff": diff}
 
 
+def complete(names: set[str]) -> bool:
+    return "diff" in names
+
+
+def check(weight_shape: tuple[int, ...], params: dict[str, torch.Tensor]) -> list[str]:
+    problems = [] if tuple(params["diff"].shape) == tuple(weight_shape) else [
+        f"diff: the weight is {tuple(weight_shape)}, the file has {tuple(params['diff'].shape)}"]
+    if "diff_b" in params and tuple(params["diff_b"].shape) != (weight_shape[0],):
+        problems.append(f"diff_b: the bias is ({weight_shape[0]},), the file has {tuple(params['diff_b'].shape)}")
+    return problems
+
+
 def file_rank(params: dict[str, torch.Tensor]) -> int | None:
     return None
 

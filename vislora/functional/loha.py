@@ -35,6 +35,21 @@ def shapes(weight_shape: torch.Size, rank: int, layout: object, tucker: bool = F
     return {"w1_a": (out, rank), "w1_b": b, "w2_a": (out, rank), "w2_b": b}
 
 
+def complete(names: set[str]) -> bool:
+    """The plain four factors, with both Tucker cores or neither."""
+    return {"w1_a", "w1_b", "w2_a", "w2_b"} <= names and ("t1" in names) == ("t2" in names)
+
+
+def check(weight_shape: tuple[int, ...], params: dict[str, torch.Tensor]) -> list[str]:
+    """Why these factors cannot adapt a base weight of this shape (empty when they can)."""
+    tucker = "t1" in params
+    if tucker and len(weight_shape) != 4:
+        return ["Tucker LoHa cores need a conv weight"]
+    want = shapes(weight_shape, params["w1_b"].shape[0], None, tucker=tucker)
+    return [f"{n}: the weight needs {s}, the file has {tuple(params[n].shape)}"
+            for n, s in want.items() if tuple(params[n].shape) != s]
+
+
 def init_params(weight_shape: torch.Size, rank: int, init: str, layout: object) -> dict[str, torch.Tensor]:
     """LyCORIS's init: w1_b, w2_b ~ N(0, 1), w2_a ~ N(0, 0.1), w1_a = 0 (an exact no-op); init="random"
     also fills w1_a. Convs get the plain (flattened) variant."""

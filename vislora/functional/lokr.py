@@ -56,6 +56,13 @@ def init_params(weight_shape: torch.Size, rank: int, init: str, layout: object) 
     return p
 
 
+def complete(names: set[str]) -> bool:
+    """W1 whole or as w1_a/w1_b; W2 whole, or w2_a/w2_b with an optional Tucker core t2; nothing else."""
+    w1 = ("w1" in names) != ({"w1_a", "w1_b"} <= names)
+    w2 = ("w2" in names) != ({"w2_a", "w2_b"} <= names) and not ("t2" in names and "w2" in names)
+    return w1 and w2
+
+
 def file_rank(params: dict[str, torch.Tensor]) -> int | None:
     """The rank alpha is divided by, or None (both sides whole: scale 1)."""
     if "w2_b" in params:
