@@ -6,7 +6,6 @@ model change, through inject's `place` and freezing, so a bad file leaves the mo
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter
 from typing import Any, Callable
@@ -23,7 +22,6 @@ from .functional import KINDS, dora
 from .inject import Placement, freeze_all_but_adapters, place
 from .targets import adaptable_modules
 
-_ARCH_BY_CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 Resolver = Callable[[list[str], Any], dict[str, tuple[str, str]]]
 
 
@@ -67,15 +65,6 @@ def _mismatches(full: str, w: ModuleWeights, layer: Any) -> list[tuple[str, str,
     want = KINDS[w.kind].shapes(tuple(base.weight.shape), w.rank, layer.layout_for(w.slices))
     got = {f: tuple(w.factors[f].shape) if f in w.factors else () for f in want}
     return [(full, f, shape, got[f]) for f, shape in want.items() if got[f] != shape]
-
-
-def _arch_hint(mismatches: list[tuple[str, str, tuple, tuple]]) -> str:
-    for key, factor, want, got in mismatches:
-        if factor == "down" and re.search(r"(^|\.)attn2\.to_[kv]$", key) and len(got) == 2:
-            source = _ARCH_BY_CROSS_WIDTH.get(got[1], f"cross-attention width {got[1]}")
-            target = _ARCH_BY_CROSS_WIDTH.get(want[1], f"cross-attention width {want[1]}")
-            return f" The file looks made for {source}; this model is {target}."
-    return ""
 
 
 def component_of(name: str) -> str:
@@ -128,7 +117,7 @@ def plan(model: Any, adapter: AdapterFile, *, strict: bool = False) -> tuple[dic
                  for k, f, want, got in mismatches[:10]]
         more = f"\n  ... and {len(mismatches) - 10} more" if len(mismatches) > 10 else ""
         raise _compat(f"{len(mismatches)} tensors do not fit this model:\n" + "\n".join(lines) + more
-                      + _arch_hint(mismatches), adapter.path, "shape-mismatch")
+                      + arch.shape_hint(mismatches), adapter.path, "shape-mismatch")
     if not built:
         some = list(adaptable_modules(next(iter(parts.values()))))[:3]
         raise _compat(f"none of the file's {len(unmatched)} modules exist in this model, e.g. {unmatched[:3]}; "

@@ -83,6 +83,17 @@ def of_model(model: Any) -> Arch:
     return Arch(BY_CROSS_WIDTH.get(width) if width else None, width, encoders)
 
 
+def shape_hint(mismatches: list[tuple[str, str, tuple, tuple]]) -> str:
+    """" The file looks made for SD1.x; this model is SDXL." from a cross-attention key's down factor among
+    shape mismatches (module, factor, model needs, file has), or ""."""
+    for key, factor, want, got in mismatches:
+        if factor == "down" and _CROSS_KV.search(key) and len(got) == 2:
+            source = BY_CROSS_WIDTH.get(got[1], f"cross-attention width {got[1]}")
+            target = BY_CROSS_WIDTH.get(want[1], f"cross-attention width {want[1]}")
+            return f" The file looks made for {source}; this model is {target}."
+    return ""
+
+
 def mismatch(file_arch: Arch, model_arch: Arch) -> str | None:
     """Why a file made for one base does not fit this model, naming both; None when they agree or either
     is unknown."""
