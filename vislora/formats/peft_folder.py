@@ -21,9 +21,10 @@ PREFIX = "base_model.model."
 TIMM_VIT = {"base_model_class": "VisionTransformer", "parent_library": "timm.models.vision_transformer"}
 
 
-def config(entries: dict[str, tuple[int, float]], modules_to_save: list[str], timm: bool) -> dict:
+def config(entries: dict[str, tuple[int, float]], modules_to_save: list[str], timm: bool, dora: bool) -> dict:
     """adapter_config.json for {path: (rank, alpha)}: LoraConfig fields PEFT reads."""
-    flat = json.loads(peft_diffusers.lora_adapter_metadata({p: ("", r, a) for p, (r, a) in entries.items()}))
+    flat = json.loads(peft_diffusers.lora_adapter_metadata({p: ("", r, a) for p, (r, a) in entries.items()},
+                                                           {""} if dora else set()))
     cfg = {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
         "bias": "none", "fan_in_fan_out": False, "lora_dropout": 0.0, "init_lora_weights": True,
@@ -46,7 +47,8 @@ def _write_one(folder: Path, modules: dict, extra: dict[str, torch.Tensor]) -> N
     timm = any(p.startswith("blocks.") for p in modules)
     folder.mkdir(parents=True, exist_ok=True)
     container.write(folder / "adapter_model.safetensors", tensors, {"format": "pt"})
-    payload = json.dumps(config(entries, saved, timm), indent=2, sort_keys=True)
+    dora = bool(peft_diffusers.dora_components(AdapterFile("", "", modules)))
+    payload = json.dumps(config(entries, saved, timm, dora), indent=2, sort_keys=True)
     container.write_bytes(folder / "adapter_config.json", payload.encode())
 
 

@@ -91,11 +91,11 @@ def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
     """Write in a target format: kohya / lycoris (one layout), diffusers, vislora, or a PEFT folder."""
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r}; choose from {sorted(TARGETS)}")
-    if to == "peft":
-        from ..formats import peft_folder
-
-        return peft_folder.write_folder(path, adapter)
     try:
+        if to == "peft":
+            from ..formats import peft_folder
+
+            return peft_folder.write_folder(path, adapter)
         return formats.write(path, adapter, TARGETS[to])
     except ValueError as e:
         raise AdapterCompatError(f"cannot write as {to}: {e}", path=path, category="unsupported-kind") from None
