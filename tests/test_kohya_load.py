@@ -106,11 +106,9 @@ def _te_out(te, ids):
 
 
 def test_our_kohya_file_loads_in_diffusers_sd15(tmp_path):
-    from vislora.io import adapter_file
-
     pipe = sd15_pipeline()
     _inject_random(pipe)
-    path = vislora.formats.write(tmp_path / "k.safetensors", adapter_file(pipe), "kohya")
+    path = vislora.save_adapter(pipe, tmp_path / "k.safetensors", format="kohya")
     tensors, meta = container.read(path)
     assert all(k.startswith(("lora_unet_down_blocks", "lora_unet_mid_block", "lora_unet_up_blocks", "lora_te_"))
                for k in tensors)

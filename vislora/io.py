@@ -78,12 +78,16 @@ def save_adapter(
     *,
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
+    format: str = "vislora",
 ) -> Path:
-    """Write adapter `name` (and its modules_to_save) to a safetensors file in vislora's format, atomically.
+    """Write adapter `name` (and its modules_to_save) to a safetensors file, atomically.
 
     `metadata` adds string entries (e.g. class names); `dtype` casts the factors (default: as trained).
+    `format`: "vislora" (own: every kind, loads in diffusers for LoRA/LoCon), "kohya" / "lycoris" (the
+    layout ComfyUI, A1111, kohya and diffusers read; LoHa/LoKr/Tucker/DoRA the LyCORIS way), "diffusers"
+    (PEFT keys with component prefixes), "peft" (an adapter folder at `path`).
     """
-    return formats.write(path, adapter_file(model, name, metadata=metadata, dtype=dtype))
+    return formats.write(path, adapter_file(model, name, metadata=metadata, dtype=dtype), format)
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:

@@ -142,6 +142,9 @@ def write(adapter: AdapterFile, naming: str = "auto") -> tuple[dict[str, torch.T
     """Tensors and metadata in the kohya/LyCORIS layout. Module paths become kohya names: SD1/SD2 UNets in
     diffusers naming, SDXL UNets in SGM naming (naming="auto"; "diffusers" or "ldm" to choose), text
     encoders lora_te / lora_te1 / lora_te2, other models lycoris_. Names already in kohya form stay."""
+    if adapter.extra:
+        raise ValueError(f"kohya/LyCORIS files hold adapters only; the {len(adapter.extra)} full tensors "
+                         f"(modules_to_save, e.g. {sorted(adapter.extra)[:3]}) would be lost; write vislora or peft")
     arch = of_file(adapter.modules)
     if naming == "auto":
         naming = "ldm" if arch.name == "SDXL" else "diffusers"

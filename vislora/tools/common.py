@@ -17,7 +17,7 @@ from ..functional import KINDS, RowLayout
 from .skeleton import base_model
 
 T = TypeVar("T")
-TARGETS = {"kohya": "kohya", "lycoris": "kohya", "diffusers": "peft_diffusers", "vislora": "vislora", "peft": "peft"}
+TARGETS = ("kohya", "lycoris", "diffusers", "peft", "vislora")
 BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
@@ -88,14 +88,8 @@ def delta(w: ModuleWeights) -> torch.Tensor:
 
 
 def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
-    """Write in a target format: kohya / lycoris (one layout), diffusers, vislora, or a PEFT folder."""
-    if to not in TARGETS:
-        raise ValueError(f"unknown target format {to!r}; choose from {sorted(TARGETS)}")
+    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error."""
     try:
-        if to == "peft":
-            from ..formats import peft_folder
-
-            return peft_folder.write_folder(path, adapter)
-        return formats.write(path, adapter, TARGETS[to])
+        return formats.write(path, adapter, to)
     except ValueError as e:
         raise AdapterCompatError(f"cannot write as {to}: {e}", path=path, category="unsupported-kind") from None
