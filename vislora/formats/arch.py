@@ -41,7 +41,7 @@ def in_features(kind: str, factors: Mapping[str, torch.Tensor]) -> int | None:
     if kind in ("lora", "locon", "tucker") and "down" in factors:
         return factors["down"].shape[1]
     if kind == "loha":
-        return factors["w1_b"].shape[1] if "t1" in factors else None  # flattened with the kernel otherwise
+        return factors["w1_b"].shape[1]  # a conv's is flattened with its kernel, but cross-attention is Linear
     if kind == "full":
         return factors["diff"].shape[1]
     if kind == "lokr":

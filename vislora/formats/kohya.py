@@ -183,9 +183,9 @@ def fit(w: ModuleWeights, weight_shape: tuple[int, ...]) -> ModuleWeights:
         kind = "locon"
     elif conv and kind in _FLAT_B and not ({"t1", "t2"} & set(factors)):
         for name in _FLAT_B[kind]:
-            if name in factors and factors[name].dim() == 2:
-                t = factors[name]
-                kernel = weight_shape[2] * weight_shape[3]
+            kernel = weight_shape[2] * weight_shape[3]
+            t = factors.get(name)
+            if t is not None and t.dim() == 2 and t.shape[1] % kernel == 0:  # else the shape check reports it
                 factors[name] = t.reshape(t.shape[0], t.shape[1] // kernel, *weight_shape[2:])
     out = ModuleWeights(kind, factors, w.rank, w.alpha, w.rslora, w.slices)
     out.magnitude = w.magnitude
