@@ -3,11 +3,27 @@ real cross-attention widths), for the kohya/LDM name tests and the peer comparis
 
 from __future__ import annotations
 
+import copy
+from functools import lru_cache, wraps
+
 import torch
 
 SD15_CROSS, SDXL_CROSS = 768, 2048
 
 
+def _fresh(build):
+    """Build once per argument set, hand out deep copies: copying is much faster than initialising again."""
+    cached = lru_cache(maxsize=None)(build)
+
+    @wraps(build)
+    def fresh(*args, **kwargs):
+        return copy.deepcopy(cached(*args, **kwargs))
+
+    return fresh
+
+
+
+@_fresh
 def sd15_unet(cross_dim: int = SD15_CROSS):
     from diffusers import UNet2DConditionModel
 
@@ -20,6 +36,7 @@ def sd15_unet(cross_dim: int = SD15_CROSS):
     ).eval()
 
 
+@_fresh
 def sdxl_unet(depths: tuple[int, int, int] = (1, 2, 10)):
     from diffusers import UNet2DConditionModel
 
@@ -34,6 +51,7 @@ def sdxl_unet(depths: tuple[int, int, int] = (1, 2, 10)):
     ).eval()
 
 
+@_fresh
 def clip(hidden: int, layers: int = 2, projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -52,6 +70,7 @@ def _vae():
                          norm_num_groups=8)
 
 
+@_fresh
 def sd15_pipeline():
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -60,6 +79,7 @@ def sd15_pipeline():
         scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+@_fresh
 def sdxl_pipeline():
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 

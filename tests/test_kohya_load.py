@@ -190,7 +190,8 @@ def test_sdxl_file_on_sd15_is_refused_naming_both(tmp_path, unet):
     with pytest.raises(AdapterCompatError, match=r"SDXL.*SD1\.x") as e:
         vislora.load_adapter(unet, tmp_path / "xl.safetensors")
     assert e.value.category == "wrong-base" and "xl.safetensors" in str(e.value)
-    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
+    after = unet.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
 
 
 def test_unmatched_keys_are_listed_and_allow_partial_counts_per_component(tmp_path, unet):
@@ -243,7 +244,8 @@ def test_bad_kohya_files_get_typed_errors_naming_the_file(tmp_path, unet, case):
     with pytest.raises(cls) as e:
         vislora.load_adapter(unet, path)
     assert e.value.category == category and str(path) in str(e.value)
-    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
+    after = unet.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert not vislora.adapter_names(unet) if hasattr(vislora, "adapter_names") else True
 
 

@@ -40,7 +40,7 @@ def test_convert_between_every_format_keeps_outputs(tmp_path, adapted):
     path, inputs, ids, (want_unet, want_te) = adapted
     base_unet, _ = _outputs(sd15_pipeline(), inputs, ids)
     assert (want_unet - base_unet).abs().max() > 1e-3
-    chain = ["kohya", "diffusers", "lycoris", "vislora", "kohya", "vislora"]
+    chain = ["kohya", "diffusers", "lycoris", "vislora"]
     src = path
     for i, to in enumerate(chain):
         dst = tmp_path / f"{i}-{to}.safetensors"

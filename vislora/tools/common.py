@@ -87,6 +87,16 @@ def delta(w: ModuleWeights) -> torch.Tensor:
     return KINDS[w.kind].delta_weight(factors, layout(w, shape)) * w.scale
 
 
+def product(w: ModuleWeights) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
+    """(up [out, k] with the scale folded in, down [k, n], the weight's shape) where scale * delta W is that
+    product (LoRA, LoCon), else None."""
+    if w.kind not in ("lora", "locon") or getattr(w, "magnitude", None) is not None:
+        return None
+    factors, rank = w.plain() if w.slices else (dict(w.factors), w.rank)
+    up, down = factors["up"].float(), factors["down"].float()
+    return up.reshape(up.shape[0], -1) * w.scale, down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:])
+
+
 def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
     """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error."""
     try:

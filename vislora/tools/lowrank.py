@@ -31,12 +31,9 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
     return int(torch.searchsorted(kept, torch.tensor(energy, dtype=torch.float64) - 1e-12).item()) + 1
 
 
-def approximate(delta: torch.Tensor, rank: int | None = None, energy: float | None = None,
-                dtype: torch.dtype = torch.float32) -> Approximation:
-    """Rank-r (or energy-chosen rank) LoRA/LoCon factors of `delta` (already scaled), computed in fp64."""
-    shape = tuple(delta.shape)
-    flat = delta.double().reshape(shape[0], -1)
-    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+def _truncate(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, shape: tuple[int, ...], rank: int | None,
+              energy: float | None, dtype: torch.dtype) -> Approximation:
+    """LoRA/LoCon factors from an SVD (u [out, k], s [k], vh [k, n]) of a delta shaped `shape`."""
     r = rank if rank is not None else rank_for_energy(s, energy if energy is not None else 1.0)
     r = max(1, min(r, s.numel()))
     total = (s ** 2).sum()
@@ -51,3 +48,21 @@ def approximate(delta: torch.Tensor, rank: int | None = None, energy: float | No
         factors, kind = {"down": down, "up": up}, "lora"
     energy_kept = float(kept / total) if total > 0 else 1.0
     return Approximation(ModuleWeights(kind, factors, r, float(r)), rel, energy_kept)
+
+
+def approximate(delta: torch.Tensor, rank: int | None = None, energy: float | None = None,
+                dtype: torch.dtype = torch.float32) -> Approximation:
+    """Rank-r (or energy-chosen rank) LoRA/LoCon factors of `delta` (already scaled), computed in fp64."""
+    u, s, vh = torch.linalg.svd(delta.double().reshape(delta.shape[0], -1), full_matrices=False)
+    return _truncate(u, s, vh, tuple(delta.shape), rank, energy, dtype)
+
+
+def approximate_product(up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...], rank: int | None = None,
+                        energy: float | None = None, dtype: torch.dtype = torch.float32) -> Approximation:
+    """`approximate(up @ down)` for a delta given as a product (up [out, k], down [k, n]) without forming it:
+    up = Q_u R_u and down^T = Q_d R_d (QR), then the SVD of the k x k core R_u R_d^T gives delta's singular
+    values and vectors (U = Q_u U_c, V = Q_d V_c). Costs O((out + n) k^2) instead of O(out n min(out, n))."""
+    q_u, r_u = torch.linalg.qr(up.double())
+    q_d, r_d = torch.linalg.qr(down.double().T)
+    u_c, s, vh_c = torch.linalg.svd(r_u @ r_d.T)
+    return _truncate(q_u @ u_c, s, vh_c @ q_d.T, shape, rank, energy, dtype)

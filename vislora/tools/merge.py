@@ -16,7 +16,7 @@ import torch
 from ..errors import AdapterCompatError
 from ..formats import AdapterFile, ModuleWeights
 from . import common
-from .lowrank import approximate
+from .lowrank import approximate, approximate_product
 
 EXACT_KINDS = ("lora", "locon")
 
@@ -56,8 +56,12 @@ def merge(inputs: list[tuple[AdapterFile, float]], rank: int | None = None) -> t
         if rank is None:
             modules[path] = _concat(parts)
             continue
-        blended = sum(common.delta(w) * weight for w, weight in parts)
-        approx = approximate(blended, rank)
+        products = [common.product(w) for w, _ in parts]
+        if all(products) and len({p[2] for p in products}) == 1:  # concatenated factors: no dense delta
+            up = torch.cat([p[0] * weight for p, (_, weight) in zip(products, parts)], 1)
+            approx = approximate_product(up, torch.cat([p[1] for p in products]), products[0][2], rank)
+        else:
+            approx = approximate(sum(common.delta(w) * weight for w, weight in parts), rank)
         modules[path] = approx.weights
         errors.append(approx.rel_error)
     report = MergeReport(len(modules), max(errors, default=0.0), sum(errors) / len(errors) if errors else 0.0)

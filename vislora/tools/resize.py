@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..formats import AdapterFile
 from . import common
-from .lowrank import approximate
+from .lowrank import approximate, approximate_product
 
 
 @dataclass
@@ -35,7 +35,10 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
     report = ResizeReport()
     modules = {}
     for path, w in common.progress(adapter.modules.items(), "resize", len(adapter.modules)):
-        approx = approximate(common.delta(w), rank, energy, dtype=next(iter(w.factors.values())).dtype)
+        dtype = next(iter(w.factors.values())).dtype
+        factored = common.product(w)
+        approx = (approximate_product(*factored, rank, energy, dtype) if factored else
+                  approximate(common.delta(w), rank, energy, dtype))
         modules[path] = approx.weights
         report.errors[path] = approx.rel_error
         report.ranks[path] = (w.rank, approx.weights.rank)
