@@ -4,6 +4,11 @@
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
     vislora dreambooth --model BASE --instance-data DIR --instance-prompt TEXT --out OUT ...   (same flags)
     vislora style --model BASE --data DIR --out OUT ...                   Stable Diffusion style LoRA
+    vislora inspect FILE [--json]                              format, kinds, ranks, coverage, base, metadata
+    vislora convert IN OUT --to kohya|lycoris|diffusers|peft|vislora
+    vislora merge A:0.6 B:0.4 -o C [--rank r]                  exact, or by SVD
+    vislora resize IN --rank r | --energy 0.9 -o OUT
+    vislora extract --base B --tuned T --rank r -o OUT
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
 be decoded is reported on its own line and the others are still predicted (exit status 1).
@@ -70,11 +75,32 @@ def _predict(argv: list[str]) -> int:
     return status
 
 
+def _tool(name: str) -> Callable[[list[str]], int]:
+    """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2)."""
+
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        module = importlib.import_module(f".tools.{name}", __package__)
+        try:
+            return module.main(argv)
+        except VisloraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
     "dreambooth": (_dreambooth, "teach a Stable Diffusion model a subject (recipes/dreambooth_sd.py)"),
     "style": (_style, "train a style adapter from captioned images (recipes/style_sd.py)"),
+    "inspect": (_tool("inspect"), "what an adapter file holds: format, kinds, ranks, coverage, base, metadata"),
+    "convert": (_tool("convert"), "an adapter file in another layout: kohya, lycoris, diffusers, peft, vislora"),
+    "merge": (_tool("merge"), "blend adapter files into one: exact (ranks concatenated) or by SVD (--rank)"),
+    "resize": (_tool("resize"), "an adapter at a lower rank by SVD (--rank r or --energy 0.9), error reported"),
+    "extract": (_tool("extract"), "a LoRA from the difference of two checkpoints (LoCon for convs)"),
 }
 
 
