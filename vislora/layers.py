@@ -78,6 +78,56 @@ class AdapterSlot(nn.Module):
         return f"kind={self.kind}, rank={self.rank}, alpha={self.alpha:g}, strength={self.strength:g}"
 
 
+def _terms(slots: list[AdapterSlot], training: bool) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
+    """One Term per adapter, with its own coefficient and dropout, and the factors in order."""
+    terms, factors = [], []
+    for s in slots:
+        terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
+        factors.extend(s.params.values())
+    return tuple(terms), tuple(factors)
+
+
+def merged_weight(pristine: torch.Tensor, slots: list[AdapterSlot]) -> torch.Tensor | None:
+    """pristine + sum over slots of strength * scale * delta W, in pristine's dtype; None if not finite.
+
+    Summed in fp32 (or wider). Each group of one kind and layout is one stacked low-rank product (one pass
+    over the weight); a finite fp32 base plus finite factors is finite, so only the factors are checked
+    there, and the result too where the cast to fp16/bf16 may overflow.
+    """
+    dtype = torch.promote_types(pristine.dtype, torch.float32)
+    total = pristine.to(dtype)
+    groups: dict[tuple, list[AdapterSlot]] = {}
+    for s in slots:
+        groups.setdefault((s.kind, s.layout), []).append(s)
+    for (kind, layout), members in groups.items():
+        functions = KINDS[kind]
+        stack = getattr(functions, "stack", None)
+        parts = [({n: p.to(dtype) for n, p in m.params.items()}, m.coef) for m in members]
+        stacked = None if stack is None else stack([p for p, _ in parts], [c for _, c in parts], layout)
+        parts = [(stacked, 1.0)] if stacked is not None else parts
+        for params, coef in parts:
+            if not all(torch.isfinite(t).all() for t in params.values()) or not math.isfinite(coef):
+                return None
+            if (kind, getattr(layout, "is_full", True)) in _MATRIX_KINDS:  # delta = up @ down as matrices
+                up, down = params["up"], params["down"]
+                flat = torch.addmm(total.reshape(total.shape[0], -1), up.reshape(up.shape[0], -1),
+                                   down.reshape(down.shape[0], -1), alpha=coef)
+                total = flat.reshape(pristine.shape)
+            else:
+                total = total + functions.delta_weight(params, layout) * coef
+    out = total.to(pristine.dtype)
+    if out is total and total is pristine:
+        out = total.clone()  # nothing merged: still a new tensor
+    if out.dtype != dtype and not torch.isfinite(out).all():
+        return None
+    return out
+
+
+# Kinds (and whether the layout covers every row) whose delta W is up @ down once both are flattened to
+# matrices: the merged weight is then one addmm reading the pristine weight once.
+_MATRIX_KINDS = {("lora", True), ("locon", True)}
+
+
 class AdapterLayer(nn.Module):
     """Wraps an nn.Linear or nn.Conv2d. State-dict keys of the base move under `base_layer.`."""
 
@@ -88,6 +138,8 @@ class AdapterLayer(nn.Module):
         self.op = op_for(base_layer)
         self.merged: list[str] = []
         self._pristine: torch.Tensor | None = None  # the original weight tensor while anything is merged
+        self._stack_key: tuple | None = None  # what the cached stacked factors were built from (see _stacked)
+        self._stack: tuple = ()
 
     # -- adapters ---------------------------------------------------------------------------------------
     def default_layout(self) -> object:
@@ -134,14 +186,48 @@ class AdapterLayer(nn.Module):
             for s in slots:
                 y = y + s.delta_forward(x) * s.coef
             return y
-        terms, factors = [], []
-        for s in slots:
-            terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if self.training else 0.0))
-            factors.extend(s.params.values())
-        terms, factors = tuple(terms), tuple(factors)
+        if not torch.is_grad_enabled() and not (self.training and any(s.dropout for s in slots)):
+            terms, factors = self._stacked(slots, x.dtype)
+        else:
+            terms, factors = _terms(slots, self.training)
         if self._should_fold(x, terms):
             return folded_forward(x, base.weight, base.bias, self.op, terms, factors)
         return unfolded_forward(x, base.weight, base.bias, self.op, terms, factors)
+
+    def _stacked(self, slots: list[AdapterSlot], dtype: torch.dtype) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
+        """The active adapters as one Term per (kind, layout) group, their factors concatenated along the
+        rank with strength * scale folded in (inference only: the result carries no gradient).
+
+        Cached on the layer; the key holds each slot's strength and each factor's identity, storage and
+        version counter, so set_strength, load/unload and optimizer steps (in-place writes bump the
+        version) all rebuild it. Kinds without `stack` run one Term per adapter.
+        """
+        slots = sorted(slots, key=self._order().__getitem__)  # by name: the load order changes no bit
+        key = (dtype, tuple((id(s), s.strength, *((id(p), p.data_ptr(), p._version) for p in s.params.values()))
+                            for s in slots))
+        if self._stack_key == key:
+            return self._stack
+        groups: dict[tuple, list[AdapterSlot]] = {}
+        for s in slots:
+            groups.setdefault((s.kind, s.layout), []).append(s)
+        terms, factors = [], []
+        with torch.no_grad():
+            for (kind, layout), members in groups.items():
+                functions = KINDS[kind]
+                stack = getattr(functions, "stack", None)
+                params = None if stack is None else stack([m.params for m in members], [m.coef for m in members], layout)
+                if params is None:
+                    t, f = _terms(members, False)
+                    terms += t
+                    factors += f
+                    continue
+                terms.append(Term(functions, layout, 1.0, functions.FACTORS))
+                factors += [params[n].to(dtype) for n in functions.FACTORS]
+        self._stack_key, self._stack = key, (tuple(terms), tuple(factors))
+        return self._stack
+
+    def _order(self) -> dict[AdapterSlot, str]:
+        return {s: n for n, s in self.adapters.items()}
 
     def _base_trainable(self) -> bool:
         return any(p.requires_grad for p in self.base_layer.parameters(recurse=False))
@@ -170,7 +256,7 @@ class AdapterLayer(nn.Module):
     def unmerge(self) -> None:
         """Put the original weight tensor back: exact, whatever was merged."""
         if self._pristine is not None:
-            self.base_layer.weight.data = self._pristine
+            self.base_layer.weight.data = self._pristine.to(self.base_layer.weight.device)  # kept on the CPU?
         self._pristine, self.merged = None, []
 
     def refresh_merge(self) -> None:
@@ -198,18 +284,23 @@ class AdapterLayer(nn.Module):
         return len(self.adapters) == 0
 
     @torch.no_grad()
-    def _write_merged(self, names: list[str]) -> None:
+    def _write_merged(self, names: list[str], pristine_device: torch.device | str | None = None) -> None:
+        """weight = pristine + sum strength * scale * delta W over `names`, a new tensor.
+
+        The sum runs in fp32 (or wider) on the weight's device, all adapters of one kind as one product of
+        stacked factors, and is cast once. The pristine tensor is never written; with `pristine_device`
+        (e.g. "cpu" for a model on a GPU) it is kept there instead of beside the live weight.
+        """
         weight = self.base_layer.weight
         pristine = self._pristine if self._pristine is not None else weight.data
-        total = pristine.to(torch.promote_types(pristine.dtype, torch.float32), copy=True)
-        for n in names:
-            s = self.adapters[n]
-            total += s.delta_weight().to(total) * s.strength
-        if not torch.isfinite(total).all():
+        if pristine_device is not None:
+            pristine = pristine.to(pristine_device)  # a copy only when it moves
+        merged = merged_weight(pristine.to(weight.device), [self.adapters[n] for n in sorted(names)])
+        if merged is None:
             raise NonFiniteError(f"merging {names} gives non-finite weights; the base weight is unchanged")
         self._pristine = pristine
         # A new tensor, never an in-place write: state dicts the caller took earlier stay as they were.
-        weight.data = total.to(pristine.dtype)
+        weight.data = merged
         self.merged = list(names)
 
     def _apply(self, fn, recurse=True):

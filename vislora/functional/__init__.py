@@ -4,6 +4,9 @@
     delta_weight(params, layout)                  -> tensor shaped like the base weight
     add_delta_weight(weight, params, layout, c)   -> weight + c * delta W, fused where possible
     delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
+    stack(params_list, coefs, layout)             -> one params dict of the same kind whose delta is
+                                                     sum_i coef_i * delta_i (optional: kinds without it run
+                                                     one by one)
     backward(x, grad_out, params, layout, into=None, coef=1.0)
                                                   -> {factor name: gradient of <grad_out, delta_forward(x)>};
                                                      with `into`, adds coef * (its gradient w.r.t. x) to it
