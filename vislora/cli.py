@@ -2,6 +2,7 @@
 
     vislora classify --data DIR --model NAME --out OUT ...     the ViT classification recipe (same flags)
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
+    vislora generate --model DIR --lora FILE[:STRENGTH]... --prompt TEXT [--grid NAME=v1,v2 ...] --out PNG
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
 be decoded is reported on its own line and the others are still predicted (exit status 1).
@@ -56,9 +57,16 @@ def _predict(argv: list[str]) -> int:
     return status
 
 
+def _generate(argv: list[str]) -> int:
+    from .tasks import generate
+
+    return generate.main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
+    "generate": (_generate, "images from a diffusion pipeline with adapters mixed by strength, or an X/Y grid"),
 }
 
 
