@@ -39,6 +39,15 @@ def _layer_io(model_root: nn.Module, run) -> dict[str, tuple[AdapterLayer, torch
     return seen
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread only adds waits at every op (worst on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def unet_files(tmp_path):
     return {n: _adapter_file(tmp_path, tiny_unet, ["unet.all"], n, seed, rank=r, conv=conv)
@@ -165,17 +174,8 @@ class _Small(nn.Module):
         self.conv3, self.conv1 = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(6, 4, 1)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: a second thread only adds waits at every op (worst on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_thousand_reblends_leave_every_base_tensor_bit_identical(dtype, one_thread):
+def test_thousand_reblends_leave_every_base_tensor_bit_identical(dtype):
     torch.manual_seed(0)
     model = _Small()
     original = {k: v.clone() for k, v in model.to(dtype).state_dict().items()}

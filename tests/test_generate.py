@@ -12,6 +12,7 @@ from vislora.cli import main as cli
 from vislora.tasks.generate import parse_lora
 
 from conftest import tiny_pipeline
+from test_bank import one_thread  # noqa: F401  (autouse: one thread for tiny models)
 
 
 def _tokenizer(folder):

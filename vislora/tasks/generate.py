@@ -168,16 +168,21 @@ def generate(pipe, s: Settings):
         blank.paste((255, 255, 255), (0, 0, *blank.size))
         rows[-1] += [blank] * (cols - len(rows[-1]))
         return contact_sheet(rows, [""] * cols, [""] * len(rows)) if len(images) > 1 else images[0]
+    cells, cols, rows = sweep(pipe, bank, s, 1)
+    return contact_sheet([[images[0] for images in row] for row in cells], cols, rows)
+
+
+def sweep(pipe, bank: AdapterBank, s: Settings, n: int) -> tuple[list[list[list[Any]]], list[str], list[str]]:
+    """n images per cell of the strength grid s.grid (every cell from seed s.seed), and the axis labels."""
     (x_name, xs), (y_name, ys) = s.grid[0], (s.grid[1] if len(s.grid) > 1 else (None, [None]))
     cells, total = [], len(xs) * len(ys)
     for r, y in enumerate(ys):
         row = []
         for c, x in enumerate(xs):
-            mix = {x_name: x} | ({y_name: y} if y_name else {})
-            bank.set_strengths(mix)
-            row.append(run(pipe, s, 1, f"cell {r * len(xs) + c + 1}/{total}")[0])
+            bank.set_strengths({x_name: x} | ({y_name: y} if y_name else {}))
+            row.append(run(pipe, s, n, f"cell {r * len(xs) + c + 1}/{total}"))
         cells.append(row)
-    return contact_sheet(cells, [f"{x_name}={x:g}" for x in xs], [f"{y_name}={y:g}" if y_name else "" for y in ys])
+    return cells, [f"{x_name}={x:g}" for x in xs], [f"{y_name}={y:g}" if y_name else "" for y in ys]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
