@@ -45,13 +45,13 @@ def ours(model, target: str, n: int) -> tuple[torch.nn.Module, vislora.AdapterBa
     return m, bank
 
 
-def peft_model(model, regex: str, n: int) -> torch.nn.Module:
+def peft_model(model, regex: str, n: int, rank: int = RANK) -> torch.nn.Module:
     """PEFT's multi-adapter inference: n adapters injected, all active, each scaled by 1/n."""
     import peft
 
     m = shallow_copy(model)
     for i in range(n):
-        config = peft.LoraConfig(r=RANK, lora_alpha=RANK, target_modules=regex, init_lora_weights=False)
+        config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=regex, init_lora_weights=False)
         m = peft.inject_adapter_in_model(config, m, adapter_name=f"a{i}")
     for module in m.modules():
         if hasattr(module, "set_adapter") and hasattr(module, "scaling"):
