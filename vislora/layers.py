@@ -9,16 +9,17 @@ from a kept pristine copy, so unmerging restores the original tensor exactly (no
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import NonFiniteError
-from .functional import KINDS, RowLayout, op_for
+from .functional import KINDS, RowLayout, has_fast_path, op_for, scale
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
+from .blend import merged_weight, stacked_terms, terms_of
 
 
 class AdapterSlot(nn.Module):
@@ -41,6 +42,7 @@ class AdapterSlot(nn.Module):
             raise ValueError(f"rank must be >= 1, got {rank}")
         self.kind, self.layout, self.rank, self.alpha, self.rslora = kind, layout, rank, float(alpha), rslora
         self.dropout, self.strength, self.enabled = float(dropout), 1.0, True
+        self.fast = has_fast_path(KINDS[kind])  # else forward and backward run through autograd
         dtype = torch.promote_types(weight.dtype, torch.float32)  # fp16/bf16 bases train fp32 factors
         for name, value in KINDS[kind].init_params(weight.shape, rank, init, layout).items():
             self.register_parameter(name, nn.Parameter(value.to(device=weight.device, dtype=dtype)))
@@ -59,7 +61,7 @@ class AdapterSlot(nn.Module):
 
     @property
     def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        return scale(self.alpha, self.rank, self.rslora)
 
     @property
     def coef(self) -> float:
@@ -78,56 +80,6 @@ class AdapterSlot(nn.Module):
         return f"kind={self.kind}, rank={self.rank}, alpha={self.alpha:g}, strength={self.strength:g}"
 
 
-def _terms(slots: list[AdapterSlot], training: bool) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
-    """One Term per adapter, with its own coefficient and dropout, and the factors in order."""
-    terms, factors = [], []
-    for s in slots:
-        terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
-        factors.extend(s.params.values())
-    return tuple(terms), tuple(factors)
-
-
-def merged_weight(pristine: torch.Tensor, slots: list[AdapterSlot]) -> torch.Tensor | None:
-    """pristine + sum over slots of strength * scale * delta W, in pristine's dtype; None if not finite.
-
-    Summed in fp32 (or wider). Each group of one kind and layout is one stacked low-rank product (one pass
-    over the weight); a finite fp32 base plus finite factors is finite, so only the factors are checked
-    there, and the result too where the cast to fp16/bf16 may overflow.
-    """
-    dtype = torch.promote_types(pristine.dtype, torch.float32)
-    total = pristine.to(dtype)
-    groups: dict[tuple, list[AdapterSlot]] = {}
-    for s in slots:
-        groups.setdefault((s.kind, s.layout), []).append(s)
-    for (kind, layout), members in groups.items():
-        functions = KINDS[kind]
-        stack = getattr(functions, "stack", None)
-        parts = [({n: p.to(dtype) for n, p in m.params.items()}, m.coef) for m in members]
-        stacked = None if stack is None else stack([p for p, _ in parts], [c for _, c in parts], layout)
-        parts = [(stacked, 1.0)] if stacked is not None else parts
-        for params, coef in parts:
-            if not all(torch.isfinite(t).all() for t in params.values()) or not math.isfinite(coef):
-                return None
-            if (kind, getattr(layout, "is_full", True)) in _MATRIX_KINDS:  # delta = up @ down as matrices
-                up, down = params["up"], params["down"]
-                flat = torch.addmm(total.reshape(total.shape[0], -1), up.reshape(up.shape[0], -1),
-                                   down.reshape(down.shape[0], -1), alpha=coef)
-                total = flat.reshape(pristine.shape)
-            else:
-                total = total + functions.delta_weight(params, layout) * coef
-    out = total.to(pristine.dtype)
-    if out is total and total is pristine:
-        out = total.clone()  # nothing merged: still a new tensor
-    if out.dtype != dtype and not torch.isfinite(out).all():
-        return None
-    return out
-
-
-# Kinds (and whether the layout covers every row) whose delta W is up @ down once both are flattened to
-# matrices: the merged weight is then one addmm reading the pristine weight once.
-_MATRIX_KINDS = {("lora", True), ("locon", True)}
-
-
 class AdapterLayer(nn.Module):
     """Wraps an nn.Linear or nn.Conv2d. State-dict keys of the base move under `base_layer.`."""
 
@@ -142,10 +94,19 @@ class AdapterLayer(nn.Module):
         self._stack: tuple = ()
 
     # -- adapters ---------------------------------------------------------------------------------------
-    def default_layout(self) -> object:
+    def layout_for(self, slices: tuple[tuple[int, int], ...] | None = None) -> object:
+        """What a kind needs to know of this base layer: a RowLayout (Linear; `slices` of its output rows,
+        default all) or the layer's Conv2dOp."""
         if isinstance(self.base_layer, nn.Linear):
-            return RowLayout.full(self.base_layer.out_features)
+            out = self.base_layer.out_features
+            return RowLayout(out, slices) if slices else RowLayout.full(out)
         return self.op
+
+    def new_slot(self, kind: str, rank: int, alpha: float, *, slices: tuple[tuple[int, int], ...] | None = None,
+                 rslora: bool = False, dropout: float = 0.0, init: str = "default") -> AdapterSlot:
+        """A fresh adapter of `kind` for this layer (not added yet: see `add`)."""
+        return AdapterSlot(kind, self.base_layer.weight, self.layout_for(slices), rank, alpha, rslora=rslora,
+                           dropout=dropout, init=init)
 
     def add(self, name: str, slot: AdapterSlot) -> None:
         self.adapters[name] = slot
@@ -180,8 +141,10 @@ class AdapterLayer(nn.Module):
         if not slots:
             return self.base_layer(x)
         base = self.base_layer
-        if torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable()):
-            # Our hand-written backwards cover frozen bases with plain zero padding; autograd does the rest.
+        if not all(s.fast for s in slots) or (
+                torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable())):
+            # Our hand-written backwards cover frozen bases with plain zero padding, for kinds that bring
+            # them; autograd does the rest.
             y = base(x)
             for s in slots:
                 y = y + s.delta_forward(x) * s.coef
@@ -189,7 +152,7 @@ class AdapterLayer(nn.Module):
         if not torch.is_grad_enabled() and not (self.training and any(s.dropout for s in slots)):
             terms, factors = self._stacked(slots, x.dtype)
         else:
-            terms, factors = _terms(slots, self.training)
+            terms, factors = terms_of(slots, self.training)
         if self._should_fold(x, terms):
             return folded_forward(x, base.weight, base.bias, self.op, terms, factors)
         return unfolded_forward(x, base.weight, base.bias, self.op, terms, factors)
@@ -207,23 +170,7 @@ class AdapterLayer(nn.Module):
                             for s in slots))
         if self._stack_key == key:
             return self._stack
-        groups: dict[tuple, list[AdapterSlot]] = {}
-        for s in slots:
-            groups.setdefault((s.kind, s.layout), []).append(s)
-        terms, factors = [], []
-        with torch.no_grad():
-            for (kind, layout), members in groups.items():
-                functions = KINDS[kind]
-                stack = getattr(functions, "stack", None)
-                params = None if stack is None else stack([m.params for m in members], [m.coef for m in members], layout)
-                if params is None:
-                    t, f = _terms(members, False)
-                    terms += t
-                    factors += f
-                    continue
-                terms.append(Term(functions, layout, 1.0, functions.FACTORS))
-                factors += [params[n].to(dtype) for n in functions.FACTORS]
-        self._stack_key, self._stack = key, (tuple(terms), tuple(factors))
+        self._stack_key, self._stack = key, stacked_terms(slots, dtype)
         return self._stack
 
     def _order(self) -> dict[AdapterSlot, str]:
@@ -246,6 +193,13 @@ class AdapterLayer(nn.Module):
         return self.op.tokens(x) * (fan_in + fan_out) >= weight.numel()
 
     # -- merge ------------------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[Any, ...]:
+        """The merge state (live weight tensor, kept original, merged names), for `restore` after a failure."""
+        return self.base_layer.weight.data, self._pristine, list(self.merged)
+
+    def restore(self, state: tuple[Any, ...]) -> None:
+        self.base_layer.weight.data, self._pristine, self.merged = state[0], state[1], list(state[2])
+
     def merge(self, names: list[str]) -> list[str]:
         """Merge these adapters (with their current strengths) into the base weight; returns those merged."""
         todo = [n for n in names if n not in self.merged and self.adapters[n].enabled]
