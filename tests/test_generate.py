@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,20 @@ def test_bad_lora_and_grid_arguments(model_dir, tmp_path, capsys):
     assert cli(base + ["--lora", bold, "--grid", "italic=0,1"]) == 2
     assert "one of the --lora adapters" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_blend_demo_grid_and_measures(model_dir, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "samples"))
+    from demo_blend import blend_grid
+
+    measures = blend_grid(model_dir / "bold/adapter.safetensors", model_dir / "italic/adapter.safetensors",
+                          model=model_dir / "pipe", steps=1, values=(0.0, 1.0), samples=2, out=tmp_path)
+    assert set(measures) == {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)}
+    assert all(np.isfinite(v).all() for v in measures.values())
+    assert measures[0.0, 0.0] != measures[1.0, 1.0]  # the adapters change the images
+    text = capsys.readouterr().out
+    assert "stroke width (px) / slant (deg)" in text and "italic=1" in text
+    assert json.loads(_png(tmp_path / "grid.png").text["vislora"])["grid"][0] == ["bold", [0.0, 1.0]]

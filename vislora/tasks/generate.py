@@ -100,7 +100,12 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
 
     if not Path(model).is_dir():
         raise ValueError(f"--model {model!r}: not a pipeline folder (model_index.json and its components)")
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # loading takes a second; the denoising bar is the one to watch
+    transformers_logging.disable_progress_bar()
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, dtype=dtype)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     return pipe.to(device)
@@ -155,11 +160,20 @@ def png_info(s: Settings, sampler: str, extra: dict[str, Any] | None = None):
     return info
 
 
-def generate(pipe, s: Settings):
-    """The image to save: n samples tiled, or the grid of strength mixes (one sample per cell, same seed)."""
+def prepare(pipe, s: Settings) -> AdapterBank:
+    """The pipeline's bank with s.adapters loaded at their strengths; fills in the image size (for the PNG)."""
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    s.height = s.height or pipe.unet.config.sample_size * scale
+    s.width = s.width or pipe.unet.config.sample_size * scale
     bank = AdapterBank(pipe)
     for a in s.adapters:
         bank.load(a.name, a.path, strength=a.strength)
+    return bank
+
+
+def generate(pipe, s: Settings):
+    """The image to save: n samples tiled, or the grid of strength mixes (one sample per cell, same seed)."""
+    bank = prepare(pipe, s)
     if not s.grid:
         images = run(pipe, s, s.n, "denoising")
         cols = math.ceil(math.sqrt(len(images)))
