@@ -207,7 +207,7 @@ def test_thousand_reblends_leave_every_base_tensor_bit_identical(dtype):
 def test_zero_on_up_blocks_leaves_attention_and_conv_layers_at_the_base(unet_files):
     unet = tiny_unet()
     bank = AdapterBank(unet)
-    bank.load("a", unet_files["a"], strength={"up": 0.0})
+    bank.load("a", unet_files["a"], strength={"unet.up": 0.0})
     layers = _layer_io(unet, lambda: run_unet(unet, unet_inputs()))
     up = {p: v for p, v in layers.items() if p.startswith("up_blocks.")}
     kinds = {type(m.base_layer) for m, _ in up.values()}
