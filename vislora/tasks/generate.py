@@ -121,15 +121,22 @@ def run(pipe, s: Settings, n: int, desc: str):
 
 
 def contact_sheet(cells: list[list[Any]], col_labels: list[str], row_labels: list[str]):
-    """Images in rows and columns with labels above and to the left (like A1111's X/Y plot)."""
+    """Images in rows and columns with labels above and to the left (like A1111's X/Y plot); images narrower
+    than the column labels are enlarged by a whole factor (nearest neighbour)."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    w, h = cells[0][0].size
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     pad = 4
+    w, h = cells[0][0].size
+    widest = max((int(measure.textlength(t, font=font)) for t in col_labels), default=0)
+    zoom = max(1, math.ceil((widest + pad) / w))  # small images (the digits' 32 px) grow until labels fit
+    if zoom > 1:
+        cells = [[image.resize((w * zoom, h * zoom), Image.NEAREST) for image in row] for row in cells]
+        w, h = w * zoom, h * zoom
     label_h = 14 if any(col_labels) else 0
-    label_w = max((int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in row_labels),
-                  default=0) + (2 * pad if any(row_labels) else 0)
+    label_w = max((int(measure.textlength(t, font=font)) for t in row_labels), default=0) + (
+        2 * pad if any(row_labels) else 0)
     rows, cols = len(cells), len(cells[0])
     sheet = Image.new("RGB", (label_w + cols * (w + pad) + pad, label_h + rows * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
