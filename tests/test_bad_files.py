@@ -87,10 +87,13 @@ def _corpus(tmp_path):
         "only lora_A": (_tensor_file({"blocks.0.attn.qkv.lora_A.weight": torch.ones(2, 64)}), AdapterFormatError,
                         "incomplete"),
         "not an adapter": (_tensor_file({"model.weight": torch.ones(3)}), AdapterFormatError, "not-an-adapter"),
-        "dora magnitude": (_tensor_file({**lora, "blocks.0.attn.qkv.lora_magnitude_vector": torch.ones(192)}),
-                           AdapterFormatError, "unsupported"),
-        "kohya names": (_tensor_file({"lora_unet_x.lora_down.weight": torch.ones(2, 4)}), AdapterFormatError,
-                        "unsupported-format"),
+        "lora bias": (_tensor_file({**lora, "blocks.0.attn.qkv.lora_B.bias": torch.ones(192)}),
+                      AdapterFormatError, "unsupported"),
+        "dora magnitude of the wrong size": (
+            _tensor_file({**lora, "blocks.0.attn.qkv.lora_magnitude_vector": torch.ones(191)}),
+            AdapterFormatError, "shape-mismatch"),
+        "kohya module without its up factor": (_tensor_file({"lora_unet_x.lora_down.weight": torch.ones(2, 4)}),
+                                               AdapterFormatError, "incomplete"),
     }
 
 

@@ -92,10 +92,13 @@ def test_pipeline_round_trip_with_prefixes(tmp_path):
     report = vislora.load_adapter(fresh, path)
     assert not report.unmatched
     assert torch.equal(run_unet(fresh.unet, inputs), expected)
-    # The same file also loads onto the bare UNet: the text encoder's modules are reported unmatched.
+    # The same file also loads onto the bare UNet, with strict=False: the text encoder's modules are reported
+    # unmatched (strict, the default, refuses and lists them).
     bare = tiny_unet()
+    with pytest.raises(AdapterCompatError, match="text_encoder"):
+        vislora.load_adapter(bare, path)
     with pytest.warns(AdapterWarning, match="match nothing"):
-        report = vislora.load_adapter(bare, path)
+        report = vislora.load_adapter(bare, path, strict=False)
     assert report.unmatched and all(u.startswith("text_encoder.") for u in report.unmatched)
     assert torch.equal(run_unet(bare, inputs), expected)
 
@@ -105,11 +108,11 @@ def test_partial_match_warns_and_strict_refuses(tmp_path):
     path = vislora.save_adapter(vit, tmp_path / "a.safetensors")
     one_block = tiny_vit(depth=1)
     before = checksum(one_block)
-    with pytest.raises(AdapterCompatError, match="strict"):
-        vislora.load_adapter(one_block, path, strict=True)
+    with pytest.raises(AdapterCompatError, match="strict=False"):
+        vislora.load_adapter(one_block, path)  # strict by default
     assert checksum(one_block) == before
     with pytest.warns(AdapterWarning, match="4 of 8"):
-        report = vislora.load_adapter(one_block, path)
+        report = vislora.load_adapter(one_block, path, strict=False)
     assert len(report.matched) == 4 and len(report.unmatched) == 4
 
 

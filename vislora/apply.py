@@ -6,7 +6,6 @@ model change, through inject's `place` and freezing, so a bad file leaves the mo
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter
 from typing import Any, Callable
@@ -15,14 +14,14 @@ import torch
 from torch import nn
 
 from .components import ADAPTABLE, components, is_pipeline, prefixed
+from .formats import arch
 from .config import AdapterConfig, kinds_for
 from .errors import AdapterCompatError
 from .formats import FORMATS, AdapterFile, ModuleWeights
-from .functional import KINDS
+from .functional import KINDS, dora
 from .inject import Placement, freeze_all_but_adapters, place
 from .targets import adaptable_modules
 
-_ARCH_BY_CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 Resolver = Callable[[list[str], Any], dict[str, tuple[str, str]]]
 
 
@@ -50,10 +49,17 @@ def resolve_by_prefix(names: list[str], model: Any) -> dict[str, tuple[str, str]
 
 
 def _mismatches(full: str, w: ModuleWeights, layer: Any) -> list[tuple[str, str, tuple, tuple]]:
-    """What does not fit: (module, factor, model needs, file has); the needed shapes are the kind's `shapes`."""
+    """What does not fit: (module, factor, model needs, file has); the needed shapes are the kind's `shapes`
+    (or its own `check`, for kinds whose shapes do not follow from the rank)."""
     base = layer.base_layer
     if not isinstance(base, KINDS[w.kind].BASES):
         return [(full, w.kind, (type(base).__name__,), (w.kind,))]
+    if w.magnitude is not None and dora.axis_of(tuple(w.magnitude.shape), tuple(base.weight.shape)) is None:
+        return [(full, "dora magnitude", dora.magnitude_shape(tuple(base.weight.shape), "out"),
+                 tuple(w.magnitude.shape))]
+    check = getattr(KINDS[w.kind], "check", None)
+    if check is not None:
+        return [(full, problem, (), ()) for problem in check(tuple(base.weight.shape), w.factors)]
     if w.slices and any(b > base.weight.shape[0] for _, b in w.slices):
         return [(full, "slices", (base.weight.shape[0],), tuple(w.slices))]
     want = KINDS[w.kind].shapes(tuple(base.weight.shape), w.rank, layer.layout_for(w.slices))
@@ -61,13 +67,19 @@ def _mismatches(full: str, w: ModuleWeights, layer: Any) -> list[tuple[str, str,
     return [(full, f, shape, got[f]) for f, shape in want.items() if got[f] != shape]
 
 
-def _arch_hint(mismatches: list[tuple[str, str, tuple, tuple]]) -> str:
-    for key, factor, want, got in mismatches:
-        if factor == "down" and re.search(r"(^|\.)attn2\.to_[kv]$", key) and len(got) == 2:
-            source = _ARCH_BY_CROSS_WIDTH.get(got[1], f"cross-attention width {got[1]}")
-            target = _ARCH_BY_CROSS_WIDTH.get(want[1], f"cross-attention width {want[1]}")
-            return f" The file looks made for {source}; this model is {target}."
-    return ""
+def component_of(name: str) -> str:
+    """The component a file or model module name belongs to: kohya prefixes (lora_unet, lora_te1, ...), a
+    pipeline prefix (unet, text_encoder, ...), else "model"."""
+    for prefix in ("lora_unet", "lora_te1", "lora_te2", "lora_te", "lycoris"):
+        if name.startswith(prefix + "_"):
+            return prefix
+    head = name.partition(".")[0]
+    return head if head in ADAPTABLE and "." in name else "model"
+
+
+def per_component(names: list[str]) -> str:
+    """"unet 12, text_encoder 3": counts by component_of."""
+    return ", ".join(f"{c} {n}" for c, n in Counter(component_of(x) for x in names).most_common())
 
 
 def _compat(message: str, path: Any, category: str) -> AdapterCompatError:
@@ -77,34 +89,43 @@ def _compat(message: str, path: Any, category: str) -> AdapterCompatError:
 def plan(model: Any, adapter: AdapterFile, *, strict: bool = False) -> tuple[dict[str, Placement], list[str]]:
     """{file module name: its slot, filled with the file's factors} for the modules the model has, and the
     names that matched nothing. Raises AdapterCompatError (nothing changed) when something does not fit."""
-    resolve: Resolver = getattr(FORMATS.get(adapter.format), "resolve", resolve_by_prefix)
+    fmt = FORMATS.get(adapter.format)
+    resolve: Resolver = getattr(fmt, "resolve", resolve_by_prefix)
+    fit = getattr(fmt, "fit", lambda w, weight_shape: w)  # file shapes -> the layer's (kohya's flattened convs)
+    refusal = arch.mismatch(arch.of_file(adapter.modules), arch.of_model(model))
+    if refusal:
+        raise _compat(f"{refusal}; nothing was loaded", adapter.path, "wrong-base")
     found = resolve(list(adapter.modules), model)
     parts = components(model)
     unmatched = [n for n in adapter.modules if n not in found]
     built: dict[str, Placement] = {}
     mismatches = []
     for full, (comp, local) in found.items():
-        w = adapter.modules[full]
         placement, layer = Placement.wrap(comp, local, parts[comp].get_submodule(local))
+        w = fit(adapter.modules[full], tuple(layer.base_layer.weight.shape))
         problems = _mismatches(full, w, layer)
         mismatches += problems
         if not problems:
             placement.slot = layer.new_slot(w.kind, w.rank, w.alpha, slices=w.slices, rslora=w.rslora)
-            with torch.no_grad():
-                for factor, value in w.factors.items():
-                    getattr(placement.slot, factor).copy_(value)
+            placement.slot.set_factors(w.factors)
+            if w.magnitude is not None:
+                weight_shape = tuple(layer.base_layer.weight.shape)
+                placement.slot.set_magnitude(w.magnitude, dora.axis_of(tuple(w.magnitude.shape), weight_shape))
             built[full] = placement
     if mismatches:
-        lines = [f"  {k} [{f}]: model needs {want}, file has {got}" for k, f, want, got in mismatches[:10]]
+        lines = [f"  {k} [{f}]: model needs {want}, file has {got}" if want or got else f"  {k}: {f}"
+                 for k, f, want, got in mismatches[:10]]
         more = f"\n  ... and {len(mismatches) - 10} more" if len(mismatches) > 10 else ""
         raise _compat(f"{len(mismatches)} tensors do not fit this model:\n" + "\n".join(lines) + more
-                      + _arch_hint(mismatches), adapter.path, "shape-mismatch")
+                      + arch.shape_hint(mismatches), adapter.path, "shape-mismatch")
     if not built:
         some = list(adaptable_modules(next(iter(parts.values()))))[:3]
         raise _compat(f"none of the file's {len(unmatched)} modules exist in this model, e.g. {unmatched[:3]}; "
                       f"model modules look like {some}", adapter.path, "no-match")
     if unmatched and strict:
-        raise _compat(f"{len(unmatched)} modules match nothing (strict): {unmatched[:20]}", adapter.path, "unmatched")
+        raise _compat(f"{len(unmatched)} of {len(adapter.modules)} modules match nothing in this model "
+                      f"({per_component(unmatched)}): {unmatched[:20]}; pass strict=False (--allow-partial) to load "
+                      "the rest", adapter.path, "unmatched")
     return built, unmatched
 
 
@@ -151,8 +172,10 @@ def apply(model: Any, adapter: AdapterFile, name: str, *, strength: float = 1.0,
     built, unmatched = plan(model, adapter, strict=strict)
     extra = full_tensors(model, adapter)
     if unmatched:
-        warnings.warn(f"{adapter.path}: {len(unmatched)} of {len(adapter.modules)} adapter modules match nothing in "
-                      f"this model and were skipped, e.g. {unmatched[:20]}", AdapterWarning, stacklevel=3)
+        matched = [prefixed(p.component, p.path) for p in built.values()]
+        warnings.warn(f"{adapter.path}: partial load: {len(built)} of {len(adapter.modules)} adapter modules loaded "
+                      f"({per_component(matched)}); {len(unmatched)} match nothing and were skipped "
+                      f"({per_component(unmatched)}), e.g. {unmatched[:20]}", AdapterWarning, stacklevel=3)
     # Every check passed: now change the model.
     by_path = {prefixed(p.component, p.path): adapter.modules[n] for n, p in built.items()}
     for p in built.values():

@@ -69,6 +69,9 @@ def merged_weight(pristine: torch.Tensor, slots: list[Any], out: torch.Tensor | 
     dtype = torch.promote_types(pristine.dtype, torch.float32)
     total = pristine.to(dtype)
     direct = out is not None and out.dtype == dtype and out.is_contiguous()  # the first product may write it
+    # DoRA and kinds without `stack` (LoHa, LoKr, full diffs) add their own weighted delta, checked in full.
+    apart = [s for s in slots if getattr(s, "dora_axis", None) is not None or not hasattr(KINDS[s.kind], "stack")]
+    slots = [s for s in slots if s not in apart]
     for kind, layout, parts in _stacks(slots, dtype):
         for params, coef in parts:
             if not math.isfinite(coef) or not all(torch.isfinite(t).all() for t in params.values()):
@@ -83,6 +86,10 @@ def merged_weight(pristine: torch.Tensor, slots: list[Any], out: torch.Tensor | 
             else:
                 total = total + KINDS[kind].delta_weight(params, layout) * coef
             direct = False
+    for s in apart:
+        total = total + s.weighted_delta(pristine).to(total)
+    if apart and not torch.isfinite(total).all():
+        return None
     result = total.to(pristine.dtype)
     if result is pristine:
         result = result.clone()  # nothing merged: still a new tensor

@@ -3,6 +3,11 @@
     vislora classify --data DIR --model NAME --out OUT ...     the ViT classification recipe (same flags)
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
     vislora generate --model DIR --lora FILE[:STRENGTH]... --prompt TEXT [--grid NAME=v1,v2 ...] --out PNG
+    vislora inspect FILE [--json]                              format, kinds, ranks, coverage, base, metadata
+    vislora convert IN OUT --to kohya|lycoris|diffusers|peft|vislora
+    vislora merge A:0.6 B:0.4 -o C [--rank r]                  exact, or by SVD
+    vislora resize IN --rank r | --energy 0.9 -o OUT
+    vislora extract --base B --tuned T --rank r -o OUT
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
 be decoded is reported on its own line and the others are still predicted (exit status 1).
@@ -63,10 +68,31 @@ def _generate(argv: list[str]) -> int:
     return generate.main(argv)
 
 
+def _tool(name: str) -> Callable[[list[str]], int]:
+    """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2)."""
+
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        module = importlib.import_module(f".tools.{name}", __package__)
+        try:
+            return module.main(argv)
+        except VisloraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
     "generate": (_generate, "images from a diffusion pipeline with adapters mixed by strength, or an X/Y grid"),
+    "inspect": (_tool("inspect"), "what an adapter file holds: format, kinds, ranks, coverage, base, metadata"),
+    "convert": (_tool("convert"), "an adapter file in another layout: kohya, lycoris, diffusers, peft, vislora"),
+    "merge": (_tool("merge"), "blend adapter files into one: exact (ranks concatenated) or by SVD (--rank)"),
+    "resize": (_tool("resize"), "an adapter at a lower rank by SVD (--rank r or --energy 0.9), error reported"),
+    "extract": (_tool("extract"), "a LoRA from the difference of two checkpoints (LoCon for convs)"),
 }
 
 

@@ -50,7 +50,10 @@ def _weights_of(slot: AdapterSlot, out_features: int, dtype: torch.dtype | None)
     factors = {n: p.detach().to("cpu", dtype or p.dtype) for n, p in slot.params.items()}
     layout = slot.layout
     slices = layout.slices if isinstance(layout, RowLayout) and not layout.is_full else None
-    return ModuleWeights(slot.kind, factors, slot.rank, slot.alpha, slot.rslora, slices, out_features)
+    w = ModuleWeights(slot.kind, factors, slot.rank, slot.alpha, slot.rslora, slices, out_features)
+    if slot.dora_axis is not None:
+        w.magnitude = slot.magnitude.detach().to("cpu", dtype or slot.magnitude.dtype)
+    return w
 
 
 def adapter_file(model: Any, name: str = "default", *, metadata: dict[str, str] | None = None,
@@ -75,12 +78,16 @@ def save_adapter(
     *,
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
+    format: str = "vislora",
 ) -> Path:
-    """Write adapter `name` (and its modules_to_save) to a safetensors file in vislora's format, atomically.
+    """Write adapter `name` (and its modules_to_save) to a safetensors file, atomically.
 
     `metadata` adds string entries (e.g. class names); `dtype` casts the factors (default: as trained).
+    `format`: "vislora" (own: every kind, loads in diffusers for LoRA/LoCon), "kohya" / "lycoris" (the
+    layout ComfyUI, A1111, kohya and diffusers read; LoHa/LoKr/Tucker/DoRA the LyCORIS way), "diffusers"
+    (PEFT keys with component prefixes), "peft" (an adapter folder at `path`).
     """
-    return formats.write(path, adapter_file(model, name, metadata=metadata, dtype=dtype))
+    return formats.write(path, adapter_file(model, name, metadata=metadata, dtype=dtype), format)
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
@@ -94,13 +101,15 @@ def load_adapter(
     name: str = "default",
     *,
     strength: float = 1.0,
-    strict: bool = False,
+    strict: bool = True,
     trainable: bool = False,
 ) -> LoadReport:
     """Load an adapter file onto the model as adapter `name`.
 
     Errors (AdapterFormatError / AdapterCompatError) leave the model untouched. Modules in the file that
-    match nothing: an error if none match, a warning with the count otherwise, an error with strict=True.
+    match nothing: an error (strict, the default) that lists them; with strict=False the rest loads, with a
+    warning that counts loaded and skipped modules per component. A file made for another base model (an SDXL
+    adapter on SD1.5) is refused before anything changes, naming both.
     trainable=True makes the loaded factors trainable and freezes the rest (to continue training).
     """
     check_new_name(model, name)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import NonFiniteError
+from .errors import AdapterStateError, NonFiniteError
 from .functional import KINDS, RowLayout, has_fast_path, op_for, scale
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
@@ -46,6 +46,40 @@ class AdapterSlot(nn.Module):
         dtype = torch.promote_types(weight.dtype, torch.float32)  # fp16/bf16 bases train fp32 factors
         for name, value in KINDS[kind].init_params(weight.shape, rank, init, layout).items():
             self.register_parameter(name, nn.Parameter(value.to(device=weight.device, dtype=dtype)))
+        self.dora_axis: str | None = None  # DoRA: the magnitude's axis ("out" / "in"); see set_magnitude
+
+    def set_factors(self, factors: dict[str, torch.Tensor]) -> None:
+        """Take these factors' values (a file's), re-creating parameters where the file holds another variant
+        of the kind (LoHa with Tucker cores, LoKr with whole or low-rank sides) than init_params made."""
+        dtype = next(iter(self.params.values())).dtype
+        device = next(iter(self.params.values())).device
+        for name in [n for n in self.factor_names if n in self._parameters and n not in factors]:
+            del self._parameters[name]
+        for name, value in factors.items():
+            current = self._parameters.get(name)
+            if current is not None and current.shape == value.shape:
+                with torch.no_grad():
+                    current.copy_(value)
+            else:
+                self.register_parameter(name, nn.Parameter(value.detach().to(device=device, dtype=dtype).clone()))
+        self.fast = self.fast and set(factors) == set(self.factor_names)  # fast paths know one variant
+
+    def set_magnitude(self, magnitude: torch.Tensor, axis: str) -> None:
+        """Make this a DoRA adapter: W' = magnitude * (W + scale delta W) / norm (functional.dora), on `axis`."""
+        dtype = next(iter(self.params.values())).dtype
+        self.register_parameter("magnitude", nn.Parameter(magnitude.detach().to(dtype).clone()))
+        self.dora_axis = axis
+        self.fast = False
+
+    def weighted_delta(self, base_weight: torch.Tensor) -> torch.Tensor:
+        """What this adapter adds to the base weight at its strength (fp32): strength * scale * delta W, or for
+        DoRA W + strength * (W' - W) - W."""
+        if self.dora_axis is None:
+            return self.delta_weight().float() * self.strength
+        from .functional.dora import decomposed_weight
+
+        new = decomposed_weight(base_weight, self.delta_weight(), self.magnitude, self.dora_axis, self.strength)
+        return new - base_weight.float()
 
     @property
     def functions(self):
@@ -57,7 +91,7 @@ class AdapterSlot(nn.Module):
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, n) for n in self.factor_names}
+        return {n: getattr(self, n) for n in self.factor_names if n in self._parameters}
 
     @property
     def scale(self) -> float:
@@ -128,7 +162,7 @@ class AdapterLayer(nn.Module):
         slots = self.active()
         if not slots:
             return base
-        delta = sum(s.delta_weight() * s.strength for s in slots)
+        delta = sum(s.weighted_delta(base) for s in slots)
         return base + delta.to(base.dtype)
 
     @property
@@ -141,6 +175,13 @@ class AdapterLayer(nn.Module):
         if not slots:
             return self.base_layer(x)
         base = self.base_layer
+        dora = [s for s in slots if s.dora_axis is not None]
+        if dora:  # the decomposition depends on W: apply it as a whole weight delta, the rest as usual
+            y = base(x) + self.op.forward(x, sum(s.weighted_delta(base.weight) for s in dora).to(x.dtype), None)
+            for s in slots:
+                if s.dora_axis is None:
+                    y = y + s.delta_forward(x) * s.coef
+            return y
         if not all(s.fast for s in slots) or (
                 torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable())):
             # Our hand-written backwards cover frozen bases with plain zero padding, for kinds that bring
@@ -252,6 +293,10 @@ class AdapterLayer(nn.Module):
         pristine = self._pristine if self._pristine is not None else weight.data
         if pristine_device is not None:
             pristine = pristine.to(pristine_device)  # a copy only when it moves
+        for n in names:
+            if "diff_b" in self.adapters[n].params:
+                raise AdapterStateError(f"adapter {n!r} changes the bias too (a full-weight diff_b); merging writes "
+                                        "weights only, so it stays unmerged")
         own = self._pristine is not None and weight.data_ptr() != self._pristine.data_ptr()
         out = weight.data if in_place and own else None
         merged = merged_weight(pristine.to(weight.device), [self.adapters[n] for n in sorted(names)], out)

@@ -51,9 +51,21 @@ def read(path: str | os.PathLike) -> AdapterFile:
                              category="not-an-adapter")
 
 
+# What users call the layouts they write: kohya and LyCORIS files are one layout, diffusers' is PEFT's key
+# layout, and "peft" is a PEFT adapter folder (formats/peft_folder.py).
+ALIASES = {"lycoris": kohya.FORMAT, "diffusers": peft_diffusers.FORMAT}
+TARGETS = (*FORMATS, *ALIASES, "peft")
+
+
 def write(path: str | os.PathLike, adapter: AdapterFile, format: str = native.FORMAT) -> Path:
-    """Write `adapter` in `format` (default vislora's own), atomically."""
-    tensors, metadata = FORMATS[format].write(adapter)
+    """Write `adapter` in `format` (default vislora's own; any of TARGETS), atomically."""
+    if format == "peft":
+        from . import peft_folder
+
+        return peft_folder.write_folder(path, adapter)
+    if ALIASES.get(format, format) not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose from {sorted(TARGETS)}")
+    tensors, metadata = FORMATS[ALIASES.get(format, format)].write(adapter)
     return container.write(path, tensors, metadata)
 
 

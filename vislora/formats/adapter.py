@@ -23,6 +23,7 @@ class ModuleWeights:
     rslora: bool = False
     slices: tuple[tuple[int, int], ...] | None = None  # output row ranges for fused qkv slices (LoRA)
     out_features: int | None = None  # the base layer's output rows: needed to write sliced LoRA as plain LoRA
+    magnitude: torch.Tensor | None = None  # DoRA magnitude, in LyCORIS's shape ([out, 1, ...] or [1, in, ...])
 
     @property
     def scale(self) -> float:

@@ -25,7 +25,7 @@ import torch
 
 from ..config import AdapterConfig
 from ..errors import AdapterFormatError
-from ..functional import KINDS
+from ..functional import KINDS, complete
 from ..functional.rows import sliced_up
 from ..version import __version__
 from .adapter import AdapterFile, ModuleWeights
@@ -43,6 +43,11 @@ def factor_key(module: str, factor: str) -> str:
     return f"{module}.{FILE_FACTOR.get(factor, factor)}.weight"
 
 
+def magnitude_key(module: str) -> str:
+    """DoRA magnitude, in LyCORIS's shape ([out, 1, ...] or [1, in, ...]) as LyCORIS names it."""
+    return f"{module}.dora_scale"
+
+
 def detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
     return MODULES_KEY in metadata
 
@@ -52,13 +57,18 @@ def _module(module: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor]
     if kind not in KINDS:
         raise AdapterFormatError(f"module {module!r} is a {kind!r} adapter, which this vislora does not know "
                                  f"(it knows {sorted(KINDS)}); upgrade vislora", path=path, category="unsupported-format")
-    keys = {f: factor_key(module, f) for f in KINDS[kind].FACTORS}
-    missing = [k for k in keys.values() if k not in tensors]
-    if missing:
-        raise AdapterFormatError(f"module {module!r} is listed in the metadata but has no {missing}", path=path,
-                                 category="incomplete")
+    keys = {f: factor_key(module, f) for f in KINDS[kind].FACTORS if factor_key(module, f) in tensors}
+    if not complete(KINDS[kind], set(keys)):
+        missing = [factor_key(module, f) for f in KINDS[kind].FACTORS if f not in keys]
+        raise AdapterFormatError(f"module {module!r} is listed in the metadata but has only {sorted(keys)} of its "
+                                 f"factors; it lacks some of {missing}", path=path, category="incomplete")
     w = ModuleWeights(kind, {f: tensors[k] for f, k in keys.items()}, int(entry["rank"]), float(entry["alpha"]),
                       bool(entry.get("rslora", False)))
+    if entry.get("dora"):
+        if magnitude_key(module) not in tensors:
+            raise AdapterFormatError(f"module {module!r} is DoRA in the metadata but has no {magnitude_key(module)}",
+                                     path=path, category="incomplete")
+        w.magnitude = tensors[magnitude_key(module)]
     if "slices" in entry:
         w.slices = tuple(tuple(s) for s in entry["slices"])
         w.out_features = w.factors["up"].shape[0]
@@ -81,6 +91,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str, 
     except (ValueError, TypeError, KeyError) as e:
         raise AdapterFormatError(f"vislora metadata is malformed: {e}", path=path, category="bad-metadata") from None
     used = {factor_key(m, f) for m, w in modules.items() for f in w.factors}
+    used |= {magnitude_key(m) for m, w in modules.items() if w.magnitude is not None}
     stray = [k for k in tensors if k not in used and k.endswith(_FACTOR_SUFFIXES)]
     if stray:
         raise AdapterFormatError(f"{stray[0]!r} is an adapter tensor with no entry in {MODULES_KEY}", path=path,
@@ -97,6 +108,8 @@ def module_table(modules: dict[str, ModuleWeights]) -> str:
             entry["rslora"] = True
         if w.slices is not None:
             entry["slices"] = [list(s) for s in w.slices]
+        if w.magnitude is not None:
+            entry["dora"] = True
         table[path] = entry
     return json.dumps(table, sort_keys=True, separators=(",", ":"))
 
@@ -108,7 +121,9 @@ def write(adapter: AdapterFile) -> tuple[dict[str, torch.Tensor], dict[str, str]
     for path, w in adapter.modules.items():
         factors, rank = w.plain()
         tensors.update({factor_key(path, f): t for f, t in factors.items()})
-        if set(factors) <= set(FILE_FACTOR):  # diffusers can read this module: tell it the scale
+        if w.magnitude is not None:
+            tensors[magnitude_key(path)] = w.magnitude
+        elif set(factors) <= set(FILE_FACTOR):  # diffusers can read this module: tell it the scale
             peft_entries[path] = (component(path), rank, w.scale * rank)
     tensors.update(adapter.extra)
     clash = [k for k in adapter.metadata if k in RESERVED]

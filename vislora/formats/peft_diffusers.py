@@ -43,10 +43,12 @@ _SUFFIXES = (
     (".lora_A.weight", "down"),
     (".lora_B.weight", "up"),
     (".lora_mid.weight", "mid"),
+    (".lora_magnitude_vector.weight", "magnitude"),
+    (".lora_magnitude_vector", "magnitude"),
     (".alpha", "alpha"),
 )
 # Parts of other adapter methods we do not apply: loading them as plain LoRA would be silently wrong.
-_UNSUPPORTED = (".lora_magnitude_vector", ".lora_B.bias", ".dora_scale")
+_UNSUPPORTED = (".lora_B.bias", ".dora_scale")
 # Old attention-processor spelling: <attn>.processor.to_q_lora.down.weight -> <attn>.to_q
 _PROCESSOR = re.compile(r"^(?P<attn>.*)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)\.weight$")
 _TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
@@ -134,7 +136,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
     for key, value in tensors.items():
         if key.endswith(_UNSUPPORTED):
             raise AdapterFormatError(
-                f"{key!r}: DoRA magnitudes and LoRA biases are not supported yet; loading this file as plain "
+                f"{key!r}: LoRA biases (and kohya dora_scale in a diffusers file) are not supported; loading this file as plain "
                 "LoRA would change its effect", path=path, category="unsupported")
         split = split_key(key)
         if split is None:
@@ -154,6 +156,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
                                      "and up (lora_B)", path=path, category="incomplete")
         rank = factors["down"].shape[0]
         alpha_t = factors.pop("alpha", None)
+        magnitude = factors.pop("magnitude", None)
         comp, _, local = module.partition(".")
         config = peft_config if peft_config is not None else configs.get(comp, configs.get("", None))
         if alpha_t is not None:
@@ -163,6 +166,12 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
         else:
             alpha, rslora = float(rank), False  # no alpha anywhere: scale 1, as every consumer does
         modules[module] = ModuleWeights(_kind(factors), factors, rank, alpha, rslora)
+        if magnitude is not None:  # PEFT's DoRA: output rows, [out] (Linear) or [1, out, 1, 1] (Conv2d)
+            out = factors["up"].shape[0]
+            if magnitude.numel() != out:
+                raise AdapterFormatError(f"{module}: lora_magnitude_vector has {magnitude.numel()} entries, lora_B "
+                                         f"has {out} rows", path=path, category="shape-mismatch")
+            modules[module].magnitude = magnitude.reshape(out, *[1] * (factors["down"].dim() - 1))
     if leftovers:
         raise AdapterFormatError(f"{len(leftovers)} keys are not LoRA tensors, e.g. {leftovers[:5]}", path=path,
                                  category="unknown-keys")
@@ -182,7 +191,14 @@ def module_tensors(path: str, w: ModuleWeights) -> tuple[dict[str, torch.Tensor]
     unknown = sorted(set(factors) - set(FILE_FACTOR))
     if unknown:
         raise ValueError(f"{path}: a {w.kind!r} adapter (factors {unknown}) has no PEFT-layout spelling")
-    return {f"{path}.{FILE_FACTOR[n]}.weight": t for n, t in factors.items()}, rank, w.scale * rank
+    tensors = {f"{path}.{FILE_FACTOR[n]}.weight": t for n, t in factors.items()}
+    if w.magnitude is not None:
+        if w.magnitude.shape[0] == 1 and w.magnitude.numel() > 1:
+            raise ValueError(f"{path}: its DoRA magnitude is per input column; PEFT's normalises output rows "
+                             "(write it with --to lycoris)")
+        conv = w.magnitude.dim() == 4
+        tensors[f"{path}.lora_magnitude_vector"] = w.magnitude.reshape(1, -1, 1, 1) if conv else w.magnitude.flatten()
+    return tensors, rank, w.scale * rank
 
 
 def write(adapter: AdapterFile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -194,11 +210,25 @@ def write(adapter: AdapterFile) -> tuple[dict[str, torch.Tensor], dict[str, str]
         tensors.update(found)
         entries[path] = (component(path), rank, alpha)
     tensors.update(adapter.extra)
-    return tensors, {"format": "pt", METADATA_KEY: lora_adapter_metadata(entries)}
+    return tensors, {"format": "pt", METADATA_KEY: lora_adapter_metadata(entries, dora_components(adapter))}
 
 
-def lora_adapter_metadata(entries: dict[str, tuple[str, int, float]]) -> str:
-    """LoraConfig fields for diffusers, from {component-prefixed path: (component, file rank, alpha)}.
+def dora_components(adapter: AdapterFile) -> set[str]:
+    """Components whose modules are DoRA. PEFT's use_dora holds for a whole component (modules without a
+    stored magnitude would start from the weight's norm, not act as plain LoRA), so mixing is refused."""
+    dora: dict[str, set[bool]] = {}
+    for path, w in adapter.modules.items():
+        dora.setdefault(component(path), set()).add(w.magnitude is not None)
+    mixed = [c or "model" for c, flags in dora.items() if len(flags) > 1]
+    if mixed:
+        raise ValueError(f"{mixed}: some modules are DoRA and some are not; PEFT's use_dora is all or none per "
+                         "component (write it with --to lycoris)")
+    return {c for c, flags in dora.items() if True in flags}
+
+
+def lora_adapter_metadata(entries: dict[str, tuple[str, int, float]], dora: set[str] = frozenset()) -> str:
+    """LoraConfig fields for diffusers, from {component-prefixed path: (component, file rank, alpha)}; the
+    components in `dora` get use_dora.
 
     The most common rank and alpha per component become r / lora_alpha; the rest go to rank_pattern /
     alpha_pattern keyed by the escaped full path, which PEFT matches as `(.*\\.)?(<path>)$`.
@@ -218,7 +248,7 @@ def lora_adapter_metadata(entries: dict[str, tuple[str, int, float]]) -> str:
             "alpha_pattern": {re.escape(m): al for m, (_, al) in sorted(mods.items()) if al != a},
             "target_modules": sorted(mods),
             "use_rslora": False,
-            "use_dora": False,
+            "use_dora": comp in dora,
         }
         flat.update({(f"{comp}.{k}" if comp else k): v for k, v in fields.items()})
     return json.dumps(flat, indent=2, sort_keys=True)

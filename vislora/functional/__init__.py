@@ -6,6 +6,11 @@ Each kind module declares:
     FACTORS                                       factor names, in the order they are passed around
     BASES                                         the nn layer classes it applies to (nn.Linear, nn.Conv2d)
     fits(weight_shape) -> bool                    optional: False where the kind has nothing to add there
+    complete(factor names) -> bool                optional, for kinds with variants (LoHa's Tucker cores,
+                                                     LoKr's whole or low-rank sides): whether a set of factors
+                                                     is one of them; default: all of FACTORS
+    check(weight_shape, params) -> [problems]     optional: a file's factors against a base weight, for kinds
+                                                     whose shapes do not follow from the rank alone (LoKr)
     ROW_SLICES = True                             optional: it adapts row slices of a fused Linear (q/v)
     shapes(weight_shape, rank, layout)            -> {factor name: shape}; used to initialise and to check files
     init_params(weight_shape, rank, init, layout) -> {factor name: tensor}
@@ -34,11 +39,12 @@ from types import ModuleType
 
 from torch import nn
 
-from . import locon, lora, tucker
+from . import full, locon, loha, lokr, lora, tucker
 from .ops import Conv2dOp, LinearOp, op_for
 from .rows import RowLayout
 
-KINDS: dict[str, ModuleType] = {"lora": lora, "locon": locon, "tucker": tucker}
+KINDS: dict[str, ModuleType] = {"lora": lora, "locon": locon, "tucker": tucker, "loha": loha, "lokr": lokr,
+                                "full": full}
 
 FAST_PATH = ("inner", "forward_into", "backward")
 
@@ -46,6 +52,12 @@ FAST_PATH = ("inner", "forward_into", "backward")
 def scale(alpha: float, rank: int, rslora: bool = False) -> float:
     """alpha / rank, or alpha / sqrt(rank) for rsLoRA: the factor training fixed between delta and output."""
     return alpha / (math.sqrt(rank) if rslora else rank)
+
+
+def complete(kind: ModuleType, names: set[str] | frozenset[str]) -> bool:
+    """Whether these factor names make one adapter of the kind (one of its variants)."""
+    test = getattr(kind, "complete", None)
+    return test(set(names)) if test is not None else set(kind.FACTORS) <= set(names)
 
 
 def has_fast_path(kind: ModuleType) -> bool:
@@ -69,5 +81,5 @@ def kind_for(base: nn.Module, preferred: dict[type, str]) -> str:
     raise TypeError(f"no adapter kind applies to {type(base).__name__}")
 
 
-__all__ = ["KINDS", "RowLayout", "Conv2dOp", "LinearOp", "op_for", "scale", "has_fast_path", "applies",
+__all__ = ["complete", "KINDS", "RowLayout", "Conv2dOp", "LinearOp", "op_for", "scale", "has_fast_path", "applies",
            "kind_for", "lora", "locon", "tucker"]

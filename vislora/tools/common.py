@@ -1,0 +1,105 @@
+"""What every file tool shares: files normalised to module paths, deltas, writing, progress bars."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import torch
+
+from .. import formats
+from ..errors import AdapterCompatError
+from ..formats import FORMATS, AdapterFile, ModuleWeights, kohya
+from ..formats.arch import of_file
+from ..functional import KINDS, RowLayout
+from .skeleton import base_model
+
+T = TypeVar("T")
+TARGETS = ("kohya", "lycoris", "diffusers", "peft", "vislora")
+BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A tqdm bar on stderr when it is a terminal; the plain iterable otherwise."""
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit="module", leave=False)
+
+
+def normalise(adapter: AdapterFile, base: str | None = None, allow_partial: bool = False) -> AdapterFile:
+    """The file with module paths (component-prefixed for SD pipelines) and factors in vislora's shapes.
+
+    kohya/LyCORIS names resolve against a meta-device stand-in of the base (`base`, else the one the
+    shapes point to, else SD1.x); names that resolve nowhere are an error unless allow_partial."""
+    fmt = FORMATS.get(adapter.format)
+    if not hasattr(fmt, "resolve"):
+        return adapter
+    arch = BASES.get(base, base) or of_file(adapter.modules).name or "SD1.x"
+    model = base_model(arch)
+    found = fmt.resolve(list(adapter.modules), model)
+    missing = [n for n in adapter.modules if n not in found]
+    if missing and not allow_partial:
+        raise AdapterCompatError(f"{len(missing)} of {len(adapter.modules)} module names do not exist in {arch}, e.g. "
+                                 f"{missing[:5]}; pass --base for another base, or --allow-partial to drop them",
+                                 path=adapter.path, category="unmatched")
+    modules = {}
+    for name, (comp, path) in found.items():
+        layer = model.components[comp].get_submodule(path)
+        modules[f"{comp}.{path}"] = kohya.fit(adapter.modules[name], tuple(layer.weight.shape))
+    return AdapterFile(adapter.path, adapter.format, modules, dict(adapter.extra), adapter.config,
+                       dict(adapter.metadata))
+
+
+def read(path: str | os.PathLike, base: str | None = None, allow_partial: bool = False) -> AdapterFile:
+    return normalise(formats.read(path), base, allow_partial)
+
+
+def layout(w: ModuleWeights, weight_shape: tuple[int, ...]) -> Any:
+    """The layout argument a kind's delta_weight needs, from the base weight's shape alone."""
+    if len(weight_shape) == 2:
+        return RowLayout(weight_shape[0], w.slices) if w.slices else RowLayout.full(weight_shape[0])
+    return None  # conv kinds build delta W from their factors' shapes
+
+
+def weight_shape(w: ModuleWeights) -> tuple[int, ...]:
+    """The base weight's shape implied by a module's factors."""
+    f = w.factors
+    if w.kind == "full":
+        return tuple(f["diff"].shape)
+    if w.kind in ("lora", "locon", "tucker"):
+        out = w.out_features if w.slices else f["up"].shape[0]
+        kernel = tuple(f["mid"].shape[2:]) if "mid" in f else tuple(f["down"].shape[2:])
+        return (out, f["down"].shape[1], *kernel)
+    return tuple(KINDS[w.kind].delta_weight(f, None).shape)
+
+
+def delta(w: ModuleWeights) -> torch.Tensor:
+    """scale * delta W in fp32, shaped like the base weight (DoRA modules refused: their effect depends on W)."""
+    if getattr(w, "magnitude", None) is not None:
+        raise AdapterCompatError("DoRA modules change the weight's norm, which needs the base weight; they cannot "
+                                 "be merged, resized or re-factored without the model", category="dora")
+    factors = {n: t.float() for n, t in w.factors.items()}
+    shape = weight_shape(w)
+    return KINDS[w.kind].delta_weight(factors, layout(w, shape)) * w.scale
+
+
+def product(w: ModuleWeights) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
+    """(up [out, k] with the scale folded in, down [k, n], the weight's shape) where scale * delta W is that
+    product (LoRA, LoCon), else None."""
+    if w.kind not in ("lora", "locon") or getattr(w, "magnitude", None) is not None:
+        return None
+    factors, rank = w.plain() if w.slices else (dict(w.factors), w.rank)
+    up, down = factors["up"].float(), factors["down"].float()
+    return up.reshape(up.shape[0], -1) * w.scale, down.reshape(down.shape[0], -1), (up.shape[0], *down.shape[1:])
+
+
+def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
+    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error."""
+    try:
+        return formats.write(path, adapter, to)
+    except ValueError as e:
+        raise AdapterCompatError(f"cannot write as {to}: {e}", path=path, category="unsupported-kind") from None

@@ -1,0 +1,30 @@
+"""`vislora convert IN OUT --to kohya|lycoris|diffusers|peft|vislora`: the same adapter in another layout.
+
+Tensors are moved, never recomputed, so every conversion is exact: the model's outputs are the same within
+float rounding of the scale (alpha) bookkeeping. kohya and lycoris are one layout (LoHa, LoKr, Tucker and
+full weights are written the LyCORIS way); diffusers and PEFT hold LoRA and LoCon only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import common
+
+
+def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial: bool = False) -> str:
+    adapter = common.read(src, base, allow_partial)
+    return str(common.write(dst, adapter, to))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vislora convert", description=__doc__.splitlines()[0])
+    p.add_argument("src", help="adapter file or PEFT folder")
+    p.add_argument("dst", help="output file (a folder for --to peft)")
+    p.add_argument("--to", required=True, choices=sorted(common.TARGETS))
+    p.add_argument("--base", choices=sorted(common.BASES), help="base model whose names a kohya file uses "
+                   "(default: from its tensor shapes)")
+    p.add_argument("--allow-partial", action="store_true", help="drop module names the base does not have")
+    args = p.parse_args(argv)
+    print(f"wrote {convert(args.src, args.dst, args.to, args.base, args.allow_partial)}")
+    return 0

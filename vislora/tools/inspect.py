@@ -1,0 +1,105 @@
+"""`vislora inspect FILE`: what an adapter file holds, without a model.
+
+Format, kinds, ranks and alphas, DoRA; coverage per component and per block (lbw ids); the base model its
+shapes were made for (cross-attention width 768 / 1024 / 2048, a second text encoder); size and parameter
+count; and the training metadata (`ss_*`, `modelspec.*`, vislora's), escaped and truncated: metadata is
+untrusted text, and a terminal must never receive its control characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .. import formats
+from ..formats.arch import of_file
+from .blocks import coverage
+
+MAX_VALUE_CHARS = 160
+SHOWN_METADATA = ("ss_", "sshs_", "modelspec.", "vislora.", "format", "lora_adapter_metadata")
+
+
+def escape(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """Control, format and other non-printing characters as \\xNN / \\uNNNN, then cut to `limit` chars."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch)[0] in ("C", "Z") and ch != " ":
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    escaped = "".join(out)
+    return escaped if len(escaped) <= limit else f"{escaped[:limit]}... (+{len(escaped) - limit} chars)"
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return path.stat().st_size
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything `inspect` shows, as JSON-ready data."""
+    adapter = formats.read(path)
+    modules = adapter.modules
+    arch = of_file(modules)
+    per_comp, per_block, unresolved = coverage(adapter)
+    count = lambda values: dict(sorted(Counter(values).items(), key=lambda kv: -kv[1]))  # noqa: E731
+    return {
+        "file": str(path),
+        "format": adapter.format,
+        "size_bytes": _size(Path(path)),
+        "modules": len(modules),
+        "parameters": sum(t.numel() for w in modules.values() for t in w.factors.values()),
+        "kinds": count(w.kind for w in modules.values()),
+        "ranks": {str(k): v for k, v in count(w.rank for w in modules.values()).items()},
+        "alphas": {f"{k:g}": v for k, v in count(w.alpha for w in modules.values()).items()},
+        "dora": sum(1 for w in modules.values() if getattr(w, "magnitude", None) is not None),
+        "full_tensors": len(adapter.extra),
+        "base": {"name": arch.name, "cross_attention_width": arch.cross_width,
+                 "text_encoders": arch.text_encoders},
+        "components": per_comp,
+        "blocks": per_block,
+        "unresolved": unresolved[:50],
+        "metadata": {escape(k, 80): escape(v) for k, v in sorted(adapter.metadata.items())
+                     if k.startswith(SHOWN_METADATA)},
+    }
+
+
+def _text(info: dict[str, Any]) -> str:
+    base = info["base"]
+    base_text = base["name"] or (f"cross-attention width {base['cross_attention_width']}"
+                                 if base["cross_attention_width"] else "unknown (no cross-attention modules)")
+    lines = [
+        f"{info['file']}: {info['format']}, {info['modules']} modules, {info['parameters']:,} parameters, "
+        f"{info['size_bytes'] / 1e6:.2f} MB",
+        f"  base: {base_text}" + (f", {base['text_encoders']} text encoder(s) adapted" if base["text_encoders"] else ""),
+        "  kinds: " + ", ".join(f"{k} {v}" for k, v in info["kinds"].items())
+        + (f"; DoRA on {info['dora']}" if info["dora"] else ""),
+        "  ranks: " + ", ".join(f"{k} x{v}" for k, v in info["ranks"].items()),
+        "  alphas: " + ", ".join(f"{k} x{v}" for k, v in info["alphas"].items()),
+        "  components: " + ", ".join(f"{k} {v}" for k, v in info["components"].items()),
+        "  blocks: " + ", ".join(f"{k} {v}" for k, v in info["blocks"].items()),
+    ]
+    if info["unresolved"]:
+        lines.append(f"  unresolved names ({len(info['unresolved'])}): {', '.join(info['unresolved'][:5])}")
+    if info["full_tensors"]:
+        lines.append(f"  full tensors (modules_to_save): {info['full_tensors']}")
+    if info["metadata"]:
+        lines.append("  metadata:")
+        lines += [f"    {k}: {v}" for k, v in info["metadata"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0])
+    p.add_argument("file", help="adapter .safetensors file or PEFT adapter folder")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    args = p.parse_args(argv)
+    info = describe(args.file)
+    print(json.dumps(info, indent=2) if args.json else _text(info))
+    return 0
