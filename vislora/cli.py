@@ -4,6 +4,7 @@
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
     vislora dreambooth --model BASE --instance-data DIR --instance-prompt TEXT --out OUT ...   (same flags)
     vislora style --model BASE --data DIR --out OUT ...                   Stable Diffusion style LoRA
+    vislora generate --model DIR --lora FILE[:STRENGTH]... --prompt TEXT [--grid NAME=v1,v2 ...] --out PNG
     vislora inspect FILE [--json]                              format, kinds, ranks, coverage, base, metadata
     vislora convert IN OUT --to kohya|lycoris|diffusers|peft|vislora
     vislora merge A:0.6 B:0.4 -o C [--rank r]                  exact, or by SVD
@@ -75,6 +76,12 @@ def _predict(argv: list[str]) -> int:
     return status
 
 
+def _generate(argv: list[str]) -> int:
+    from .tasks import generate
+
+    return generate.main(argv)
+
+
 def _tool(name: str) -> Callable[[list[str]], int]:
     """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2)."""
 
@@ -96,6 +103,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "predict": (_predict, "top-k labels of images with a trained adapter"),
     "dreambooth": (_dreambooth, "teach a Stable Diffusion model a subject (recipes/dreambooth_sd.py)"),
     "style": (_style, "train a style adapter from captioned images (recipes/style_sd.py)"),
+    "generate": (_generate, "images from a diffusion pipeline with adapters mixed by strength, or an X/Y grid"),
     "inspect": (_tool("inspect"), "what an adapter file holds: format, kinds, ranks, coverage, base, metadata"),
     "convert": (_tool("convert"), "an adapter file in another layout: kohya, lycoris, diffusers, peft, vislora"),
     "merge": (_tool("merge"), "blend adapter files into one: exact (ranks concatenated) or by SVD (--rank)"),
