@@ -2,6 +2,7 @@
 
     vislora classify --data DIR --model NAME --out OUT ...     the ViT classification recipe (same flags)
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
+    vislora studio --model DIR --adapters DIR [--port 7860] [--host 127.0.0.1]   (pip install vislora[studio])
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
 be decoded is reported on its own line and the others are still predicted (exit status 1).
@@ -56,9 +57,16 @@ def _predict(argv: list[str]) -> int:
     return status
 
 
+def _studio(argv: list[str]) -> int:
+    from .studio import main as studio_main  # gradio is imported only in there
+
+    return studio_main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
+    "studio": (_studio, "a local page to mix adapters with sliders and a live preview (vislora[studio])"),
 }
 
 
