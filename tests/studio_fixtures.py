@@ -10,6 +10,7 @@ import json
 import pickle
 import string
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -81,7 +82,23 @@ def adapter_folder(root: Path, base: Path) -> Path:
     (folder / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with open(folder / "pickled.pt", "wb") as f:
         pickle.dump({"lora_down": [0.0]}, f)
-    width = pipe.unet.config.cross_attention_dim
-    other = DiffusionPipeline.from_pretrained(str(tiny_sd_folder(root, cross_dim=width + 8)), use_safetensors=True)
+    # Same UNet layout, wider cross-attention (as SD2.x files are to SD1.x): the loader refuses it by shape.
+    from conftest import tiny_unet
+
+    other = SimpleNamespace(components={"unet": tiny_unet(cross_dim=pipe.unet.config.cross_attention_dim + 8)})
     style_adapter(other, folder / "other_width.safetensors", 3, targets="unet.cross_attn")
     return folder
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium, headless, with nothing that reaches the network on its own.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]

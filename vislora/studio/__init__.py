@@ -12,7 +12,6 @@ import argparse
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import VisloraError
@@ -64,16 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", required=True, help="folder of adapter files (.safetensors)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--live-seconds", type=float, default=1.0, help="previews follow the sliders while one image "
+                   "takes less than this (default 1 s); slower bases wait for Generate")
     p.add_argument("--out", default="studio_out", help="where exports (PNG, merged adapter) are written")
     args = p.parse_args(argv)
     try:
         # Cheap checks first, so a busy port or a missing gradio is said before the model loads.
         require_gradio()
         check_port(args.host, args.port)
-        os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(args.out).resolve() / ".gradio"))
         from .state import Studio
 
-        studio = Studio(args.model, args.adapters, args.out)
+        studio = Studio(args.model, args.adapters, args.out, live_seconds=args.live_seconds)
         print(f"vislora studio on http://{args.host}:{args.port}  (Ctrl+C to stop)", file=sys.stderr)
         serve(studio, args.host, args.port)
     except VisloraError as e:

@@ -1,17 +1,18 @@
 """The page: adapter rows (switch, strength, advanced sections), prompt and sampler, preview, X/Y grid, export.
 
 Built once per Studio; one row per file of the adapter folder. Every generation shares one queue slot
-(concurrency_id "render", limit 1). A control change first bumps the studio (outside the queue, so a render
-in flight sees it at its next step and stops), then asks for a preview, which runs only when live preview is
-on and an image takes under LIVE_SECONDS; `trigger_mode="always_last"` keeps only the newest waiting one.
+(concurrency_id "render", limit 1). A control change (a slider's every move) first bumps the studio (outside the queue, so a
+render in flight sees it at its next step and stops), then asks for a preview, which runs only when live preview is
+on and an image takes under the studio's live_seconds; `trigger_mode="always_last"` keeps only the newest waiting one: together, a debounce.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
-from .handlers import LIVE_SECONDS, Handlers, _timing
+from .handlers import Handlers, _timing
 from .state import Studio
 
 QUEUE = dict(concurrency_limit=1, concurrency_id="render")
@@ -22,6 +23,8 @@ def build(studio: Studio) -> Any:
     """The gr.Blocks page for `studio` (not launched)."""
     import gradio as gr
 
+    # Gradio caches every file it serves under this folder, read when components are made: keep it in the outputs.
+    os.environ["GRADIO_TEMP_DIR"] = str(studio.outputs.root / ".gradio")
     with gr.Blocks(title="vislora studio", analytics_enabled=False) as page:
         gr.Markdown(f"## vislora studio\nmodel: `{studio.model_dir}` · adapters: `{studio.folder.root}`")
         with gr.Row():
@@ -32,7 +35,7 @@ def build(studio: Studio) -> Any:
                     if not facts.usable:
                         _refused_row(gr, facts)
                         continue
-                    with gr.Group(elem_classes=["adapter", "usable"]):
+                    with gr.Group(elem_id=f"row-{key}", elem_classes=["adapter", "usable"]):
                         gr.Markdown(f"**{key}** — {facts.summary()}", elem_classes=["adapter-facts"])
                         on = gr.Checkbox(False, label="on", elem_id=f"on-{key}")
                         strength = gr.Slider(-1, 2, 1.0, step=0.05, label="strength", elem_id=f"strength-{key}")
@@ -54,7 +57,7 @@ def build(studio: Studio) -> Any:
                     height = gr.Number(32, label="height", precision=0, elem_id="height")
                 with gr.Row():
                     fused = gr.Checkbox(False, label="fused (merge the mix into the weights)", elem_id="fused")
-                    live = gr.Checkbox(True, label=f"live preview (when an image takes < {LIVE_SECONDS:g} s)",
+                    live = gr.Checkbox(True, label=f"live preview (when an image takes < {studio.live_seconds:g} s)",
                                        elem_id="live")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 image = gr.Image(label="preview", type="pil", format="png", interactive=False, elem_id="preview")
@@ -79,10 +82,10 @@ def build(studio: Studio) -> Any:
         inputs = [prompt, negative, seed, steps, guidance, width, height, fused, *rows]
         h = Handlers(studio, gr)
         go.click(h.generate, inputs, [image, status, timing], **QUEUE)
-        for control in [fused, *rows]:
-            event = control.release if hasattr(control, "release") else control.change
-            event(h.bump, None, None, queue=False)
-            event(h.preview, [live, *inputs], [image, status, timing], trigger_mode="always_last", **QUEUE)
+        for control in [fused, *rows]:  # a text box asks on Enter or leaving it, not on every key
+            for event in [control.submit, control.blur] if isinstance(control, gr.Textbox) else [control.change]:
+                event(h.bump, None, None, queue=False)
+                event(h.preview, [live, *inputs], [image, status, timing], trigger_mode="always_last", **QUEUE)
         grid_go.click(h.grid, [gx, gxv, gy, gyv, *inputs], [sheet, status], **QUEUE)
         export_go.click(h.export, None, [cmd, code, files, export_note], **QUEUE)
     return page
@@ -91,7 +94,7 @@ def build(studio: Studio) -> Any:
 def _refused_row(gr: Any, facts: Any) -> None:
     """A file that cannot be used: its name, the first line of the reason, a switch that stays off, the details."""
     first, _, rest = facts.error.partition("\n")
-    with gr.Group(elem_classes=["adapter", "refused"]):
+    with gr.Group(elem_id=f"row-{facts.key}", elem_classes=["adapter", "refused"]):
         gr.Markdown(f"**{facts.key}** — refused: {first}", elem_classes=["adapter-facts"])
         gr.Checkbox(False, label="on (cannot be switched on)", interactive=False, elem_id=f"on-{facts.key}")
         if rest:

@@ -11,7 +11,6 @@ from .mix import Mix, Request, StudioInputError, _finite
 from .state import Studio
 
 ERRORS = (VisloraError, ValueError, TypeError)
-LIVE_SECONDS = 1.0
 MIX_FIELDS = [f.name for f in fields(Mix)]  # on, strength, sections..., lbw: the order of each row's inputs
 SAMPLER_FIELDS = ("prompt", "negative", "seed", "steps", "guidance", "width", "height", "fused")
 
@@ -69,20 +68,25 @@ class Handlers:
             return gr.skip(), _error(e), _timing(self.studio)
         if shot is None:  # a newer request made this one stale; its own result will come
             return gr.skip(), gr.skip(), gr.skip()
-        return shot.image, f"done in {shot.seconds:.3f} s ({'fused' if shot.request.fused else 'unfused'})", \
-            _timing(self.studio)
+        mode = "fused" if shot.request.fused else "unfused"
+        return shot.image, f"image {shot.number}: done in {shot.seconds:.3f} s ({mode})", _timing(self.studio)
 
     def generate(self, *values: Any, progress: Any = None) -> tuple:
         return self._render(values, progress or self.gr.Progress())
 
     def preview(self, live: bool, *values: Any, progress: Any = None) -> tuple:
+        """The image again after a control moved, when live preview is on and the last image, scaled to this
+        request's step count, took under the studio's live_seconds."""
         gr = self.gr
-        last = self.studio.last
         if not live:
             return gr.skip(), gr.skip(), gr.skip()
-        if last is not None and last.seconds >= LIVE_SECONDS:
-            return gr.skip(), f"live preview is paused: an image takes {last.seconds:.2f} s; press Generate", \
-                gr.skip()
+        last = self.studio.last
+        steps = values[SAMPLER_FIELDS.index("steps")]
+        if last is not None and isinstance(steps, (int, float)) and steps > 0:
+            estimate = last.seconds * float(steps) / last.request.steps
+            if estimate >= self.studio.live_seconds:
+                return gr.skip(), (f"live preview is paused: an image would take about {estimate:.2f} s; "
+                                   "press Generate"), gr.skip()
         return self._render(values, progress or gr.Progress())
 
     def grid(self, x: str, x_values: str, y: str, y_values: str, *values: Any, progress: Any = None) -> tuple:

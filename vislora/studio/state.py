@@ -26,6 +26,7 @@ from .catalogue import AdapterFacts, describe
 from .mix import Mix, Request, StudioInputError
 from .paths import AdapterFolder, OutputFolder
 
+LIVE_SECONDS = 1.0
 OnStep = Callable[[int, int], None]  # (steps done, steps in all)
 
 
@@ -36,6 +37,7 @@ class Shot:
     request: Request
     image: Any  # PIL.Image
     seconds: float
+    number: int  # 1 for the studio's first image, then counting up
 
 
 def bank_name(key: str, taken: set[str]) -> str:
@@ -51,11 +53,13 @@ def bank_name(key: str, taken: set[str]) -> str:
 class Studio:
     """The pipeline at `model_dir`, every adapter in `adapters_dir`, exports under `out_dir`."""
 
-    def __init__(self, model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path) -> None:
+    def __init__(self, model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path, *,
+                 live_seconds: float = LIVE_SECONDS) -> None:
         from .. import AdapterBank
         from .generation import load_pipeline
 
         self.model_dir = str(model_dir)
+        self.live_seconds = live_seconds  # previews follow the sliders while an image takes less than this
         self.folder = AdapterFolder(adapters_dir)
         self.outputs = OutputFolder(out_dir)
         self.pipe = load_pipeline(self.model_dir)
@@ -130,7 +134,7 @@ class Studio:
             if image is None:
                 return None
             self.seconds[request.fused] = seconds
-            self.last = Shot(request, image, seconds)
+            self.last = Shot(request, image, seconds, self.last.number + 1 if self.last else 1)
             return self.last
 
     def grid(self, request: Request, x: tuple[str, list[float]], y: tuple[str, list[float]] | None = None,
