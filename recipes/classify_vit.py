@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import vislora
-from vislora import checkpoint
-from vislora.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
-from vislora.data import DatasetError, Samples, scan, split
-from vislora.dataset import ImageDataset, Preprocess
-from vislora.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
-from vislora.sampling import EpochBatches
-from vislora.trainstate import restore_training, save_training
+from vislora.train import checkpoint
+from vislora.tasks.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
+from vislora.data.folders import DatasetError, Samples, scan, split
+from vislora.data.dataset import ImageDataset, Preprocess
+from vislora.train.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
+from vislora.train.sampling import EpochBatches
+from vislora.train.accelerate_state import forget_single_process_state
+from vislora.train.trainstate import restore_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
@@ -99,22 +100,8 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     if precision == "auto":  # what the device does well: bf16 where supported, else fp16 on CUDA, fp32 on CPU
         cuda = torch.cuda.is_available() and not cpu
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    _forget_single_process_state()
+    forget_single_process_state()  # a second run in one process may use other settings
     return Accelerator(mixed_precision=precision, cpu=cpu)
-
-
-def _forget_single_process_state() -> None:
-    """Let a second run in the same process use other settings (a notebook trying bf16 after fp32).
-
-    accelerate keeps one state per process and refuses different settings later. A single-process state
-    holds nothing worth keeping, so it starts afresh; under a multi-process launch the state belongs to the
-    launch and stays. `_reset_state` is accelerate's own way to do this (transformers' TrainingArguments
-    calls it too); the fp32 -> bf16 -> fp32 recipe test covers it.
-    """
-    from accelerate.state import AcceleratorState
-
-    if PartialState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def load_data(args: argparse.Namespace, main: bool) -> tuple[Samples, Samples | None, int]:

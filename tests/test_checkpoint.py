@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vislora import checkpoint
-from vislora.checkpoint import CheckpointError, CheckpointWarning
-from vislora.trainstate import load_optimizer_state, optimizer_state, rng_state, set_rng_state
+from vislora.train import checkpoint
+from vislora.train.checkpoint import CheckpointError, CheckpointWarning
+from vislora.train.trainstate import load_optimizer_state, optimizer_state, rng_state, set_rng_state
 
 
 def _write(run, step, keep=10, digest="h"):

@@ -9,9 +9,9 @@ import torch
 from images_corpus import pattern, png_bytes, write_corpus
 from PIL import Image
 
-from vislora.data import DatasetError, SkippedImageWarning, scan, split
-from vislora.dataset import ImageDataset, Preprocess
-from vislora.sampling import EpochBatches
+from vislora.data.folders import DatasetError, SkippedImageWarning, scan, split
+from vislora.data.dataset import ImageDataset, Preprocess
+from vislora.train.sampling import EpochBatches
 
 
 def _folder(root, counts: dict[str, int]):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vislora.functional import KINDS, RowLayout, op_for
+from vislora.functional import KINDS, RowLayout, applies, has_fast_path, op_for
 from vislora.functional.fold import Term, folded_forward
 from vislora.functional.unfold import unfolded_forward
 
@@ -20,24 +20,33 @@ CONVS = {
 }
 
 
-def _cases():
-    """(kind, base layer, layout, input) for every kind and geometry we support."""
-    cases = []
+def _layers():
+    """(base layer, layout, input) for every geometry we support; `slices` marks q/v-slice layouts."""
     lin = nn.Linear(12, 18).double()
     x_lin = torch.randn(3, 5, 12, dtype=torch.float64)
-    cases.append(("lora", lin, RowLayout.full(18), x_lin))
-    cases.append(("lora", lin, RowLayout(18, ((0, 6), (12, 18))), x_lin))  # q and v thirds
-    for name, kw in CONVS.items():
+    out = [(lin, RowLayout.full(18), x_lin), (lin, RowLayout(18, ((0, 6), (12, 18))), x_lin)]  # q and v thirds
+    for kw in CONVS.values():
         conv = nn.Conv2d(6, 10, **kw).double()
-        x = torch.randn(2, 6, 9, 11, dtype=torch.float64)
-        cases.append(("locon", conv, op_for(conv), x))
-        if conv.kernel_size != (1, 1):
-            cases.append(("tucker", conv, op_for(conv), x))
+        out.append((conv, op_for(conv), torch.randn(2, 6, 9, 11, dtype=torch.float64)))
+    return out
+
+
+def _cases():
+    """(kind, base layer, layout, input) for every kind in KINDS and every geometry it applies to."""
+    cases = []
+    for kind in KINDS:
+        for layer, layout, x in _layers():
+            sliced = isinstance(layout, RowLayout) and not layout.is_full
+            if applies(kind, layer) and (not sliced or getattr(KINDS[kind], "ROW_SLICES", False)):
+                cases.append((kind, layer, layout, x))
     return cases
 
 
 CASES = _cases()
 IDS = [f"{k}-{type(layer).__name__}-{i}" for i, (k, layer, _, _) in enumerate(CASES)]
+# the hand-written forward/backward path, for kinds that bring one (the others train through autograd)
+FAST = [(c, i) for c, i in zip(CASES, IDS) if has_fast_path(KINDS[c[0]])]
+FAST_CASES, FAST_IDS = [c for c, _ in FAST], [i for _, i in FAST]
 
 
 def _params(kind, layer, layout, rank=3):
@@ -57,7 +66,7 @@ def test_delta_forward_equals_delta_weight(kind, layer, layout, x):
     torch.testing.assert_close(by_factors, by_weight, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
+@pytest.mark.parametrize("kind,layer,layout,x", FAST_CASES, ids=FAST_IDS)
 def test_backward_equals_autograd(kind, layer, layout, x):
     fn = KINDS[kind]
     params = {n: p.requires_grad_() for n, p in _params(kind, layer, layout).items()}
@@ -81,7 +90,7 @@ def test_slices_touch_only_their_rows():
     assert delta[:6].abs().min() > 0 and delta[12:].abs().min() > 0
 
 
-@pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
+@pytest.mark.parametrize("kind,layer,layout,x", FAST_CASES, ids=FAST_IDS)
 def test_folded_forward_and_backward_match_unfolded(kind, layer, layout, x):
     """Two adapters folded into the weight: same output and same gradients as base + deltas via autograd."""
     fn = KINDS[kind]
@@ -120,7 +129,7 @@ def test_folded_under_autocast_bf16():
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3])
-@pytest.mark.parametrize("kind,layer,layout,x", CASES, ids=IDS)
+@pytest.mark.parametrize("kind,layer,layout,x", FAST_CASES, ids=FAST_IDS)
 def test_unfolded_with_dropout_matches_autograd(kind, layer, layout, x, p):
     """base(x) + c * delta(dropout(x)), the mask kept as bits for backward: same values and grads."""
     from vislora.functional.unfold import _dropped, _keep_mask
@@ -207,23 +216,42 @@ def test_token_split_products_equal_plain_products():
         torch.set_num_threads(previous)
 
 
-def test_large_fp32_thin_products_equal_plain_products():
-    """Products big enough to go to oneDNN (fp32 on CPU) give BLAS's values, in every input layout we pass."""
+def test_large_fp32_thin_products_equal_plain_products(monkeypatch):
+    """Products big enough for oneDNN (fp32 on CPU, outside autograd) go there and give BLAS's values, in every
+    input layout we pass; small ones and ones that need gradients take the plain product."""
     from vislora.functional import ops
 
+    calls = []
+    real = ops.onednn_linear
+    monkeypatch.setattr(ops, "onednn_linear", lambda x, w: calls.append(x.shape) or real(x, w))
+    onednn = ops._ONEDNN_LINEAR is not None and torch.backends.mkldnn.enabled
     a_t, b, w_t = torch.randn(8, 1576), torch.randn(1576, 768), torch.randn(8, 768)
-    assert ops._onednn_fits(a_t, b) == (ops._ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available())
     for wide in (b, torch.randn(1576, 1536)[:, 100:868]):  # contiguous, and a column slice (q/v slices)
         torch.testing.assert_close(ops.reduce_tokens(a_t, wide), a_t @ wide, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(ops.project_tokens(w_t, wide), w_t @ wide.T, rtol=1e-5, atol=1e-4)
+    assert len(calls) == (4 if onednn else 0)  # 8 x 1576 x 768 multiply-adds: over the threshold
     hidden = ops.project_tokens(w_t, b)  # a transposed view, used again as the thin side
     torch.testing.assert_close(ops.reduce_tokens(hidden, b), (w_t @ b.T) @ b, rtol=1e-4, atol=1e-2)
-    narrow = torch.randn(1576, 16)  # too little work for oneDNN: BLAS takes the transposed view
+    calls.clear()
+    narrow = torch.randn(1576, 16)  # 8 x 1576 x 16: too little work for oneDNN, BLAS takes the transposed view
     torch.testing.assert_close(ops.reduce_tokens(hidden, narrow), (w_t @ b.T) @ narrow, rtol=1e-4, atol=1e-2)
+    ops.project_tokens(w_t.double(), b.double())  # not fp32
+    assert calls == []
     w_t.requires_grad_()
-    assert not ops._onednn_fits(w_t, b)  # inside autograd: the differentiable product
-    ops.project_tokens(w_t, b).sum().backward()
-    assert w_t.grad is not None
+    ops.project_tokens(w_t, b).sum().backward()  # inside autograd: the differentiable product
+    assert calls == [] and w_t.grad is not None
+
+
+def test_onednn_fallback_gives_the_same_numbers(monkeypatch):
+    """Where torch has no oneDNN linear, the one function that calls it falls back to the plain product."""
+    from vislora.functional import ops
+
+    x, w = torch.randn(1576, 768), torch.randn(8, 768)
+    with_op = ops.onednn_linear(x, w)
+    monkeypatch.setattr(ops, "_ONEDNN_LINEAR", None)
+    without = ops.onednn_linear(x, w)
+    torch.testing.assert_close(without, x @ w.T, rtol=0, atol=0)
+    torch.testing.assert_close(with_op, without, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(64,), (3, 40), (2, 5, 7)])
@@ -237,7 +265,7 @@ def test_bitmask_round_trip(shape):
     assert torch.equal(bitmask.unpack(packed, mask.shape), mask)
 
 
-CONV_CASES = [c for c in CASES if c[0] != "lora"]
+CONV_CASES = [c for c in FAST_CASES if isinstance(c[1], nn.Conv2d)]
 
 
 @pytest.mark.parametrize("kind,layer,layout,x", CONV_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CONV_CASES)])

@@ -22,9 +22,9 @@ from images_corpus import write_corpus
 from PIL import Image
 
 from vislora import cli
-from vislora.checkpoint import CheckpointWarning
-from vislora.classifier import METADATA_KEY, load_classifier, predict
-from vislora.data import SkippedImageWarning
+from vislora.train.checkpoint import CheckpointWarning
+from vislora.tasks.classifier import METADATA_KEY, load_classifier, predict
+from vislora.data.folders import SkippedImageWarning
 from vislora.formats import container
 from vislora.recipes import classify_vit
 

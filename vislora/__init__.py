@@ -21,19 +21,8 @@ from .errors import (
     UnsafeFormatError,
     VisloraError,
 )
-from .inject import (
-    InjectReport,
-    adapter_layers,
-    adapter_names,
-    disabled,
-    inject,
-    merge,
-    remove,
-    set_strength,
-    status,
-    trainable_parameters,
-    unmerge,
-)
+from .inject import InjectReport, adapter_layers, adapter_names, inject, remove, status, trainable_parameters
+from .merge import disabled, merge, set_strength, unmerge
 from .io import AdapterWarning, LoadReport, load_adapter, read_adapter, save_adapter
 from .layers import AdapterLayer, AdapterSlot
 from .targets import PRESETS

@@ -34,8 +34,8 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
 
-    from .classifier import load_classifier, predict
-    from .images import ImageDecodeError
+    from .tasks.classifier import load_classifier, predict
+    from .data.images import ImageDecodeError
 
     try:
         classifier = load_classifier(args.adapter, weights=args.weights)

@@ -29,6 +29,13 @@ def components(model: Any) -> dict[str, nn.Module]:
     raise TypeError(f"expected an nn.Module or a diffusers pipeline, got {type(model).__name__}")
 
 
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put `module` at dotted `path` inside root (replacing what is there)."""
+    parent_path, _, child = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, child, module)
+
+
 def is_pipeline(model: Any) -> bool:
     return not isinstance(model, nn.Module)
 

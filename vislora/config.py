@@ -6,12 +6,19 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Union
 
+from torch import nn
+
+from .functional import KINDS
 from .targets import TargetRule
 
 TargetsArg = Union[str, list, tuple, Mapping[str, Any]]
 
-CONV_KINDS = ("locon", "tucker")
 INITS = ("default", "random")
+
+
+def kinds_for(base: type) -> tuple[str, ...]:
+    """The KINDS entries that apply to this layer class (e.g. nn.Conv2d -> ("locon", "tucker"))."""
+    return tuple(name for name, kind in KINDS.items() if issubclass(base, kind.BASES))
 
 
 def _rules(targets: TargetsArg) -> tuple[TargetRule, ...]:
@@ -50,7 +57,9 @@ class AdapterConfig:
     targets: preset names, globs or regexes, optionally with per-target rank/alpha (see `vislora.targets`).
     rank, alpha: defaults for every target; alpha=None means alpha = rank (scale 1).
     scale = alpha / rank, or alpha / sqrt(rank) with rslora.
-    conv: "locon" (k x k down, 1 x 1 up) or "tucker" (1 x 1 down, k x k core, 1 x 1 up) for k x k convs.
+    linear: the kind for Linear layers ("lora"; any KINDS entry for nn.Linear).
+    conv: "locon" (k x k down, 1 x 1 up) or "tucker" (1 x 1 down, k x k core, 1 x 1 up) for k x k convs
+    (any KINDS entry for nn.Conv2d).
     init: "default" (up = 0: a fresh adapter is an exact no-op) or "random" (non-zero, for checks).
     modules_to_save: modules trained in full and saved with the adapter (e.g. a new classifier "head").
     """
@@ -61,6 +70,7 @@ class AdapterConfig:
     dropout: float = 0.0
     rslora: bool = False
     conv: str = "locon"
+    linear: str = "lora"
     init: str = "default"
     modules_to_save: tuple[str, ...] = field(default_factory=tuple)
 
@@ -73,12 +83,17 @@ class AdapterConfig:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.conv not in CONV_KINDS:
-            raise ValueError(f"conv must be one of {CONV_KINDS}, got {self.conv!r}")
+        for option, base in (("conv", nn.Conv2d), ("linear", nn.Linear)):
+            if getattr(self, option) not in kinds_for(base):
+                raise ValueError(f"{option} must be one of {kinds_for(base)}, got {getattr(self, option)!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.alpha is not None and self.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (a stored 0 disables the adapter in other tools), got {self.alpha}")
+
+    def preferred_kinds(self) -> dict[type, str]:
+        """The kind this config asks for, per base layer class (see functional.kind_for)."""
+        return {nn.Linear: self.linear, nn.Conv2d: self.conv}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

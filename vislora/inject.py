@@ -1,4 +1,4 @@
-"""Model-level operations: inject, remove, merge, unmerge, strengths, trainable parameters.
+"""Model-level operations: inject, remove, trainable parameters, status (merge and strengths: merge.py).
 
 Everything resolves targets and checks names before it changes the model, so a failed call leaves the
 model as it was.
@@ -6,18 +6,16 @@ model as it was.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from torch import nn
 
-from .components import components, prefixed, route
+from .components import components, prefixed, route, set_module
 from .config import AdapterConfig, TargetsArg
-from .errors import AdapterCompatError, AdapterStateError, NonFiniteError
-from .functional import RowLayout
+from .errors import AdapterCompatError, AdapterStateError
+from .functional import KINDS, kind_for
 from .layers import AdapterLayer, AdapterSlot
 from .targets import Target, resolve
 
@@ -46,13 +44,25 @@ class InjectReport:
         return "\n".join(lines)
 
 
+@dataclass
+class Placement:
+    """One adapter slot ready to go in: its component, the module's path there, the module found at that
+    path (a bare layer or an AdapterLayer), the AdapterLayer that will hold the slot, and the slot."""
+
+    component: str
+    path: str
+    module: nn.Module
+    layer: AdapterLayer
+    slot: AdapterSlot
+
+    @classmethod
+    def wrap(cls, component: str, path: str, module: nn.Module) -> tuple["Placement", AdapterLayer]:
+        """A placement without its slot yet, and the layer to build the slot from."""
+        layer = module if isinstance(module, AdapterLayer) else AdapterLayer(module)
+        return cls(component, path, module, layer, None), layer  # type: ignore[arg-type]
+
+
 # -- helpers ---------------------------------------------------------------------------------------------
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, child, module)
-
-
 def adapter_layers(model: Any) -> Iterator[tuple[str, AdapterLayer]]:
     """(component-prefixed path, layer) for every AdapterLayer in the model."""
     for comp, root in components(model).items():
@@ -77,12 +87,16 @@ def adapter_names(model: Any) -> list[str]:
     return list(names)
 
 
-def _check_name(name: str) -> None:
+def check_new_name(model: Any, name: str) -> None:
+    """A valid adapter name that this model does not use yet."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"adapter names use letters, digits, '_' and '-' only; got {name!r}")
+    if name in adapter_names(model):
+        raise AdapterStateError(f"adapter {name!r} is already on this model; remove it first or pick another name")
 
 
-def _unknown(model: Any, names: list[str]) -> None:
+def check_known(model: Any, names: list[str]) -> None:
+    """Every name is an adapter on this model."""
     known = adapter_names(model)
     missing = [n for n in names if n not in known]
     if missing:
@@ -90,17 +104,35 @@ def _unknown(model: Any, names: list[str]) -> None:
 
 
 def _slot_for(target: Target, layer: AdapterLayer, config: AdapterConfig) -> AdapterSlot:
-    base = layer.base_layer
     rank = target.rank or config.rank
     alpha = target.alpha if target.alpha is not None else (config.alpha if config.alpha is not None else rank)
-    if isinstance(base, nn.Linear):
-        kind = "lora"
-        layout: object = RowLayout(base.out_features, target.slices) if target.slices else layer.default_layout()
-    else:
-        kind = "tucker" if config.conv == "tucker" and base.kernel_size != (1, 1) else "locon"
-        layout = layer.op
-    return AdapterSlot(kind, base.weight, layout, rank, alpha, rslora=config.rslora, dropout=config.dropout,
-                       init=config.init)
+    kind = kind_for(layer.base_layer, config.preferred_kinds())
+    if target.slices and not getattr(KINDS[kind], "ROW_SLICES", False):
+        raise AdapterCompatError(f"{target.path}: {kind!r} adapters do not take q/k/v slices; drop the [..] suffix")
+    return layer.new_slot(kind, rank, alpha, slices=target.slices, rslora=config.rslora, dropout=config.dropout,
+                          init=config.init)
+
+
+def freeze_all_but_adapters(model: Any) -> None:
+    """requires_grad=False for every parameter that is not an adapter factor (factors keep their setting)."""
+    for root in components(model).values():
+        adapter_params = {id(p) for m in root.modules() if isinstance(m, AdapterSlot) for p in m.parameters()}
+        for p in root.parameters():
+            if id(p) not in adapter_params:
+                p.requires_grad_(False)
+
+
+def place(model: Any, name: str, config: AdapterConfig, placements: list[Placement], *, trainable: bool) -> None:
+    """Put built slots into the model as adapter `name` (wrapping bare layers) and record its config.
+
+    Callers build every slot first, so errors surface before the model changes."""
+    parts = components(model)
+    for p in placements:
+        if p.layer is not p.module:
+            set_module(parts[p.component], p.path, p.layer)
+        p.slot.requires_grad_(trainable)
+        p.layer.add(name, p.slot)
+    configs(model)[name] = config
 
 
 # -- inject / remove ---------------------------------------------------------------------------------------
@@ -114,6 +146,7 @@ def inject(
     dropout: float = 0.0,
     rslora: bool = False,
     conv: str = "locon",
+    linear: str = "lora",
     init: str = "default",
     modules_to_save: tuple[str, ...] | list[str] = (),
     trainable: bool = True,
@@ -124,11 +157,9 @@ def inject(
     keyword settings. Only the new adapter's factors and `modules_to_save` stay trainable.
     """
     config = target if isinstance(target, AdapterConfig) else AdapterConfig(
-        target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, conv=conv, init=init,
+        target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, conv=conv, linear=linear, init=init,
         modules_to_save=tuple(modules_to_save))
-    _check_name(name)
-    if name in adapter_names(model):
-        raise AdapterStateError(f"adapter {name!r} is already on this model; remove it first or pick another name")
+    check_new_name(model, name)
     parts = components(model)
     plan: list[tuple[str, list[Target]]] = []
     per_target: dict[str, int] = {}
@@ -143,24 +174,15 @@ def inject(
     built = []
     for comp, targets in plan:
         for t in targets:
-            layer = t.module if isinstance(t.module, AdapterLayer) else AdapterLayer(t.module)
-            built.append((comp, t, layer, _slot_for(t, layer, config)))
+            placement, layer = Placement.wrap(comp, t.path, t.module)
+            placement.slot = _slot_for(t, layer, config)
+            built.append(placement)
 
-    for root in parts.values():
-        adapter_params = {id(p) for m in root.modules() if isinstance(m, AdapterSlot) for p in m.parameters()}
-        for p in root.parameters():
-            if id(p) not in adapter_params:
-                p.requires_grad_(False)
-    matched = []
-    for comp, t, layer, slot in built:
-        if layer is not t.module:
-            _set_module(parts[comp], t.path, layer)
-        slot.requires_grad_(trainable)
-        layer.add(name, slot)
-        matched.append(prefixed(comp, t.path))
+    freeze_all_but_adapters(model)
+    place(model, name, config, built, trainable=trainable)
     for comp, path in save_paths:
         parts[comp].get_submodule(path).requires_grad_(trainable)
-    configs(model)[name] = config
+    matched = [prefixed(p.component, p.path) for p in built]
 
     trainable_count = sum(p.numel() for p in trainable_parameters(model))
     total = sum(p.numel() for root in parts.values() for p in root.parameters())
@@ -191,7 +213,7 @@ def remove(model: Any, names: list[str] | str | None = None, *, keep_merged: boo
     """
     names = [names] if isinstance(names, str) else names
     if names is not None:
-        _unknown(model, names)
+        check_known(model, names)
     changed = 0
     for comp, root in components(model).items():
         for path, layer in [(p, m) for p, m in root.named_modules() if isinstance(m, AdapterLayer)]:
@@ -200,84 +222,11 @@ def remove(model: Any, names: list[str] | str | None = None, *, keep_merged: boo
                 continue
             changed += 1
             if layer.drop(drop, keep_merged=keep_merged):
-                _set_module(root, path, layer.base_layer)
+                set_module(root, path, layer.base_layer)
     for n in list(configs(model)):
         if names is None or n in names:
             del configs(model)[n]
     return changed
-
-
-# -- merge ---------------------------------------------------------------------------------------------------
-def merge(model: Any, names: list[str] | str | None = None) -> int:
-    """Merge adapters (default: all enabled) into the base weights, at their current strengths.
-
-    The sum is formed in fp32 from the pristine weight and checked for NaN/inf before it is written; on
-    failure every layer is put back as it was. Returns the number of layers changed.
-    """
-    names = [names] if isinstance(names, str) else names
-    if names is not None:
-        _unknown(model, names)
-    layers = [layer for _, layer in adapter_layers(model)]
-    before = [(layer.base_layer.weight.data, layer._pristine, list(layer.merged)) for layer in layers]
-    changed = 0
-    try:
-        for layer in layers:
-            wanted = [n for n in layer.adapters if names is None or n in names]
-            changed += bool(layer.merge(wanted))
-    except NonFiniteError:
-        # The failing layer wrote nothing; put the tensors of the layers before it back as they were.
-        for layer, (data, pristine, merged) in zip(layers, before):
-            layer.base_layer.weight.data, layer._pristine, layer.merged = data, pristine, merged
-        raise
-    if changed == 0:
-        warnings.warn("merge: nothing to merge (already merged, or no enabled adapters)", stacklevel=2)
-    return changed
-
-
-def unmerge(model: Any, names: list[str] | str | None = None) -> int:
-    """Undo merges (default: all) by restoring the original weight tensors; exact, no subtraction."""
-    names = [names] if isinstance(names, str) else names
-    changed = 0
-    for _, layer in adapter_layers(model):
-        if not layer.merged:
-            continue
-        keep = [n for n in layer.merged if names is not None and n not in names]
-        layer.unmerge()
-        if keep:
-            layer.merge(keep)
-        changed += 1
-    if changed == 0:
-        warnings.warn("unmerge: nothing is merged", stacklevel=2)
-    return changed
-
-
-# -- strengths -----------------------------------------------------------------------------------------------
-def set_strength(model: Any, name: str, strength: float, *, component: str | None = None) -> None:
-    """Set adapter `name`'s blend factor (on one pipeline component only, if given). Merged layers follow."""
-    _unknown(model, [name])
-    for path, layer in adapter_layers(model):
-        if name in layer.adapters and (component is None or path.startswith(component + ".")):
-            layer.adapters[name].strength = float(strength)
-            if name in layer.merged:
-                layer.refresh_merge()
-
-
-@contextlib.contextmanager
-def disabled(model: Any, names: list[str] | str | None = None) -> Iterator[None]:
-    """Run the base model (without these adapters) inside the block; restored even if the block raises."""
-    names = [names] if isinstance(names, str) else names
-    slots = [s for _, layer in adapter_layers(model) for n, s in layer.adapters.items()
-             if names is None or n in names]
-    if any(layer.merged for _, layer in adapter_layers(model)):
-        raise AdapterStateError("unmerge before disabling adapters: merged weights cannot be switched off")
-    previous = [s.enabled for s in slots]
-    for s in slots:
-        s.enabled = False
-    try:
-        yield
-    finally:
-        for s, was in zip(slots, previous):
-            s.enabled = was
 
 
 def trainable_parameters(model: Any) -> list[nn.Parameter]:

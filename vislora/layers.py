@@ -9,14 +9,14 @@ from a kept pristine copy, so unmerging restores the original tensor exactly (no
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import NonFiniteError
-from .functional import KINDS, RowLayout, op_for
+from .functional import KINDS, RowLayout, has_fast_path, op_for, scale
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
 
@@ -41,6 +41,7 @@ class AdapterSlot(nn.Module):
             raise ValueError(f"rank must be >= 1, got {rank}")
         self.kind, self.layout, self.rank, self.alpha, self.rslora = kind, layout, rank, float(alpha), rslora
         self.dropout, self.strength, self.enabled = float(dropout), 1.0, True
+        self.fast = has_fast_path(KINDS[kind])  # else forward and backward run through autograd
         dtype = torch.promote_types(weight.dtype, torch.float32)  # fp16/bf16 bases train fp32 factors
         for name, value in KINDS[kind].init_params(weight.shape, rank, init, layout).items():
             self.register_parameter(name, nn.Parameter(value.to(device=weight.device, dtype=dtype)))
@@ -59,7 +60,7 @@ class AdapterSlot(nn.Module):
 
     @property
     def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        return scale(self.alpha, self.rank, self.rslora)
 
     @property
     def coef(self) -> float:
@@ -90,10 +91,19 @@ class AdapterLayer(nn.Module):
         self._pristine: torch.Tensor | None = None  # the original weight tensor while anything is merged
 
     # -- adapters ---------------------------------------------------------------------------------------
-    def default_layout(self) -> object:
+    def layout_for(self, slices: tuple[tuple[int, int], ...] | None = None) -> object:
+        """What a kind needs to know of this base layer: a RowLayout (Linear; `slices` of its output rows,
+        default all) or the layer's Conv2dOp."""
         if isinstance(self.base_layer, nn.Linear):
-            return RowLayout.full(self.base_layer.out_features)
+            out = self.base_layer.out_features
+            return RowLayout(out, slices) if slices else RowLayout.full(out)
         return self.op
+
+    def new_slot(self, kind: str, rank: int, alpha: float, *, slices: tuple[tuple[int, int], ...] | None = None,
+                 rslora: bool = False, dropout: float = 0.0, init: str = "default") -> AdapterSlot:
+        """A fresh adapter of `kind` for this layer (not added yet: see `add`)."""
+        return AdapterSlot(kind, self.base_layer.weight, self.layout_for(slices), rank, alpha, rslora=rslora,
+                           dropout=dropout, init=init)
 
     def add(self, name: str, slot: AdapterSlot) -> None:
         self.adapters[name] = slot
@@ -128,8 +138,10 @@ class AdapterLayer(nn.Module):
         if not slots:
             return self.base_layer(x)
         base = self.base_layer
-        if torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable()):
-            # Our hand-written backwards cover frozen bases with plain zero padding; autograd does the rest.
+        if not all(s.fast for s in slots) or (
+                torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable())):
+            # Our hand-written backwards cover frozen bases with plain zero padding, for kinds that bring
+            # them; autograd does the rest.
             y = base(x)
             for s in slots:
                 y = y + s.delta_forward(x) * s.coef
@@ -160,6 +172,13 @@ class AdapterLayer(nn.Module):
         return self.op.tokens(x) * (fan_in + fan_out) >= weight.numel()
 
     # -- merge ------------------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[Any, ...]:
+        """The merge state (live weight tensor, kept original, merged names), for `restore` after a failure."""
+        return self.base_layer.weight.data, self._pristine, list(self.merged)
+
+    def restore(self, state: tuple[Any, ...]) -> None:
+        self.base_layer.weight.data, self._pristine, self.merged = state[0], state[1], list(state[2])
+
     def merge(self, names: list[str]) -> list[str]:
         """Merge these adapters (with their current strengths) into the base weight; returns those merged."""
         todo = [n for n in names if n not in self.merged and self.adapters[n].enabled]

@@ -1,42 +1,71 @@
-"""Adapter files: one module per format, all producing the same in-memory `AdapterFile`.
+"""Adapter files: one module per format, each reading to and writing from the same in-memory `AdapterFile`.
 
-A reader turns a file's tensors into per-module factors in vislora's own shapes (see vislora.functional)
-plus the alpha that gives each module's scale. Nothing here touches a model; matching against a model
-happens in vislora.io.
+A format module `formats/<name>.py` has
+
+    FORMAT                                        its name (what LoadReport.format says)
+    detect(tensors, metadata) -> bool             whether a file is in this format
+    read(tensors, metadata, path, **options)      -> AdapterFile: per-module factors in vislora's own shapes
+                                                     (see vislora.functional) and each module's rank and alpha
+    write(adapter: AdapterFile)                   -> (tensors, metadata) to store in a safetensors container
+    folder(path) -> (file, options) | None        optional: the file inside an adapter folder, and read options
+    resolve(file_module_names, model)             optional: {file name: (component, path)} for formats whose
+                                                     names only resolve against a live model (kohya)
+
+`FORMATS` lists them in detection order. Nothing here touches a model: vislora.apply matches an
+AdapterFile against one. The container (safetensors, read and written by our own code) is `container`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
-from ..config import AdapterConfig
+from ..errors import AdapterFormatError
+from . import container, kohya, native, peft_diffusers
+from .adapter import AdapterFile, ModuleWeights
+
+FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers)}
+
+FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+EXTRA_DTYPES = FACTOR_DTYPES + (torch.int64,)  # int64: BatchNorm's num_batches_tracked
 
 
-@dataclass
-class ModuleWeights:
-    """One module's adapter: kind ("lora", "locon", "tucker"), factors, and its scale's alpha."""
+def read(path: str | os.PathLike) -> AdapterFile:
+    """Parse an adapter file (or an adapter folder a format knows) without touching any model."""
+    path, options = Path(path), {}
+    if path.is_dir():
+        for fmt in FORMATS.values():
+            found = fmt.folder(path) if hasattr(fmt, "folder") else None
+            if found is not None:
+                path, options = found
+                break
+    tensors, metadata = container.read(path)
+    check_values(tensors, path)
+    for fmt in FORMATS.values():
+        if fmt.detect(tensors, metadata):
+            return fmt.read(tensors, metadata, str(path), **options)
+    raise AdapterFormatError(f"no LoRA tensors found; keys look like {list(tensors)[:5]}", path=path,
+                             category="not-an-adapter")
 
-    kind: str
-    factors: dict[str, torch.Tensor]
-    rank: int
-    alpha: float
-    rslora: bool = False
-    slices: tuple[tuple[int, int], ...] | None = None  # output row ranges for fused qkv slices
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
+def write(path: str | os.PathLike, adapter: AdapterFile, format: str = native.FORMAT) -> Path:
+    """Write `adapter` in `format` (default vislora's own), atomically."""
+    tensors, metadata = FORMATS[format].write(adapter)
+    return container.write(path, tensors, metadata)
 
 
-@dataclass
-class AdapterFile:
-    """A parsed adapter file. Module paths carry a component prefix ("unet.") where the file has one."""
+def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Adapter tensors are float32/float16/bfloat16 (scalar alphas and BatchNorm counters aside) and finite."""
+    for key, t in tensors.items():
+        if t.dtype not in EXTRA_DTYPES or (t.dtype == torch.int64 and not key.endswith("num_batches_tracked")):
+            if not (key.endswith(".alpha") and t.numel() == 1 and not t.dtype.is_complex):
+                raise AdapterFormatError(f"{key!r} has dtype {t.dtype}; adapters store float32/float16/bfloat16",
+                                         path=path, category="bad-dtype")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise AdapterFormatError(f"{key!r} contains NaN or inf", path=path, category="non-finite")
 
-    path: str
-    format: str
-    modules: dict[str, ModuleWeights]
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # modules_to_save tensors by full name
-    config: AdapterConfig | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+
+__all__ = ["AdapterFile", "FORMATS", "ModuleWeights", "check_values", "container", "read", "write"]

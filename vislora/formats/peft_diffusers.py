@@ -11,15 +11,26 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..components import ADAPTABLE
 from ..errors import AdapterFormatError
-from . import ModuleWeights
+from .adapter import AdapterFile, ModuleWeights
 
 FORMAT = "peft_diffusers"
 METADATA_KEY = "lora_adapter_metadata"
+# vislora factor -> PEFT's tensor name; lora_mid is LyCORIS's name for the Tucker core, which PEFT and
+# diffusers' load_lora_weights do not read (they refuse such files: lora_A's 1 x 1 shape does not fit).
+PEFT_FACTOR = {"down": "lora_A", "up": "lora_B"}
+FILE_FACTOR = {**PEFT_FACTOR, "mid": "lora_mid"}
+
+
+def peft_readable(factors: tuple[str, ...]) -> bool:
+    """Whether PEFT / diffusers apply an adapter with these factors (plain down/up: LoRA and LoCon)."""
+    return set(factors) <= set(PEFT_FACTOR)
 
 # key suffix -> factor, longest first so ".lora.down.weight" wins over a shorter match
 _SUFFIXES = (
@@ -70,6 +81,19 @@ def detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
     return any(split_key(k) is not None for k in tensors)
 
 
+def folder(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """A PEFT adapter folder: adapter_model.safetensors, read with the scale settings of adapter_config.json
+    (any folder is taken for one, so a folder without the file gets the container's missing-file error)."""
+    weights, config_file = path / "adapter_model.safetensors", path / "adapter_config.json"
+    if not config_file.is_file():
+        return weights, {}
+    try:
+        return weights, {"peft_config": json.loads(config_file.read_text())}
+    except ValueError as e:
+        raise AdapterFormatError(f"adapter_config.json is not JSON: {e}", path=config_file,
+                                 category="bad-metadata") from None
+
+
 def _kind(factors: dict[str, torch.Tensor]) -> str:
     if "mid" in factors:
         return "tucker"
@@ -102,9 +126,9 @@ def scale_configs(metadata: dict[str, str], path: str) -> dict[str, dict[str, An
     return out
 
 
-def parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
-          peft_config: dict[str, Any] | None = None) -> tuple[dict[str, ModuleWeights], list[str]]:
-    """Group LoRA tensors by module. Returns the modules and the keys that are not LoRA tensors."""
+def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
+         peft_config: dict[str, Any] | None = None) -> AdapterFile:
+    """Group LoRA tensors by module, each with the rank and alpha the file gives it (per module)."""
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     leftovers = []
     for key, value in tensors.items():
@@ -139,7 +163,38 @@ def parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
         else:
             alpha, rslora = float(rank), False  # no alpha anywhere: scale 1, as every consumer does
         modules[module] = ModuleWeights(_kind(factors), factors, rank, alpha, rslora)
-    return modules, leftovers
+    if leftovers:
+        raise AdapterFormatError(f"{len(leftovers)} keys are not LoRA tensors, e.g. {leftovers[:5]}", path=path,
+                                 category="unknown-keys")
+    return AdapterFile(path, FORMAT, modules, {}, None, metadata)
+
+
+def component(path: str) -> str:
+    """The pipeline component a module path starts with ("unet.", "text_encoder." ...), or ""."""
+    head = path.partition(".")[0]
+    return head if head in ADAPTABLE and "." in path else ""
+
+
+def module_tensors(path: str, w: ModuleWeights) -> tuple[dict[str, torch.Tensor], int, float]:
+    """One module's file tensors in the PEFT layout (sliced LoRA as its plain equivalent), its rank as written,
+    and the alpha that gives its scale under PEFT's plain alpha / rank rule."""
+    factors, rank = w.plain()
+    unknown = sorted(set(factors) - set(FILE_FACTOR))
+    if unknown:
+        raise ValueError(f"{path}: a {w.kind!r} adapter (factors {unknown}) has no PEFT-layout spelling")
+    return {f"{path}.{FILE_FACTOR[n]}.weight": t for n, t in factors.items()}, rank, w.scale * rank
+
+
+def write(adapter: AdapterFile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The PEFT/diffusers layout: lora_A/lora_B(/lora_mid) tensors, scales in lora_adapter_metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, tuple[str, int, float]] = {}
+    for path, w in adapter.modules.items():
+        found, rank, alpha = module_tensors(path, w)
+        tensors.update(found)
+        entries[path] = (component(path), rank, alpha)
+    tensors.update(adapter.extra)
+    return tensors, {"format": "pt", METADATA_KEY: lora_adapter_metadata(entries)}
 
 
 def lora_adapter_metadata(entries: dict[str, tuple[str, int, float]]) -> str:

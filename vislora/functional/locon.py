@@ -8,24 +8,26 @@ Shapes (r = rank):
 
 from __future__ import annotations
 
-import math
-
 import torch
+from torch import nn
 
+from .init import kaiming, last
 from .ops import Conv2dOp
 
 FACTORS = ("down", "up")
+BASES = (nn.Conv2d,)
+
+
+def shapes(weight_shape: tuple[int, ...], rank: int, layout: Conv2dOp) -> dict[str, tuple[int, ...]]:
+    """down [r, in, kh, kw] (the base kernel), up [out, r, 1, 1]."""
+    out_channels, in_channels, kh, kw = weight_shape
+    return {"down": (rank, in_channels, kh, kw), "up": (out_channels, rank, 1, 1)}
 
 
 def init_params(weight_shape: torch.Size, rank: int, init: str, layout: Conv2dOp) -> dict[str, torch.Tensor]:
     """down: Kaiming-uniform (as nn.Conv2d); up: zeros (exact no-op), or random with init="random"."""
-    out_channels, in_channels, kh, kw = weight_shape
-    down = torch.empty(rank, in_channels, kh, kw)
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-    up = torch.zeros(out_channels, rank, 1, 1)
-    if init == "random":
-        torch.nn.init.normal_(up, std=1.0 / rank)
-    return {"down": down, "up": up}
+    want = shapes(weight_shape, rank, layout)
+    return {"down": kaiming(want["down"]), "up": last(want["up"], rank, init)}
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:

@@ -9,42 +9,21 @@ With one slice covering every row this is plain LoRA: delta W = up @ down.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Iterator
-
 import torch
+from torch import nn
 
+from .init import kaiming, last
 from .ops import project_tokens, reduce_tokens
+from .rows import RowLayout, blocks
 
 FACTORS = ("down", "up")
-
-Slices = tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class RowLayout:
-    """Which output rows of a Linear the adapter covers: `slices` of [0, out_features)."""
-
-    out_features: int
-    slices: Slices
-
-    @classmethod
-    def full(cls, out_features: int) -> "RowLayout":
-        return cls(out_features, ((0, out_features),))
-
-    @property
-    def is_full(self) -> bool:
-        return self.slices == ((0, self.out_features),)
+BASES = (nn.Linear,)
+ROW_SLICES = True  # adapts q/v slices of a fused qkv (see rows.py)
 
 
-def _blocks(slices: Slices, rank: int) -> Iterator[tuple[slice, slice, slice]]:
-    """Per slice: (rows of the output, rows of up, rows of down)."""
-    offset = 0
-    for i, (start, stop) in enumerate(slices):
-        n = stop - start
-        yield slice(start, stop), slice(offset, offset + n), slice(i * rank, (i + 1) * rank)
-        offset += n
+def shapes(weight_shape: tuple[int, ...], rank: int, layout: RowLayout) -> dict[str, tuple[int, ...]]:
+    """down [k*r, in] (one r-row block per slice), up [rows, r] (the slices' output rows stacked)."""
+    return {"down": (len(layout.slices) * rank, weight_shape[1]), "up": (layout.rows, rank)}
 
 
 def init_params(weight_shape: torch.Size, rank: int, init: str, layout: RowLayout) -> dict[str, torch.Tensor]:
@@ -52,14 +31,8 @@ def init_params(weight_shape: torch.Size, rank: int, init: str, layout: RowLayou
 
     init="random" also fills up, giving an adapter that changes the output (for tests and checks).
     """
-    _, in_features = weight_shape
-    rows = sum(stop - start for start, stop in layout.slices)
-    down = torch.empty(len(layout.slices) * rank, in_features)
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-    up = torch.zeros(rows, rank)
-    if init == "random":
-        torch.nn.init.normal_(up, std=1.0 / rank)
-    return {"down": down, "up": up}
+    want = shapes(weight_shape, rank, layout)
+    return {"down": kaiming(want["down"]), "up": last(want["up"], rank, init)}
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
@@ -69,7 +42,7 @@ def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Te
         return up @ down
     rank = down.shape[0] // len(layout.slices)
     delta = down.new_zeros(layout.out_features, down.shape[1])
-    for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+    for rows, up_rows, down_rows in blocks(layout.slices, rank):
         delta[rows] = up[up_rows] @ down[down_rows]
     return delta
 
@@ -111,7 +84,7 @@ def _expand(hidden_t: torch.Tensor, up: torch.Tensor, layout: RowLayout, out: to
         out.addmm_(hidden_t.T, up.T, alpha=coef)
         return
     rank = hidden_t.shape[0] // len(layout.slices)
-    for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+    for rows, up_rows, down_rows in blocks(layout.slices, rank):
         out[:, rows].addmm_(hidden_t[down_rows].T, up[up_rows].T, alpha=coef)
 
 
@@ -164,7 +137,7 @@ def backward(
         rank = down.shape[0] // len(layout.slices)
         g_hidden_t = g2.new_empty(down.shape[0], g2.shape[0])
         g_up = torch.empty_like(u)
-        for rows, up_rows, down_rows in _blocks(layout.slices, rank):
+        for rows, up_rows, down_rows in blocks(layout.slices, rank):
             g_rows = g2[:, rows]
             g_up[up_rows] = reduce_tokens(hidden_t[down_rows], g_rows).T
             g_hidden_t[down_rows] = project_tokens(u[up_rows].T, g_rows)

@@ -118,6 +118,14 @@ def _onednn_linear():
 _ONEDNN_LINEAR = _onednn_linear()
 
 
+def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T through oneDNN's linear, the one place that calls torch's private op; the plain product where
+    this torch has no such op (same values)."""
+    if _ONEDNN_LINEAR is None:
+        return x @ w.T
+    return _ONEDNN_LINEAR(x, w, None, "none", [], "")
+
+
 def _onednn_fits(thin: torch.Tensor, wide: torch.Tensor) -> bool:
     """Enough work, fp32 CPU tensors outside autograd (the op has no derivative), oneDNN present and on."""
     return (
@@ -132,7 +140,7 @@ def _onednn_fits(thin: torch.Tensor, wide: torch.Tensor) -> bool:
 def reduce_tokens(a_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a_t [r, N] @ b [N, m] -> [r, m] (a sum over tokens)."""
     if _onednn_fits(a_t, b):
-        return _ONEDNN_LINEAR(a_t, b.T, None, "none", [], "")
+        return onednn_linear(a_t, b.T)
     chunks = _token_chunks(b, b.shape[0])
     if chunks == 1:
         return a_t @ b
@@ -144,7 +152,7 @@ def reduce_tokens(a_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def project_tokens(w_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """w_t [r, m] @ b.T, b [N, m] -> [r, N] (each token projected to r values)."""
     if _onednn_fits(w_t, b):
-        return _ONEDNN_LINEAR(b, w_t, None, "none", [], "").T
+        return onednn_linear(b, w_t).T
     chunks = _token_chunks(b, b.shape[0])
     if chunks == 1:
         return w_t @ b.T

@@ -9,27 +9,33 @@ Shapes (r = rank):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .init import kaiming, last
 from .locon import up_grad
 from .ops import Conv2dOp
 
 FACTORS = ("down", "mid", "up")
+BASES = (nn.Conv2d,)
+
+
+def fits(weight_shape: tuple[int, ...]) -> bool:
+    """A 1 x 1 kernel leaves the core nothing to do: such convs take LoCon instead."""
+    return tuple(weight_shape[2:]) != (1, 1)
+
+
+def shapes(weight_shape: tuple[int, ...], rank: int, layout: Conv2dOp) -> dict[str, tuple[int, ...]]:
+    """down [r, in, 1, 1], mid [r, r, kh, kw] (the base kernel), up [out, r, 1, 1]."""
+    out_channels, in_channels, kh, kw = weight_shape
+    return {"down": (rank, in_channels, 1, 1), "mid": (rank, rank, kh, kw), "up": (out_channels, rank, 1, 1)}
 
 
 def init_params(weight_shape: torch.Size, rank: int, init: str, layout: Conv2dOp) -> dict[str, torch.Tensor]:
-    out_channels, in_channels, kh, kw = weight_shape
-    down = torch.empty(rank, in_channels, 1, 1)
-    mid = torch.empty(rank, rank, kh, kw)
-    torch.nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-    torch.nn.init.kaiming_uniform_(mid, a=math.sqrt(5))
-    up = torch.zeros(out_channels, rank, 1, 1)
-    if init == "random":
-        torch.nn.init.normal_(up, std=1.0 / rank)
-    return {"down": down, "mid": mid, "up": up}
+    want = shapes(weight_shape, rank, layout)
+    down = kaiming(want["down"])
+    return {"down": down, "mid": kaiming(want["mid"]), "up": last(want["up"], rank, init)}
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:

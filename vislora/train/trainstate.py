@@ -1,6 +1,6 @@
 """Training state as tensors (for safetensors) plus JSON, so a checkpoint never needs pickle.
 
-    save_training(run_dir, step, model, optimizer, state)   # a checkpoint (see vislora.checkpoint)
+    save_training(run_dir, step, model, optimizer, state)   # a checkpoint (see vislora.train.checkpoint)
     state = restore_training(checkpoint, model, optimizer)  # puts weights, optimizer and RNGs back
 
     tensors, info = optimizer_state(opt);  load_optimizer_state(opt, tensors, info)
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .errors import NonFiniteError
+from ..errors import NonFiniteError
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,6 +1,6 @@
 """A torch Dataset over checked `Samples`, with the train and eval transforms of a classifier.
 
-Items are (epoch, index) pairs from `vislora.sampling.EpochBatches`; the augmentation of image `index` in
+Items are (epoch, index) pairs from `vislora.train.sampling.EpochBatches`; the augmentation of image `index` in
 `epoch` runs under its own seed, so it is the same in every run, process and worker. A file that stopped
 decoding since the scan (changed on disk) is replaced by the next readable image, with a warning, so an
 epoch never stops half-way.
@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .data import Samples, SkippedImageWarning
+from .folders import Samples, SkippedImageWarning
 from .images import ImageDecodeError, decode_image
-from .sampling import derive_seed
+from ..train.sampling import derive_seed
 
 _INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
                   "nearest": T.InterpolationMode.NEAREST}

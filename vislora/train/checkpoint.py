@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .errors import VisloraError
-from .formats import container
-from .formats.container import fsync_dir
-from .version import __version__
+from ..errors import VisloraError
+from ..formats import container
+from ..formats.container import fsync_dir
+from ..version import __version__
 
 FORMAT = "vislora-checkpoint"
 MANIFEST, MARKER, PREFIX, TEMP_PREFIX = "manifest.json", "COMPLETE", "ckpt-", ".tmp-ckpt-"

@@ -3,7 +3,7 @@
     root/<class name>/**/<image>        one subfolder per class; class index = sorted folder names
     file.csv with rows path,label       paths relative to the CSV's folder; an optional header row
 
-`scan(source)` decodes every file once (see `vislora.images`): bad files are skipped with one warning each,
+`scan(source)` decodes every file once (see `vislora.data.images`): bad files are skipped with one warning each,
 naming the file, and a summary count; what cannot be trained on at all (a missing path, no class folders,
 an empty class, images loose in the root, no usable image) raises DatasetError before any work starts.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import VisloraError
+from ..errors import VisloraError
 from .images import MAX_PIXELS, ImageDecodeError, decode_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})

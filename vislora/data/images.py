@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import VisloraError
+from ..errors import VisloraError
 
 # Pillow's own warning threshold (about 89 MP): 0.27 GB of RGB pixels is already far beyond a training image.
 MAX_PIXELS = 89_478_485

@@ -1,0 +1,169 @@
+"""Put a parsed adapter file (an `AdapterFile`) onto a model: match module names, check shapes, build slots.
+
+Every check runs first (names, kinds, shapes from each kind's `shapes`, full tensors), and only then does the
+model change, through inject's `place` and freezing, so a bad file leaves the model exactly as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .components import ADAPTABLE, components, is_pipeline, prefixed
+from .config import AdapterConfig, kinds_for
+from .errors import AdapterCompatError
+from .formats import FORMATS, AdapterFile, ModuleWeights
+from .functional import KINDS
+from .inject import Placement, freeze_all_but_adapters, place
+from .targets import adaptable_modules
+
+_ARCH_BY_CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+Resolver = Callable[[list[str], Any], dict[str, tuple[str, str]]]
+
+
+class AdapterWarning(UserWarning):
+    """Something in an adapter file was not applied (unmatched keys)."""
+
+
+def resolve_by_prefix(names: list[str], model: Any) -> dict[str, tuple[str, str]]:
+    """{file module name: (component, local path)} for the names that exist in the model. A pipeline's names
+    start with their component ("unet."); a pipeline file also loads into the bare component."""
+    tables = {comp: adaptable_modules(root) for comp, root in components(model).items()}
+    found = {}
+    for full in names:
+        if is_pipeline(model):
+            comp, _, local = full.partition(".")
+            if local in tables.get(comp, {}):
+                found[full] = (comp, local)
+        elif full in tables[""]:
+            found[full] = ("", full)
+        else:
+            head, _, rest = full.partition(".")
+            if head in ADAPTABLE and rest in tables[""]:
+                found[full] = ("", rest)
+    return found
+
+
+def _mismatches(full: str, w: ModuleWeights, layer: Any) -> list[tuple[str, str, tuple, tuple]]:
+    """What does not fit: (module, factor, model needs, file has); the needed shapes are the kind's `shapes`."""
+    base = layer.base_layer
+    if not isinstance(base, KINDS[w.kind].BASES):
+        return [(full, w.kind, (type(base).__name__,), (w.kind,))]
+    if w.slices and any(b > base.weight.shape[0] for _, b in w.slices):
+        return [(full, "slices", (base.weight.shape[0],), tuple(w.slices))]
+    want = KINDS[w.kind].shapes(tuple(base.weight.shape), w.rank, layer.layout_for(w.slices))
+    got = {f: tuple(w.factors[f].shape) if f in w.factors else () for f in want}
+    return [(full, f, shape, got[f]) for f, shape in want.items() if got[f] != shape]
+
+
+def _arch_hint(mismatches: list[tuple[str, str, tuple, tuple]]) -> str:
+    for key, factor, want, got in mismatches:
+        if factor == "down" and re.search(r"(^|\.)attn2\.to_[kv]$", key) and len(got) == 2:
+            source = _ARCH_BY_CROSS_WIDTH.get(got[1], f"cross-attention width {got[1]}")
+            target = _ARCH_BY_CROSS_WIDTH.get(want[1], f"cross-attention width {want[1]}")
+            return f" The file looks made for {source}; this model is {target}."
+    return ""
+
+
+def _compat(message: str, path: Any, category: str) -> AdapterCompatError:
+    return AdapterCompatError(message, path=path, category=category)
+
+
+def plan(model: Any, adapter: AdapterFile, *, strict: bool = False) -> tuple[dict[str, Placement], list[str]]:
+    """{file module name: its slot, filled with the file's factors} for the modules the model has, and the
+    names that matched nothing. Raises AdapterCompatError (nothing changed) when something does not fit."""
+    resolve: Resolver = getattr(FORMATS.get(adapter.format), "resolve", resolve_by_prefix)
+    found = resolve(list(adapter.modules), model)
+    parts = components(model)
+    unmatched = [n for n in adapter.modules if n not in found]
+    built: dict[str, Placement] = {}
+    mismatches = []
+    for full, (comp, local) in found.items():
+        w = adapter.modules[full]
+        placement, layer = Placement.wrap(comp, local, parts[comp].get_submodule(local))
+        problems = _mismatches(full, w, layer)
+        mismatches += problems
+        if not problems:
+            placement.slot = layer.new_slot(w.kind, w.rank, w.alpha, slices=w.slices, rslora=w.rslora)
+            with torch.no_grad():
+                for factor, value in w.factors.items():
+                    getattr(placement.slot, factor).copy_(value)
+            built[full] = placement
+    if mismatches:
+        lines = [f"  {k} [{f}]: model needs {want}, file has {got}" for k, f, want, got in mismatches[:10]]
+        more = f"\n  ... and {len(mismatches) - 10} more" if len(mismatches) > 10 else ""
+        raise _compat(f"{len(mismatches)} tensors do not fit this model:\n" + "\n".join(lines) + more
+                      + _arch_hint(mismatches), adapter.path, "shape-mismatch")
+    if not built:
+        some = list(adaptable_modules(next(iter(parts.values()))))[:3]
+        raise _compat(f"none of the file's {len(unmatched)} modules exist in this model, e.g. {unmatched[:3]}; "
+                      f"model modules look like {some}", adapter.path, "no-match")
+    if unmatched and strict:
+        raise _compat(f"{len(unmatched)} modules match nothing (strict): {unmatched[:20]}", adapter.path, "unmatched")
+    return built, unmatched
+
+
+def full_tensors(model: Any, adapter: AdapterFile) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(model tensor, file tensor) for each full tensor (modules_to_save): same name, same shape, or an error."""
+    states = {comp: dict(root.named_parameters()) | dict(root.named_buffers())
+              for comp, root in components(model).items()}
+    found, problems = [], []
+    for key, value in adapter.extra.items():
+        comp, _, local = key.partition(".") if is_pipeline(model) else ("", "", key)
+        target = states.get(comp, {}).get(local)
+        if target is None:
+            problems.append(f"{key}: no such parameter or buffer in the model")
+        elif target.shape != value.shape:
+            problems.append(f"{key}: model has shape {tuple(target.shape)}, file has {tuple(value.shape)}")
+        else:
+            found.append((target, value))
+    if problems:
+        raise _compat("the file's full tensors (modules_to_save) do not fit this model - a different number of "
+                      "classes? " + "; ".join(problems[:10]), adapter.path, "extra-mismatch")
+    return found
+
+
+def config_of(adapter: AdapterFile, matched: dict[str, ModuleWeights]) -> AdapterConfig:
+    """The file's own config, or one that records each matched module's real rank and alpha."""
+    if adapter.config is not None:
+        return adapter.config
+    weights = list(matched.values())
+    rank = Counter(w.rank for w in weights).most_common(1)[0][0]
+    alpha = Counter(w.alpha for w in weights).most_common(1)[0][0]
+    kinds = {w.kind for w in weights}
+    conv = next((k for k in kinds_for(nn.Conv2d) if k in kinds), "locon")
+    linear = next((k for k in kinds_for(nn.Linear) if k in kinds), "lora")
+    targets = {path: {"rank": w.rank, "alpha": w.alpha} for path, w in sorted(matched.items())}
+    return AdapterConfig(targets, rank=rank, alpha=alpha, rslora=all(w.rslora for w in weights), conv=conv,
+                         linear=linear)
+
+
+def apply(model: Any, adapter: AdapterFile, name: str, *, strength: float = 1.0, strict: bool = False,
+          trainable: bool = False) -> tuple[list[str], list[str]]:
+    """Add the file's adapter to the model as `name`; returns (matched paths, unmatched file names).
+
+    trainable=True makes the new factors and the file's full tensors trainable and freezes the rest."""
+    built, unmatched = plan(model, adapter, strict=strict)
+    extra = full_tensors(model, adapter)
+    if unmatched:
+        warnings.warn(f"{adapter.path}: {len(unmatched)} of {len(adapter.modules)} adapter modules match nothing in "
+                      f"this model and were skipped, e.g. {unmatched[:20]}", AdapterWarning, stacklevel=3)
+    # Every check passed: now change the model.
+    by_path = {prefixed(p.component, p.path): adapter.modules[n] for n, p in built.items()}
+    for p in built.values():
+        p.slot.strength = float(strength)
+    place(model, name, config_of(adapter, by_path), list(built.values()), trainable=trainable)
+    with torch.no_grad():
+        for tensor, value in extra:
+            tensor.copy_(value)
+    if trainable:
+        freeze_all_but_adapters(model)
+        for tensor, _ in extra:
+            if isinstance(tensor, nn.Parameter):
+                tensor.requires_grad_(True)
+    return list(by_path), unmatched

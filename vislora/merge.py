@@ -1,0 +1,86 @@
+"""merge / unmerge adapters into base weights, strengths, and running with adapters switched off.
+
+Merged weights are formed in fp32 from each layer's kept original (see AdapterLayer), so unmerge is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Iterator
+
+from .errors import AdapterStateError, NonFiniteError
+from .inject import adapter_layers, check_known
+
+
+# -- merge ---------------------------------------------------------------------------------------------------
+def merge(model: Any, names: list[str] | str | None = None) -> int:
+    """Merge adapters (default: all enabled) into the base weights, at their current strengths.
+
+    The sum is formed in fp32 from the pristine weight and checked for NaN/inf before it is written; on
+    failure every layer is put back as it was. Returns the number of layers changed.
+    """
+    names = [names] if isinstance(names, str) else names
+    if names is not None:
+        check_known(model, names)
+    layers = [layer for _, layer in adapter_layers(model)]
+    before = [layer.snapshot() for layer in layers]
+    changed = 0
+    try:
+        for layer in layers:
+            wanted = [n for n in layer.adapters if names is None or n in names]
+            changed += bool(layer.merge(wanted))
+    except NonFiniteError:
+        # The failing layer wrote nothing; put the tensors of the layers before it back as they were.
+        for layer, state in zip(layers, before):
+            layer.restore(state)
+        raise
+    if changed == 0:
+        warnings.warn("merge: nothing to merge (already merged, or no enabled adapters)", stacklevel=2)
+    return changed
+
+
+def unmerge(model: Any, names: list[str] | str | None = None) -> int:
+    """Undo merges (default: all) by restoring the original weight tensors; exact, no subtraction."""
+    names = [names] if isinstance(names, str) else names
+    changed = 0
+    for _, layer in adapter_layers(model):
+        if not layer.merged:
+            continue
+        keep = [n for n in layer.merged if names is not None and n not in names]
+        layer.unmerge()
+        if keep:
+            layer.merge(keep)
+        changed += 1
+    if changed == 0:
+        warnings.warn("unmerge: nothing is merged", stacklevel=2)
+    return changed
+
+
+# -- strengths -----------------------------------------------------------------------------------------------
+def set_strength(model: Any, name: str, strength: float, *, component: str | None = None) -> None:
+    """Set adapter `name`'s blend factor (on one pipeline component only, if given). Merged layers follow."""
+    check_known(model, [name])
+    for path, layer in adapter_layers(model):
+        if name in layer.adapters and (component is None or path.startswith(component + ".")):
+            layer.adapters[name].strength = float(strength)
+            if name in layer.merged:
+                layer.refresh_merge()
+
+
+@contextlib.contextmanager
+def disabled(model: Any, names: list[str] | str | None = None) -> Iterator[None]:
+    """Run the base model (without these adapters) inside the block; restored even if the block raises."""
+    names = [names] if isinstance(names, str) else names
+    slots = [s for _, layer in adapter_layers(model) for n, s in layer.adapters.items()
+             if names is None or n in names]
+    if any(layer.merged for _, layer in adapter_layers(model)):
+        raise AdapterStateError("unmerge before disabling adapters: merged weights cannot be switched off")
+    previous = [s.enabled for s in slots]
+    for s in slots:
+        s.enabled = False
+    try:
+        yield
+    finally:
+        for s, was in zip(slots, previous):
+            s.enabled = was
