@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import interleaved, ratio, table  # noqa: E402
+from blend import peft_model  # noqa: E402
 from train_step import CASES, UNET_ATTN, VIT_LINEAR, shallow_copy  # noqa: E402
 
 import vislora  # noqa: E402
@@ -30,8 +31,6 @@ TARGETS = {"vit": ("vit.all", VIT_LINEAR, 8), "unet": ("unet.attn", UNET_ATTN, 4
 
 
 def variants(case: str, n_adapters: int) -> dict[str, torch.nn.Module]:
-    import peft
-
     torch.manual_seed(0)
     model, inputs, _, forward = CASES[case]()
     target, regex, rank = TARGETS[case]
@@ -42,13 +41,7 @@ def variants(case: str, n_adapters: int) -> dict[str, torch.nn.Module]:
             vislora.inject(ours, target, rank=rank, name=f"a{i}", init="random")
             vislora.set_strength(ours, f"a{i}", 1.0 / n)
         out[f"vislora x{n}"] = ours
-        theirs = shallow_copy(model)
-        for i in range(n):
-            config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=regex, init_lora_weights=False)
-            theirs = peft.inject_adapter_in_model(config, theirs, adapter_name=f"a{i}")
-        for module in theirs.modules():
-            if hasattr(module, "set_adapter") and hasattr(module, "scaling"):
-                module.set_adapter([f"a{i}" for i in range(n)])  # every adapter active, summed
+        theirs = peft_model(model, regex, n, rank)  # every adapter active, each at 1/n
         out[f"peft x{n}"] = theirs
     merged = copy.deepcopy(out[f"vislora x{n_adapters}"])
     vislora.merge(merged)

@@ -7,11 +7,13 @@
     vislora.save_adapter(model, "a.safetensors")
     vislora.load_adapter(other_model, "a.safetensors", name="a", strength=0.8)
     vislora.merge(model); vislora.unmerge(model); vislora.remove(model)
+    bank = vislora.AdapterBank(model); bank.load("a", "a.safetensors"); bank.set_strengths({"a": 0.7})
 
 `model` is any nn.Module, or a diffusers pipeline (targets such as "unet.attn" and "text.attn" then go to
 its unet and text_encoder).
 """
 
+from .bank import AdapterBank
 from .config import AdapterConfig
 from .errors import (
     AdapterCompatError,
@@ -29,6 +31,7 @@ from .targets import PRESETS
 from .version import __version__
 
 __all__ = [
+    "AdapterBank",
     "AdapterCompatError",
     "AdapterConfig",
     "AdapterFormatError",

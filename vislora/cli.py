@@ -2,6 +2,7 @@
 
     vislora classify --data DIR --model NAME --out OUT ...     the ViT classification recipe (same flags)
     vislora predict --adapter FILE [--weights BASE] [--top-k 5] IMAGE...
+    vislora generate --model DIR --lora FILE[:STRENGTH]... --prompt TEXT [--grid NAME=v1,v2 ...] --out PNG
     vislora studio --model DIR --adapters DIR [--port 7860] [--host 127.0.0.1]   (pip install vislora[studio])
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
@@ -57,6 +58,12 @@ def _predict(argv: list[str]) -> int:
     return status
 
 
+def _generate(argv: list[str]) -> int:
+    from .tasks import generate
+
+    return generate.main(argv)
+
+
 def _studio(argv: list[str]) -> int:
     from .studio import main as studio_main  # gradio is imported only in there
 
@@ -66,6 +73,7 @@ def _studio(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
+    "generate": (_generate, "images from a diffusion pipeline with adapters mixed by strength, or an X/Y grid"),
     "studio": (_studio, "a local page to mix adapters with sliders and a live preview (vislora[studio])"),
 }
 

@@ -19,6 +19,7 @@ from .errors import NonFiniteError
 from .functional import KINDS, RowLayout, has_fast_path, op_for, scale
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
+from .blend import merged_weight, stacked_terms, terms_of
 
 
 class AdapterSlot(nn.Module):
@@ -89,6 +90,8 @@ class AdapterLayer(nn.Module):
         self.op = op_for(base_layer)
         self.merged: list[str] = []
         self._pristine: torch.Tensor | None = None  # the original weight tensor while anything is merged
+        self._stack_key: tuple | None = None  # what the cached stacked factors were built from (see _stacked)
+        self._stack: tuple = ()
 
     # -- adapters ---------------------------------------------------------------------------------------
     def layout_for(self, slices: tuple[tuple[int, int], ...] | None = None) -> object:
@@ -146,14 +149,32 @@ class AdapterLayer(nn.Module):
             for s in slots:
                 y = y + s.delta_forward(x) * s.coef
             return y
-        terms, factors = [], []
-        for s in slots:
-            terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if self.training else 0.0))
-            factors.extend(s.params.values())
-        terms, factors = tuple(terms), tuple(factors)
+        if not torch.is_grad_enabled() and not (self.training and any(s.dropout for s in slots)):
+            terms, factors = self._stacked(slots, x.dtype)
+        else:
+            terms, factors = terms_of(slots, self.training)
         if self._should_fold(x, terms):
             return folded_forward(x, base.weight, base.bias, self.op, terms, factors)
         return unfolded_forward(x, base.weight, base.bias, self.op, terms, factors)
+
+    def _stacked(self, slots: list[AdapterSlot], dtype: torch.dtype) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
+        """The active adapters as one Term per (kind, layout) group, their factors concatenated along the
+        rank with strength * scale folded in (inference only: the result carries no gradient).
+
+        Cached on the layer; the key holds each slot's strength and each factor's identity, storage and
+        version counter, so set_strength, load/unload and optimizer steps (in-place writes bump the
+        version) all rebuild it. Kinds without `stack` run one Term per adapter.
+        """
+        slots = sorted(slots, key=self._order().__getitem__)  # by name: the load order changes no bit
+        key = (dtype, tuple((id(s), s.strength, *((id(p), p.data_ptr(), p._version) for p in s.params.values()))
+                            for s in slots))
+        if self._stack_key == key:
+            return self._stack
+        self._stack_key, self._stack = key, stacked_terms(slots, dtype)
+        return self._stack
+
+    def _order(self) -> dict[AdapterSlot, str]:
+        return {s: n for n, s in self.adapters.items()}
 
     def _base_trainable(self) -> bool:
         return any(p.requires_grad for p in self.base_layer.parameters(recurse=False))
@@ -189,7 +210,7 @@ class AdapterLayer(nn.Module):
     def unmerge(self) -> None:
         """Put the original weight tensor back: exact, whatever was merged."""
         if self._pristine is not None:
-            self.base_layer.weight.data = self._pristine
+            self.base_layer.weight.data = self._pristine.to(self.base_layer.weight.device)  # kept on the CPU?
         self._pristine, self.merged = None, []
 
     def refresh_merge(self) -> None:
@@ -217,18 +238,23 @@ class AdapterLayer(nn.Module):
         return len(self.adapters) == 0
 
     @torch.no_grad()
-    def _write_merged(self, names: list[str]) -> None:
+    def _write_merged(self, names: list[str], pristine_device: torch.device | str | None = None) -> None:
+        """weight = pristine + sum strength * scale * delta W over `names`, a new tensor.
+
+        The sum runs in fp32 (or wider) on the weight's device, all adapters of one kind as one product of
+        stacked factors, and is cast once. The pristine tensor is never written; with `pristine_device`
+        (e.g. "cpu" for a model on a GPU) it is kept there instead of beside the live weight.
+        """
         weight = self.base_layer.weight
         pristine = self._pristine if self._pristine is not None else weight.data
-        total = pristine.to(torch.promote_types(pristine.dtype, torch.float32), copy=True)
-        for n in names:
-            s = self.adapters[n]
-            total += s.delta_weight().to(total) * s.strength
-        if not torch.isfinite(total).all():
+        if pristine_device is not None:
+            pristine = pristine.to(pristine_device)  # a copy only when it moves
+        merged = merged_weight(pristine.to(weight.device), [self.adapters[n] for n in sorted(names)])
+        if merged is None:
             raise NonFiniteError(f"merging {names} gives non-finite weights; the base weight is unchanged")
         self._pristine = pristine
         # A new tensor, never an in-place write: state dicts the caller took earlier stay as they were.
-        weight.data = total.to(pristine.dtype)
+        weight.data = merged
         self.merged = list(names)
 
     def _apply(self, fn, recurse=True):

@@ -12,7 +12,8 @@ Each kind module declares:
     delta_weight(params, layout)                  -> tensor shaped like the base weight
     add_delta_weight(weight, params, layout, c)   -> weight + c * delta W, fused where possible
     delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
-    stack(...)                                    several adapters of the kind in one blended pass (the bank)
+    stack(params_list, coefs, layout)             -> one params dict of the kind whose delta is sum_i coef_i * delta_i
+                                                     (optional: a kind without it blends one adapter at a time)
 
 and, optionally, the fast training path (a kind without it trains through autograd):
 

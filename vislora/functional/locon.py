@@ -38,6 +38,13 @@ def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Ten
     return flat.reshape(out_channels, in_channels, kh, kw)
 
 
+def stack(params_list: list[dict[str, torch.Tensor]], coefs: list[float], layout: Conv2dOp) -> dict[str, torch.Tensor]:
+    """One LoCon of rank sum(r_i) whose delta is sum_i coef_i * delta_i: downs concatenated along the rank
+    (output channels of the k x k conv), ups along the rank with each coef folded in."""
+    return {"down": torch.cat([p["down"] for p in params_list], 0),
+            "up": torch.cat([p["up"] * c for p, c in zip(params_list, coefs)], 1)}
+
+
 def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
                      coef: float) -> torch.Tensor:
     """weight + coef * delta W as one fused BLAS call where the dtypes allow (a new tensor)."""

@@ -47,6 +47,16 @@ def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Te
     return delta
 
 
+def stack(params_list: list[dict[str, torch.Tensor]], coefs: list[float], layout: RowLayout) -> dict[str, torch.Tensor]:
+    """One LoRA of rank sum(r_i) whose delta is sum_i coef_i * delta_i: downs concatenated along the rank
+    (slice by slice), ups along the rank with each coef folded in."""
+    k = len(layout.slices)
+    downs = [p["down"].reshape(k, -1, p["down"].shape[-1]) for p in params_list]  # [k, r_i, in]
+    down = torch.cat(downs, 1).reshape(-1, downs[0].shape[-1])
+    up = torch.cat([p["up"] * c for p, c in zip(params_list, coefs)], 1)  # [rows, R]
+    return {"down": down, "up": up}
+
+
 def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: RowLayout,
                      coef: float) -> torch.Tensor:
     """weight + coef * delta W as one fused BLAS call where the dtypes allow (a new tensor)."""

@@ -43,6 +43,20 @@ def delta_weight(params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Ten
     return torch.einsum("oa,abhw,bi->oihw", up[:, :, 0, 0], mid, down[:, :, 0, 0])
 
 
+def stack(params_list: list[dict[str, torch.Tensor]], coefs: list[float], layout: Conv2dOp) -> dict[str, torch.Tensor]:
+    """One Tucker LoCon of rank sum(r_i) whose delta is sum_i coef_i * delta_i: downs and ups concatenated
+    along the rank (coefs folded into up), the cores placed on the diagonal of one [R, R, kh, kw] core."""
+    mids = [p["mid"] for p in params_list]
+    total = sum(m.shape[0] for m in mids)
+    mid = mids[0].new_zeros(total, total, *mids[0].shape[2:])
+    at = 0
+    for m in mids:
+        mid[at : at + m.shape[0], at : at + m.shape[0]] = m
+        at += m.shape[0]
+    return {"down": torch.cat([p["down"] for p in params_list], 0), "mid": mid,
+            "up": torch.cat([p["up"] * c for p, c in zip(params_list, coefs)], 1)}
+
+
 def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
                      coef: float) -> torch.Tensor:
     """weight + coef * delta W (a new tensor)."""

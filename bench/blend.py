@@ -1,0 +1,158 @@
+"""Blending N adapters at inference: AdapterBank against PEFT (several active adapters, weighted) and diffusers'
+set_adapters, each as a ratio to the plain model's forward, measured side by side in one run.
+
+    unfused  every layer runs its N adapters as one stacked low-rank pass (ours), or N passes (peers)
+    fused    the weighted sum merged into the weights (the plain model's cost)
+    re-blend changing strengths while fused (re-fused from the pristine weights), / one batch-1 forward
+    set      set_strengths of one adapter with 50 loaded, / the same with 5 loaded
+
+    python bench/blend.py --rounds 3            # both cases
+    python bench/blend.py --case vit --adapters 1,2,4,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import interleaved, ratio, table  # noqa: E402
+from train_step import CASES, UNET_ATTN, VIT_LINEAR, shallow_copy  # noqa: E402
+
+import vislora  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+TARGETS = {"vit": ("vit.all", VIT_LINEAR), "unet": ("unet.attn", UNET_ATTN)}
+RANK = 8
+
+
+def ours(model, target: str, n: int) -> tuple[torch.nn.Module, vislora.AdapterBank]:
+    m = shallow_copy(model)
+    for i in range(n):
+        torch.manual_seed(i)
+        vislora.inject(m, target, rank=RANK, name=f"a{i}", init="random", trainable=False)
+    bank = vislora.AdapterBank(m)
+    bank.set_strengths({f"a{i}": 1.0 / n for i in range(n)})
+    return m, bank
+
+
+def peft_model(model, regex: str, n: int, rank: int = RANK) -> torch.nn.Module:
+    """PEFT's multi-adapter inference: n adapters injected, all active, each scaled by 1/n."""
+    import peft
+
+    m = shallow_copy(model)
+    for i in range(n):
+        config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=regex, init_lora_weights=False)
+        m = peft.inject_adapter_in_model(config, m, adapter_name=f"a{i}")
+    for module in m.modules():
+        if hasattr(module, "set_adapter") and hasattr(module, "scaling"):
+            module.set_adapter([f"a{i}" for i in range(n)])
+            for i in range(n):
+                module.set_scale(f"a{i}", 1.0 / n)
+    return m
+
+
+def diffusers_model(model, regex: str, n: int) -> torch.nn.Module:
+    """diffusers' path: unet.add_adapter per adapter, then unet.set_adapters(names, weights)."""
+    import peft
+
+    m = shallow_copy(model)
+    for i in range(n):
+        m.add_adapter(peft.LoraConfig(r=RANK, lora_alpha=RANK, target_modules=regex, init_lora_weights=False),
+                      adapter_name=f"a{i}")
+    m.set_adapters([f"a{i}" for i in range(n)], weights=[1.0 / n] * n)
+    return m
+
+
+def forward_ratios(case: str, counts: list[int], rounds: int) -> list[list[str]]:
+    model, inputs, _, forward = CASES[case]()
+    target, regex = TARGETS[case]
+    variants = {"plain": shallow_copy(model)}
+    for n in counts:
+        variants[f"vislora x{n}"] = ours(model, target, n)[0]
+        variants[f"peft x{n}"] = peft_model(model, regex, n)
+        if case == "unet":
+            variants[f"diffusers x{n}"] = diffusers_model(model, regex, n)
+    fused_model, bank = ours(copy.deepcopy(model), target, max(counts))  # fusing writes weights: its own copy
+    bank.fuse()
+    variants[f"vislora x{max(counts)} fused"] = fused_model
+
+    def call(m):
+        def run():
+            with torch.no_grad():
+                forward(m, inputs)
+        return run
+
+    times = interleaved({n: call(m) for n, m in variants.items()}, rounds)
+    return [[f"{case}: {n}", f"{statistics.median(t):.3f}", f"{ratio(times, n, 'plain'):.3f}"]
+            for n, t in times.items()]
+
+
+def reblend_ratio(case: str, n: int, rounds: int) -> list[str]:
+    """Seconds to change every adapter's strength while fused, / seconds of one batch-1 plain forward."""
+    model, inputs, _, forward = CASES[case]()
+    one = {k: v[:1] if v.dim() and v.shape[0] > 1 else v for k, v in inputs.items()}
+    target, _ = TARGETS[case]
+    m, bank = ours(model, target, n)
+    bank.fuse()
+    rng = random.Random(0)
+
+    def reblend():
+        bank.set_strengths({name: rng.uniform(0, 1) for name in bank.names})
+
+    def plain():
+        with torch.no_grad():
+            forward(model, one)
+
+    times = interleaved({"re-blend": reblend, "forward": plain}, rounds)
+    bank.unfuse()
+    return [f"{case}: re-blend {n} fused / batch-1 forward", f"{statistics.median(times['re-blend']):.3f}",
+            f"{ratio(times, 're-blend', 'forward'):.3f}"]
+
+
+def set_cost_ratio(case: str, calls: int = 200) -> list[list[str]]:
+    """set_strengths of one adapter: 50 loaded / 5 loaded (unfused), per call."""
+    model, _, _, _ = CASES[case]()
+    target, _ = TARGETS[case]
+    rows, cost = [], {}
+    for n in (5, 50):
+        _, bank = ours(model, target, n)
+        rng = random.Random(0)
+        names = bank.names
+        start = time.perf_counter()
+        for i in range(calls):
+            bank.set_strengths({names[i % 5]: rng.uniform(0, 1)})
+        cost[n] = (time.perf_counter() - start) / calls
+        del bank
+    rows.append([f"{case}: set_strengths, 50 loaded / 5 loaded", f"{cost[50] * 1e3:.3f} ms",
+                 f"{cost[50] / cost[5]:.3f}"])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=[*CASES, "all"], default="all")
+    ap.add_argument("--adapters", default="1,2,4,8")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reblend-adapters", type=int, default=2)
+    args = ap.parse_args()
+    counts = [int(c) for c in args.adapters.split(",")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}, {args.rounds} rounds")
+    for case in CASES if args.case == "all" else [args.case]:
+        rows = forward_ratios(case, counts, args.rounds)
+        rows.append(reblend_ratio(case, args.reblend_adapters, args.rounds))
+        rows += set_cost_ratio(case)
+        print("\n" + table(rows, ["variant", "s/call", "x plain"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

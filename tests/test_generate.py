@@ -1,0 +1,106 @@
+"""`vislora generate`: mixes, the X/Y grid, settings in the PNG, and bad --lora / --grid arguments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vislora
+from vislora.cli import main as cli
+from vislora.tasks.generate import parse_lora
+
+from conftest import tiny_pipeline
+from test_bank import one_thread  # noqa: F401  (autouse: one thread for tiny models)
+
+
+def _tokenizer(folder):
+    """A CLIP tokenizer over single letters (ids below the tiny text model's 99), from local files."""
+    from transformers import CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
+    for ch in letters:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16, pad_token="!")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    pipe = tiny_pipeline()
+    pipe.tokenizer = _tokenizer(root)
+    pipe.register_modules(tokenizer=pipe.tokenizer)
+    pipe.save_pretrained(root / "pipe", safe_serialization=True)
+    for name, seed in (("bold", 1), ("italic", 2)):
+        other = tiny_pipeline()
+        torch.manual_seed(seed)
+        vislora.inject(other, ["unet.attn", "unet.conv"], rank=2, name=name, init="random")
+        (root / name).mkdir()
+        vislora.save_adapter(other, root / name / "adapter.safetensors", name)
+    return root
+
+
+def _png(path):
+    from PIL import Image
+
+    image = Image.open(path)
+    image.load()
+    return image
+
+
+def test_generate_mix_and_settings_in_the_png(model_dir, tmp_path):
+    out = tmp_path / "mix.png"
+    args = ["generate", "--model", str(model_dir / "pipe"), "--lora", f"{model_dir / 'bold/adapter.safetensors'}:0.7",
+            "--lora", f"{model_dir / 'italic/adapter.safetensors'}:0.3", "--prompt", "a digit seven",
+            "--seed", "0", "--steps", "2", "--guidance", "5", "--n", "2", "--out", str(out)]
+    assert cli(args) == 0
+    image = _png(out)
+    assert image.size == (2 * 32 + 3 * 4, 32 + 2 * 4)  # two 32x32 samples side by side
+    text = image.text["parameters"]
+    assert text.startswith("a digit seven <lora:bold:0.7> <lora:italic:0.3>\nSteps: 2, Sampler: DDIMScheduler")
+    settings = json.loads(image.text["vislora"])
+    assert settings["seed"] == 0 and [a["strength"] for a in settings["adapters"]] == [0.7, 0.3]
+    assert cli(args[:-1] + [str(tmp_path / "again.png")]) == 0  # same settings, same pixels
+    assert _png(tmp_path / "again.png").tobytes() == image.tobytes()
+
+
+def test_generate_grid_cells_share_the_seed(model_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    bold, italic = model_dir / "bold/adapter.safetensors", model_dir / "italic/adapter.safetensors"
+    args = ["generate", "--model", str(model_dir / "pipe"), "--lora", str(bold), "--lora", str(italic),
+            "--prompt", "seven", "--steps", "2", "--grid", "bold=0,1", "italic=0,1", "--out", str(out)]
+    assert cli(args) == 0
+    sheet = _png(out)
+    assert json.loads(sheet.text["vislora"])["grid"] == [["bold", [0.0, 1.0]], ["italic", [0.0, 1.0]]]
+    # The (0, 0) cell is the base model with the same seed: a plain run gives its pixels.
+    plain = tmp_path / "plain.png"
+    assert cli(["generate", "--model", str(model_dir / "pipe"), "--prompt", "seven", "--steps", "2",
+                "--out", str(plain)]) == 0
+    base = _png(plain)
+    w, h = base.size
+    x0, y0 = sheet.size[0] - 2 * (w + 4), 14 + 4  # first image column, first row
+    assert sheet.crop((x0, y0, x0 + w, y0 + h)).tobytes() == base.tobytes()
+    assert sheet.crop((x0 + w + 4, y0, x0 + 2 * w + 4, y0 + h)).tobytes() != base.tobytes()
+
+
+def test_bad_lora_and_grid_arguments(model_dir, tmp_path, capsys):
+    bold = str(model_dir / "bold/adapter.safetensors")
+    with pytest.raises(ValueError, match="no file given"):
+        parse_lora(":0.7")
+    with pytest.raises(ValueError, match="must be a number"):
+        parse_lora(f"{bold}:strong")
+    with pytest.raises(ValueError, match="no such file"):
+        parse_lora("missing.safetensors:0.5")
+    assert parse_lora(bold).name == "bold" and parse_lora(f"b2={bold}:0.25").strength == 0.25
+    base = ["generate", "--model", str(model_dir / "pipe"), "--prompt", "x", "--steps", "1", "--out",
+            str(tmp_path / "x.png")]
+    assert cli(base + ["--lora", f"{bold}:abc"]) == 2
+    assert "must be a number" in capsys.readouterr().err
+    assert cli(base + ["--lora", bold, "--grid", "italic=0,1"]) == 2
+    assert "one of the --lora adapters" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

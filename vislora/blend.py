@@ -1,0 +1,86 @@
+"""Many adapters of one layer as few: stacked factors for inference, and the merged weight for fusing.
+
+Adapters of one kind and layout stack into one adapter of rank sum(r_i) whose delta is
+sum_i strength_i * scale_i * delta_i (`stack` of their kind; see vislora.functional), so a layer pays one
+low-rank pass, or one pass over its weight when merging, whatever the number of adapters. A kind without
+`stack` runs its adapters one Term each. `slots` are AdapterSlots (kind, layout, params, coef, dropout).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .functional import KINDS
+from .functional.fold import Term
+
+# Kinds (and whether the layout covers every row) whose delta W is up @ down once both are flattened to
+# matrices: the merged weight is then one addmm that reads the pristine weight once.
+_MATRIX_KINDS = {("lora", True), ("locon", True)}
+
+
+def terms_of(slots: list[Any], training: bool) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
+    """One Term per adapter, with its own coefficient (and dropout while training), and the factors in order."""
+    terms, factors = [], []
+    for s in slots:
+        terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
+        factors.extend(s.params.values())
+    return tuple(terms), tuple(factors)
+
+
+def _stacks(slots: list[Any], dtype: torch.dtype) -> list[tuple[str, Any, list[tuple[dict, float]]]]:
+    """Per (kind, layout) group: [(stacked params in dtype, 1.0)], or each adapter's (params, coef) where
+    the kind cannot stack."""
+    groups: dict[tuple, list[Any]] = {}
+    for s in slots:
+        groups.setdefault((s.kind, s.layout), []).append(s)
+    out = []
+    with torch.no_grad():
+        for (kind, layout), members in groups.items():
+            stack = getattr(KINDS[kind], "stack", None)
+            parts = [({n: p.to(dtype) for n, p in m.params.items()}, m.coef) for m in members]
+            stacked = None if stack is None else stack([p for p, _ in parts], [c for _, c in parts], layout)
+            out.append((kind, layout, parts if stacked is None else [(stacked, 1.0)]))
+    return out
+
+
+def stacked_terms(slots: list[Any], dtype: torch.dtype) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
+    """Terms and factors for inference: one Term per stackable group (coefficient 1, no gradient)."""
+    terms, factors = [], []
+    for kind, layout, parts in _stacks(slots, dtype):
+        functions = KINDS[kind]
+        for params, coef in parts:
+            terms.append(Term(functions, layout, coef, functions.FACTORS))
+            factors += [params[n] for n in functions.FACTORS]
+    return tuple(terms), tuple(factors)
+
+
+def merged_weight(pristine: torch.Tensor, slots: list[Any]) -> torch.Tensor | None:
+    """pristine + sum over slots of strength * scale * delta W, a new tensor in pristine's dtype; None if
+    not finite.
+
+    Summed in fp32 (or wider), one stacked product per group. A finite fp32 base plus finite factors is
+    finite, so only the (rank-sized) factors are checked there; the result too where the cast to fp16/bf16
+    may overflow.
+    """
+    dtype = torch.promote_types(pristine.dtype, torch.float32)
+    total = pristine.to(dtype)
+    for kind, layout, parts in _stacks(slots, dtype):
+        for params, coef in parts:
+            if not math.isfinite(coef) or not all(torch.isfinite(t).all() for t in params.values()):
+                return None
+            if (kind, getattr(layout, "is_full", True)) in _MATRIX_KINDS:  # delta = up @ down as matrices
+                up, down = params["up"], params["down"]
+                flat = torch.addmm(total.reshape(total.shape[0], -1), up.reshape(up.shape[0], -1),
+                                   down.reshape(down.shape[0], -1), alpha=coef)
+                total = flat.reshape(pristine.shape)
+            else:
+                total = total + KINDS[kind].delta_weight(params, layout) * coef
+    out = total.to(pristine.dtype)
+    if out is pristine:
+        out = out.clone()  # nothing merged: still a new tensor
+    if out.dtype != dtype and not torch.isfinite(out).all():
+        return None
+    return out

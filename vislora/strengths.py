@@ -1,0 +1,144 @@
+"""Strength specs: one adapter's blend factor per layer, from a number, a dict of block factors or an lbw string.
+
+    0.7                                         every layer of the adapter at 0.7
+    {"unet": 0.7, "text_encoder": 0.2}          per component
+    {"*": 0.8, "unet.up": 0.0, "unet.down.1": 0.5, "mid": 2}     per block (diffusers sections, with indices)
+    {"IN04": 0, "OUT03": 0.5}                   per LoRA Block Weight id
+    "lbw:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"     an A1111 LoRA Block Weight list (17 / 26 values; SDXL 12 / 20)
+    "lbw:MIDD"  or  {"*": 0.7, "lbw": "OUTD"}   a named lbw preset, times a global factor
+
+A layer's strength is the product of the global factor ("*", default 1) and every key that matches it, times
+its lbw value. A key matches a layer when it is a dotted prefix of the layer's path ("unet", "unet.up_blocks.1",
+"blocks.3" on a ViT); on pipelines the component may be left out ("up.1"); `down` / `mid` / `up` stand for
+`down_blocks` / `mid_block` / `up_blocks`. A key that matches none of the adapter's layers is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .errors import AdapterStateError
+from .targets.blocks import LBW_IDS_26, LBW_LAYOUTS, LBW_MODEL, LBW_PRESETS, SECTION_ALIASES, ldm_block
+
+Spec = Union[float, str, dict[str, Any]]
+_TEXT_PREFIX = "text_encoder"
+
+
+@dataclass(frozen=True)
+class LayerPlace:
+    """Where one adapter layer sits: full (component-prefixed) path, component, path in it, lbw id."""
+
+    path: str
+    component: str
+    local: str
+    block: str | None  # "BASE", "IN04", "M00", "OUT11", or None (not in a UNet block / not an SD model)
+
+
+def place(component: str, local: str, layers_per_block: int | None) -> LayerPlace:
+    """The place of a layer; `layers_per_block` is the UNet's (None: the component is no UNet)."""
+    full = f"{component}.{local}" if component else local
+    if component.startswith(_TEXT_PREFIX):
+        block = "BASE"
+    else:
+        block = None if layers_per_block is None else ldm_block(local, layers_per_block)
+    return LayerPlace(full, component, local, block)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: a strength is a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_lbw(text: str, where: str) -> tuple[dict[str, float], int]:
+    """An lbw value list or preset name -> ({lbw id: value} over all 26 ids, how many values were given)."""
+    text = LBW_PRESETS.get(text.strip(), text)
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{where}: lbw takes comma-separated numbers or a preset ({', '.join(LBW_PRESETS)}); "
+                         f"got {text!r}") from None
+    layout = LBW_LAYOUTS.get(len(values))
+    if layout is None:
+        sizes = ", ".join(f"{n} ({m})" for n, m in LBW_MODEL.items())
+        raise ValueError(f"{where}: an lbw list has {sizes} values; got {len(values)}")
+    for v in values:
+        _number(v, where)
+    by_id = dict.fromkeys(LBW_IDS_26, 0.0)  # ids the list does not give get 0, as in the extension
+    by_id.update(zip(layout, values))
+    return by_id, len(values)
+
+
+def _key_matches(key: str, p: LayerPlace) -> bool:
+    """Whether a dict key names this layer (see the module docstring)."""
+    if key in LBW_IDS_26 or key == "MID":
+        return p.block == ("M00" if key == "MID" else key)
+    parts = key.split(".")
+    candidates = [parts]
+    if p.component and parts[0] != p.component:
+        candidates = [[p.component, *parts]]  # the component left out
+    for c in candidates:
+        if len(c) > 1 and c[1] in SECTION_ALIASES and c[0] == p.component:
+            c = [c[0], SECTION_ALIASES[c[1]], *c[2:]]
+        elif not p.component and c[0] in SECTION_ALIASES:
+            c = [SECTION_ALIASES[c[0]], *c[1:]]
+        prefix = ".".join(c)
+        if p.path == prefix or p.path.startswith(prefix + "."):
+            return True
+    return False
+
+
+def resolve(name: str, spec: Spec, places: list[LayerPlace]) -> list[float]:
+    """Per layer (in the order of `places`), the strength `spec` gives adapter `name`. Raises ValueError
+    for a malformed spec or a block name that matches none of the adapter's layers."""
+    where = f"strength of {name!r}"
+    if isinstance(spec, str):
+        if not spec.startswith("lbw:"):
+            raise ValueError(f"{where}: a string strength is 'lbw:<values or preset>', got {spec!r}")
+        spec = {"lbw": spec[4:]}
+    if not isinstance(spec, dict):
+        return [_number(spec, where)] * len(places)
+    values = [1.0] * len(places)
+    for key, factor in spec.items():
+        if key == "lbw":
+            for i, v in enumerate(_lbw_values(name, factor, places, where)):
+                values[i] *= v
+            continue
+        factor = _number(factor, f"{where}, {key!r}")
+        if key == "*":
+            values = [v * factor for v in values]
+            continue
+        hits = [i for i, p in enumerate(places) if _key_matches(key, p)]
+        if not hits:
+            raise ValueError(f"{where}: {key!r} names none of its layers; use a component "
+                             f"({', '.join(sorted({p.component for p in places if p.component})) or 'none here'}), "
+                             "a block (down / mid / up, down.1, up_blocks.2), an lbw id (IN01..OUT11, BASE) or a "
+                             f"path prefix such as {places[0].path.rsplit('.', 2)[0]!r}")
+        for i in hits:
+            values[i] *= factor
+    return values
+
+
+def _lbw_values(name: str, text: Any, places: list[LayerPlace], where: str) -> list[float]:
+    if not isinstance(text, str):
+        text = ",".join(map(str, text)) if isinstance(text, (list, tuple)) else text
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: lbw takes a string of values or a preset name, got {text!r}")
+    by_id, given = parse_lbw(text, where)
+    if not any(p.block for p in places):
+        raise ValueError(f"{where}: lbw weights address Stable Diffusion UNet blocks and text encoders; "
+                         "this adapter has none (use per-path keys instead)")
+    missing = sorted({p.block for p in places if p.block and p.block not in LBW_LAYOUTS[given]})
+    if missing:
+        warnings.warn(f"{where}: {given} lbw values give none for {', '.join(missing)}, where {name!r} has layers; "
+                      "they get 0, as in sd-webui-lora-block-weight (26 values set every block)", stacklevel=4)
+    return [1.0 if p.block is None else by_id[p.block] for p in places]
+
+
+def check_names(known: list[str], names: list[str]) -> None:
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise AdapterStateError(f"no adapter named {missing} in this bank; it has {known}")

@@ -1,0 +1,227 @@
+"""`vislora generate`: images from a diffusion pipeline with adapters mixed by strength, or an X/Y grid of mixes.
+
+    vislora generate --model samples/digits_sd --lora bold.safetensors:0.7 --lora italic.safetensors:0.3 \\
+        --prompt "a handwritten digit seven" --seed 0 --steps 20 --guidance 5 --n 8 --out out.png
+    vislora generate ... --grid bold=0,0.5,1 italic=0,0.5,1 --out grid.png
+
+The PNG keeps the settings in its text chunks, as A1111 does: `parameters` in A1111's layout (prompt with
+<lora:name:strength> tags, then "Steps: ..., Seed: ..."), and `vislora` as JSON with every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bank import AdapterBank
+from ..errors import VisloraError
+
+_GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+@dataclass
+class LoraArg:
+    name: str
+    path: str
+    strength: float
+
+
+@dataclass
+class Settings:
+    """What a user needs to make the same image again."""
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    n: int
+    height: int | None
+    width: int | None
+    adapters: list[LoraArg] = field(default_factory=list)
+    grid: list[tuple[str, list[float]]] = field(default_factory=list)
+
+
+def parse_lora(text: str) -> LoraArg:
+    """`FILE`, `FILE:STRENGTH` or `NAME=FILE[:STRENGTH]` -> LoraArg. The name defaults to the file's stem
+    (its folder's name for generic stems such as adapter.safetensors)."""
+    name, _, rest = text.partition("=") if "=" in text.split(":")[0] else ("", "", text)
+    path, strength = rest, 1.0
+    head, sep, tail = rest.rpartition(":")
+    if sep and not re.fullmatch(r"[\\/].*", tail):  # a trailing ":x" is a strength (not a Windows drive path)
+        try:
+            strength = float(tail)
+        except ValueError:
+            raise ValueError(f"--lora {text!r}: the strength after ':' must be a number, got {tail!r}") from None
+        if not math.isfinite(strength):
+            raise ValueError(f"--lora {text!r}: the strength must be finite, got {tail!r}")
+        path = head
+    if not path:
+        raise ValueError(f"--lora {text!r}: no file given; write --lora FILE[:STRENGTH]")
+    if not Path(path).exists():
+        raise ValueError(f"--lora {text!r}: no such file {path!r}")
+    if not name:
+        p = Path(path)
+        name = p.parent.name if p.stem in _GENERIC_STEMS and p.parent.name else p.stem
+    return LoraArg(_NAME_CHARS.sub("_", name), path, strength)
+
+
+def parse_grid(items: list[str], names: list[str]) -> list[tuple[str, list[float]]]:
+    """["bold=0,0.5,1", "italic=0,1"] -> [("bold", [0, 0.5, 1]), ("italic", [0, 1])]: one or two axes."""
+    if not 1 <= len(items) <= 2:
+        raise ValueError(f"--grid takes one or two axes (NAME=v1,v2,...), got {len(items)}")
+    axes = []
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--grid {item!r}: write NAME=v1,v2,... with NAME one of the --lora adapters {names}")
+        try:
+            axes.append((name, [float(v) for v in values.split(",")]))
+        except ValueError:
+            raise ValueError(f"--grid {item!r}: the strengths must be numbers") from None
+    if len(axes) == 2 and axes[0][0] == axes[1][0]:
+        raise ValueError("--grid: the two axes must sweep different adapters")
+    return axes
+
+
+def load_pipeline(model: str, device: str, dtype: torch.dtype):
+    """A diffusers pipeline from a local folder (safetensors weights only: pickled weights are refused)."""
+    from diffusers import DiffusionPipeline
+
+    if not Path(model).is_dir():
+        raise ValueError(f"--model {model!r}: not a pipeline folder (model_index.json and its components)")
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None
+    return pipe.to(device)
+
+
+def run(pipe, s: Settings, n: int, desc: str):
+    """n images at the pipeline's current adapter strengths, all from seed s.seed."""
+    pipe.set_progress_bar_config(desc=desc, leave=False, disable=None)  # tqdm hides itself off a terminal
+    generator = torch.Generator(pipe.device).manual_seed(s.seed)
+    return pipe(s.prompt, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
+                guidance_scale=s.guidance, num_images_per_prompt=n, generator=generator, height=s.height,
+                width=s.width).images
+
+
+def contact_sheet(cells: list[list[Any]], col_labels: list[str], row_labels: list[str]):
+    """Images in rows and columns with labels above and to the left (like A1111's X/Y plot)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    w, h = cells[0][0].size
+    pad = 4
+    label_h = 14 if any(col_labels) else 0
+    label_w = max((int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in row_labels),
+                  default=0) + (2 * pad if any(row_labels) else 0)
+    rows, cols = len(cells), len(cells[0])
+    sheet = Image.new("RGB", (label_w + cols * (w + pad) + pad, label_h + rows * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(col_labels):
+        draw.text((label_w + pad + c * (w + pad), 1), text, fill="black", font=font)
+    for r, row in enumerate(cells):
+        y = label_h + pad + r * (h + pad)
+        if row_labels[r]:
+            draw.text((pad, y + h // 2 - 6), row_labels[r], fill="black", font=font)
+        for c, image in enumerate(row):
+            sheet.paste(image, (label_w + pad + c * (w + pad), y))
+    return sheet
+
+
+def png_info(s: Settings, sampler: str, extra: dict[str, Any] | None = None):
+    """Text chunks: A1111's `parameters` line and the full settings as JSON under `vislora`."""
+    from PIL.PngImagePlugin import PngInfo
+
+    tags = " ".join(f"<lora:{a.name}:{a.strength:g}>" for a in s.adapters)
+    size = f", Size: {s.width}x{s.height}" if s.width and s.height else ""
+    text = (f"{s.prompt}{' ' + tags if tags else ''}\n"
+            + (f"Negative prompt: {s.negative_prompt}\n" if s.negative_prompt else "")
+            + f"Steps: {s.steps}, Sampler: {sampler}, CFG scale: {s.guidance:g}, Seed: {s.seed}{size}, "
+            f"Model: {Path(s.model).name}")
+    info = PngInfo()
+    info.add_text("parameters", text)
+    info.add_text("vislora", json.dumps({**asdict(s), **(extra or {})}))
+    return info
+
+
+def generate(pipe, s: Settings):
+    """The image to save: n samples tiled, or the grid of strength mixes (one sample per cell, same seed)."""
+    bank = AdapterBank(pipe)
+    for a in s.adapters:
+        bank.load(a.name, a.path, strength=a.strength)
+    if not s.grid:
+        images = run(pipe, s, s.n, "denoising")
+        cols = math.ceil(math.sqrt(len(images)))
+        rows = [images[i : i + cols] for i in range(0, len(images), cols)]
+        blank = images[0].copy()
+        blank.paste((255, 255, 255), (0, 0, *blank.size))
+        rows[-1] += [blank] * (cols - len(rows[-1]))
+        return contact_sheet(rows, [""] * cols, [""] * len(rows)) if len(images) > 1 else images[0]
+    cells, cols, rows = sweep(pipe, bank, s, 1)
+    return contact_sheet([[images[0] for images in row] for row in cells], cols, rows)
+
+
+def sweep(pipe, bank: AdapterBank, s: Settings, n: int) -> tuple[list[list[list[Any]]], list[str], list[str]]:
+    """n images per cell of the strength grid s.grid (every cell from seed s.seed), and the axis labels."""
+    (x_name, xs), (y_name, ys) = s.grid[0], (s.grid[1] if len(s.grid) > 1 else (None, [None]))
+    cells, total = [], len(xs) * len(ys)
+    for r, y in enumerate(ys):
+        row = []
+        for c, x in enumerate(xs):
+            bank.set_strengths({x_name: x} | ({y_name: y} if y_name else {}))
+            row.append(run(pipe, s, n, f"cell {r * len(xs) + c + 1}/{total}"))
+        cells.append(row)
+    return cells, [f"{x_name}={x:g}" for x in xs], [f"{y_name}={y:g}" if y_name else "" for y in ys]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vislora generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a diffusers pipeline folder (what `vislora dreambooth` trains on)")
+    p.add_argument("--lora", action="append", default=[], metavar="[NAME=]FILE[:STRENGTH]",
+                   help="an adapter file and its strength (1 if left out); repeat to mix")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--n", type=int, default=1, help="images to draw (tiled into one PNG); a grid draws one per cell")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--grid", nargs="+", metavar="NAME=v1,v2,...", help="sweep one or two adapters' strengths")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        adapters = [parse_lora(t) for t in args.lora]
+        if len({a.name for a in adapters}) != len(adapters):
+            raise ValueError(f"--lora: two adapters share a name {[a.name for a in adapters]}; write NAME=FILE")
+        grid = parse_grid(args.grid, [a.name for a in adapters]) if args.grid else []
+        s = Settings(args.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
+                     args.height, args.width, adapters, grid)
+        pipe = load_pipeline(args.model, args.device, getattr(torch, args.dtype))
+        image = generate(pipe, s)
+    except (VisloraError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, pnginfo=png_info(s, type(pipe.scheduler).__name__))
+    print(f"wrote {out} ({image.size[0]}x{image.size[1]})")
+    return 0
