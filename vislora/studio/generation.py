@@ -1,16 +1,15 @@
-"""The studio's link to image generation: load the base, draw one image, write it as a PNG with its settings.
-
-These are the functions `vislora generate` uses, so the page's image equals the command's pixel for pixel.
+"""The studio's link to `vislora generate` (vislora.tasks.generate): the same pipeline loader, the same
+sampling call and the same PNG text chunks, so the page's image equals the command's pixel for pixel.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..errors import VisloraError
+from ..tasks import generate as cli
 from .mix import Request
 
 
@@ -19,17 +18,18 @@ class ModelLoadError(VisloraError):
 
 
 def load_pipeline(model_dir: str) -> Any:
-    from diffusers import DiffusionPipeline
-
-    path = Path(model_dir)
-    if not (path / "model_index.json").is_file():
-        raise ModelLoadError(f"--model {model_dir}: not a diffusers pipeline folder (no model_index.json)")
+    """`vislora generate`'s loader (float32, CPU unless CUDA), with any failure as one ModelLoadError line."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, torch_dtype=torch.float32)
-    except Exception as e:  # diffusers raises many kinds; the user needs one line and the folder's name
+        return cli.load_pipeline(model_dir, device, torch.float32)
+    except Exception as e:  # diffusers and transformers raise many kinds; the user needs the folder and why
         raise ModelLoadError(f"--model {model_dir}: the pipeline does not load: {type(e).__name__}: {e}") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+
+
+def settings(request: Request, model: str, adapters: list[cli.LoraArg] = ()) -> cli.Settings:
+    """The request as `vislora generate`'s Settings (one image; explicit width and height)."""
+    return cli.Settings(model, request.prompt, request.negative, int(request.seed), int(request.steps),
+                        float(request.guidance), 1, int(request.height), int(request.width), list(adapters))
 
 
 def generate_image(pipe: Any, request: Request, on_step: Callable[[int, int], None] | None = None,
@@ -43,13 +43,9 @@ def generate_image(pipe: Any, request: Request, on_step: Callable[[int, int], No
             on_step(i + 1, request.steps)
         if stop():
             stopped = True
-            p._interrupt = True
+            p._interrupt = True  # diffusers' own early exit: the remaining steps are skipped
         return kwargs
 
-    generator = torch.Generator("cpu").manual_seed(int(request.seed))
     with torch.no_grad():
-        out = pipe(prompt=request.prompt, negative_prompt=request.negative or None,
-                   num_inference_steps=int(request.steps), guidance_scale=float(request.guidance),
-                   width=int(request.width), height=int(request.height), generator=generator,
-                   callback_on_step_end=step_end)
-    return None if stopped else out.images[0]
+        (image,) = cli.run(pipe, settings(request, ""), 1, "denoising", on_step_end=step_end)
+    return None if stopped else image

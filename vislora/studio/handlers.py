@@ -107,18 +107,20 @@ class Handlers:
         shot = studio.last
         if shot is None:
             return gr.skip(), gr.skip(), gr.skip(), "**error:** nothing to export yet; press Generate first"
-        order = list(studio.facts)
-        model, folder = studio.model_dir, studio.folder.root
-        data = export.settings(shot.request, model, folder, order)
-        png = export.save_png(shot.image, studio.outputs.new("image", ".png"), data)
-        files, note = [str(png)], "PNG with the settings in its text chunk"
+        request, model, folder = shot.request, studio.model_dir, studio.folder.root
+        order, names = list(studio.facts), studio.names
+        specs = {names[k]: studio.spec(k, m) for k, m in request.active().items()}
+        adapters = export.lora_args(request, folder, order, names)
+        png = export.save_png(shot.image, studio.outputs.new("image", ".png"), request, model, adapters,
+                              type(studio.pipe.scheduler).__name__, specs)
+        files, note = [str(png)], "PNG with the settings in its text chunks"
         try:
-            merged = studio.merged(shot.request)
+            merged = studio.merged(request)
         except ERRORS as e:
             note += f"; merged adapter: {e}"
         else:
             if merged is not None:
                 files.append(str(merged))
                 note += f"; the mix as one adapter file: {merged.name}"
-        return (export.command(shot.request, model, folder, order), export.snippet(shot.request, model, folder,
-                order, studio.names), files, note)
+        return (export.command(request, model, folder, order, names),
+                export.snippet(request, model, folder, order, names, specs), files, note)

@@ -1,4 +1,5 @@
-"""The current mix as one adapter file, through the exact merge of `vislora.formats` when this build has it."""
+"""The current mix as one adapter file, through `vislora merge`'s exact merge (vislora.tools.merge) when this
+build has it: factors concatenated along the rank, each file's strength and scale folded into its up factor."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from .mix import Mix, StudioInputError
 
 def write_merged(paths: dict[str, Path], mixes: dict[str, Mix], out: Path) -> Path:
     try:
-        from ..formats.merge import merge_files  # the formats work's exact merge
+        from ..tools import common
+        from ..tools.merge import merge
     except ImportError:
-        raise StudioInputError("this build of vislora has no exact adapter merge (vislora.formats.merge)") from None
+        raise StudioInputError("this build of vislora has no exact adapter merge (vislora merge)") from None
     for key, mix in mixes.items():
         if not mix.simple:
             raise StudioInputError(f"{key}: a merged file holds one strength per adapter; per-section factors "
                                    "and lbw cannot be written into it")
-    return merge_files([(paths[k], m.strength) for k, m in mixes.items()], out)
+    merged, _ = merge([(common.read(str(paths[k]), None, False), m.strength) for k, m in mixes.items()])
+    return Path(common.write(str(out), merged, "vislora"))

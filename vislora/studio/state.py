@@ -70,6 +70,7 @@ class Studio:
         self._latest = 0
         self.seconds: dict[bool, float] = {}  # fused? -> last measured seconds per image
         self.last: Shot | None = None
+        self._count = 0
         for listed in self.folder.files:
             self.facts[listed.key] = self._admit(listed.key, listed.path, listed.refused)
 
@@ -101,11 +102,11 @@ class Studio:
                 raise StudioInputError(f"{key!r} is not a file of the adapter folder; pick one from the list")
             if mix.on and key not in self.names:
                 raise StudioInputError(f"{key} cannot be switched on: {self.facts[key].error}")
-        specs = {}
-        for key, name in self.names.items():
-            mix = request.mixes.get(key, Mix())
-            specs[name] = mix.spec(list(self.bank.layer_strengths(name)))
-        return specs
+        return {name: self.spec(key, request.mixes.get(key, Mix())) for key, name in self.names.items()}
+
+    def spec(self, key: str, mix: Mix) -> Any:
+        """The bank strength spec of `mix` for the loaded file `key`."""
+        return mix.spec(list(self.bank.layer_strengths(self.names[key])))
 
     def _apply(self, request: Request) -> None:
         """Strengths and fusing as the request says; a spec the bank refuses changes nothing."""
@@ -119,51 +120,62 @@ class Studio:
             self.bank.fuse() if request.fused else self.bank.unfuse()
 
     def render(self, request: Request, on_step: OnStep | None = None, ticket: int | None = None) -> Shot | None:
-        """Make one image (None if a newer request made this one stale before it finished)."""
-        from .generation import generate_image
-
+        """Make one image and keep it as `last` (None if a newer request made this one stale first)."""
         request.check()
         with self._lock:
-            if ticket is not None and ticket != self._latest:
-                return None
-            self._apply(request)
             stale = (lambda: ticket != self._latest) if ticket is not None else (lambda: False)
-            start = time.perf_counter()
-            image = generate_image(self.pipe, request, on_step=on_step, stop=stale)
-            seconds = time.perf_counter() - start
-            if image is None:
+            if stale():
                 return None
-            self.seconds[request.fused] = seconds
-            self.last = Shot(request, image, seconds, self.last.number + 1 if self.last else 1)
-            return self.last
+            shot = self._draw(request, on_step, stale)
+            if shot is not None:
+                self.last = shot
+            return shot
+
+    def _draw(self, request: Request, on_step: OnStep | None, stop: Callable[[], bool]) -> Shot | None:
+        """One image at the request's mix (the caller holds the lock)."""
+        from .generation import generate_image
+
+        self._apply(request)
+        start = time.perf_counter()
+        image = generate_image(self.pipe, request, on_step=on_step, stop=stop)
+        seconds = time.perf_counter() - start
+        if image is None:
+            return None
+        self.seconds[request.fused] = seconds
+        self._count += 1
+        return Shot(request, image, seconds, self._count)
 
     def grid(self, request: Request, x: tuple[str, list[float]], y: tuple[str, list[float]] | None = None,
              on_step: OnStep | None = None) -> Any:
-        """One labelled sheet: the request with adapter x (and y) switched on at each listed strength."""
-        from .sheet import labelled_sheet
+        """One labelled sheet (`vislora generate --grid`'s layout): the request with adapter x (and y) switched
+        on at each listed strength, every cell from the same seed. The shown image (`last`) stays as it was."""
+        from ..tasks.generate import contact_sheet
 
         axes = [x] + ([y] if y else [])
         for key, values in axes:
             if key not in self.names:
                 raise StudioInputError(f"grid: {key!r} is not a usable adapter of the folder")
-            if not values or len(values) > 8:
+            if not 1 <= len(values) <= 8:
                 raise StudioInputError(f"grid: give 1 to 8 strengths for {key}, got {len(values)}")
-        request.check()
-        ys = y[1] if y else [None]
-        cells = []
-        for vy in ys:
+        if y and y[0] == x[0]:
+            raise StudioInputError("grid: the two axes must sweep different adapters")
+        rows = []
+        for vy in (y[1] if y else [None]):
             row = []
             for vx in x[1]:
                 mixes = dict(request.mixes)
                 mixes[x[0]] = replace(mixes.get(x[0], Mix()), on=True, strength=vx)
                 if y:
                     mixes[y[0]] = replace(mixes.get(y[0], Mix()), on=True, strength=vy)
-                shot = self.render(replace(request, mixes=mixes), on_step=on_step)
-                row.append(shot.image)
-            cells.append(row)
-        col_labels = [f"{x[0]}: {v:g}" for v in x[1]]
-        row_labels = [f"{y[0]}: {v:g}" for v in ys] if y else None
-        return labelled_sheet(cells, col_labels, row_labels)
+                cell = replace(request, mixes=mixes)
+                cell.check()
+                row.append(cell)
+            rows.append(row)
+        with self._lock:
+            cells = [[self._draw(cell, on_step, lambda: False).image for cell in row] for row in rows]
+        cols = [f"{self.names[x[0]]}={v:g}" for v in x[1]]
+        labels = [f"{self.names[y[0]]}={v:g}" for v in y[1]] if y else [""]
+        return contact_sheet(cells, cols, labels)
 
     def merged(self, request: Request) -> Path | None:
         """The request's mix written as one adapter file under the outputs (None when nothing is on)."""
