@@ -146,3 +146,22 @@ def test_bad_values_give_a_message_and_change_nothing(page, studio_server):
     assert "prompt is empty" in page.inner_text("#status")
     assert _src(page) == before and studio.last is shot
     _fill(page, "#prompt", "a handwritten digit three")
+
+
+def test_xy_grid_is_one_labelled_sheet(page, studio_server):
+    studio, _ = studio_server
+    shown = studio.last
+    page.click("text=X/Y grid")
+    _fill(page, "#grid-x-values", "0,1")
+    page.locator("#grid-y input").first.fill("italic.safetensors")
+    page.locator("#grid-y input").first.press("Enter")
+    _fill(page, "#grid-y-values", "0,1")
+    page.click("#grid-go")
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('grid:')", timeout=WAIT_MS)
+    assert page.inner_text("#status").startswith("grid: 2 x 2"), page.inner_text("#status")
+    src = page.eval_on_selector("#grid-sheet", "e => e.querySelector('img').src")
+    sheet = _image(page, src)
+    w, h = shown.image.size
+    assert sheet.shape[0] > 2 * h and sheet.shape[1] > 2 * w  # 2 x 2 cells plus labels
+    assert studio.last is shown  # the grid leaves the shown image (and what Export writes) alone
+    _shot(page, "studio_grid.png")

@@ -38,12 +38,13 @@ class AdapterFacts:
         return not self.error
 
     def summary(self) -> str:
-        """One line: kind, rank, components, base family, or the reason it is refused."""
+        """One line: kind, rank, components, base family, or the reason it is refused. Only files the bank
+        loaded keep an empty error, so "fits this model" is the loader's verdict, not a guess."""
         if not self.usable:
             return f"refused: {self.error}"
         ranks = ",".join(map(str, self.ranks))
         return (f"{'/'.join(self.kinds)} rank {ranks}, {self.modules} modules on {' + '.join(self.components)}; "
-                f"made for {self.base}; {self.format} file")
+                f"made for {self.base}; {self.format} file; fits this model")
 
 
 def base_family(modules: dict) -> str:
