@@ -50,8 +50,8 @@ def test_http_never_serves_files_outside_the_outputs(studio_server, tmp_path):
     link = studio.folder.root / "link_out.safetensors"
     link.symlink_to(secret)
     try:
-        tries = [f"../../../../{secret}", str(secret), "/etc/passwd", str(link), str(studio.folder.root / "bold.safetensors"),
-                 f"{studio.outputs.root}/../{secret.name}", f"{studio.outputs.root}/.gradio/../../../{secret}"]
+        tries = [f"../../../../{secret}", str(secret), "/etc/passwd", str(link),
+                 str(studio.folder.root / "bold.safetensors"), f"{studio.outputs.root}/../{secret.name}", f"{studio.outputs.root}/.gradio/../../../{secret}"]
         for t in tries:
             for route in ("/gradio_api/file=", "/file="):
                 for quoted in (t, urllib.parse.quote(t, safe="")):

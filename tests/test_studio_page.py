@@ -16,7 +16,8 @@ import pytest
 
 from studio_fixtures import CHROMIUM, CHROMIUM_ARGS
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Debian's chromium is not installed (.ci/run installs it)")
 SHOTS = os.environ.get("VISLORA_STUDIO_SCREENSHOTS")
 WAIT_MS = 60_000
 
@@ -28,6 +29,8 @@ def page(studio_server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+        tab.asked = []  # every URL the page requests
+        tab.on("request", lambda r: tab.asked.append(r.url))
         tab.goto(url)
         tab.wait_for_selector("#generate")
         _fill(tab, "#steps", "6")
@@ -148,13 +151,19 @@ def test_bad_values_give_a_message_and_change_nothing(page, studio_server):
     _fill(page, "#prompt", "a handwritten digit three")
 
 
+def test_the_page_asks_nothing_of_other_servers(page, studio_server):
+    _, url = studio_server
+    assert page.asked and all(u.startswith((url, "data:", "blob:")) for u in page.asked), \
+        sorted({u for u in page.asked if not u.startswith(url)})
+
+
 def test_xy_grid_is_one_labelled_sheet(page, studio_server):
     studio, _ = studio_server
     shown = studio.last
     page.click("text=X/Y grid")
     _fill(page, "#grid-x-values", "0,1")
-    page.locator("#grid-y input").first.fill("italic.safetensors")
-    page.locator("#grid-y input").first.press("Enter")
+    page.locator("#grid-y input").first.click()
+    page.locator("#grid-y li", has_text="italic.safetensors").first.click()
     _fill(page, "#grid-y-values", "0,1")
     page.click("#grid-go")
     page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('grid:')", timeout=WAIT_MS)
@@ -163,5 +172,5 @@ def test_xy_grid_is_one_labelled_sheet(page, studio_server):
     sheet = _image(page, src)
     w, h = shown.image.size
     assert sheet.shape[0] > 2 * h and sheet.shape[1] > 2 * w  # 2 x 2 cells plus labels
-    assert studio.last is shown  # the grid leaves the shown image (and what Export writes) alone
+    assert studio.last is shown, (shown.number, studio.last.number)  # the grid leaves the shown image (and what Export writes) alone
     _shot(page, "studio_grid.png")

@@ -1,9 +1,10 @@
 """The page: adapter rows (switch, strength, advanced sections), prompt and sampler, preview, X/Y grid, export.
 
 Built once per Studio; one row per file of the adapter folder. Every generation shares one queue slot
-(concurrency_id "render", limit 1). A control change (a slider's every move) first bumps the studio (outside the queue, so a
-render in flight sees it at its next step and stops), then asks for a preview, which runs only when live preview is
-on and an image takes under the studio's live_seconds; `trigger_mode="always_last"` keeps only the newest waiting one: together, a debounce.
+(concurrency_id "render", limit 1). A control change (a slider's every move) first bumps the studio outside
+the queue, so a render in flight sees it at its next step and stops; then it asks for a preview, which runs
+when live preview is on and an image takes under the studio's live_seconds. `trigger_mode="always_last"`
+keeps only the newest waiting preview: together, a debounce.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def build(studio: Studio) -> Any:
 
     # Gradio caches every file it serves under this folder, read when components are made: keep it in the outputs.
     os.environ["GRADIO_TEMP_DIR"] = str(studio.outputs.root / ".gradio")
-    with gr.Blocks(title="vislora studio", analytics_enabled=False) as page:
+    with gr.Blocks(title="vislora studio", analytics_enabled=False, **theme_kwargs(gr, gr.Blocks.__init__)) as page:
         gr.Markdown(f"## vislora studio\nmodel: `{studio.model_dir}` · adapters: `{studio.folder.root}`")
         with gr.Row():
             with gr.Column(scale=1):
@@ -102,7 +103,10 @@ def _refused_row(gr: Any, facts: Any) -> None:
                 gr.Code(rest, language=None, wrap_lines=True)
 
 
-def launch_kwargs(gr: Any) -> dict[str, Any]:
-    """A theme with local fonts (no font requests leave the machine); Gradio 6 takes it in launch()."""
-    theme = gr.themes.Default(font=["ui-sans-serif", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    return {"theme": theme} if "theme" in inspect.signature(gr.Blocks.launch).parameters else {}
+def theme_kwargs(gr: Any, where: Any) -> dict[str, Any]:
+    """A theme with local fonts (the page asks no font server), for whichever of Blocks() (Gradio 5) or
+    launch() (Gradio 6) takes it."""
+    if "theme" not in inspect.signature(where).parameters:
+        return {}
+    fonts = dict(font=["ui-sans-serif", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    return {"theme": gr.themes.Default(**fonts)}
