@@ -99,27 +99,3 @@ def unet():
 @pytest.fixture
 def clip():
     return tiny_clip()
-
-
-@pytest.fixture(scope="session")
-def studio_server(tmp_path_factory):
-    """One studio page (digits base or a tiny one, bold + italic + three bad files), served in this process on a
-    free port with one torch thread (two threads on two busy cores spin-wait for seconds per image).
-    Yields (studio, url)."""
-    pytest.importorskip("gradio")
-    from studio_fixtures import adapter_folder, base_folder, free_port
-
-    from vislora.studio import serve
-    from vislora.studio.state import Studio
-
-    root = tmp_path_factory.mktemp("studio")
-    base = base_folder(root)
-    folder = adapter_folder(root, base)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    studio = Studio(base, folder, root / "out", live_seconds=60.0)  # previews whatever the machine's load
-    port = free_port()
-    page = serve(studio, "127.0.0.1", port, block=False)
-    yield studio, f"http://127.0.0.1:{port}"
-    page.close()
-    torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
-"""The studio page in a real headless Chromium (Debian's), driven by Playwright: sliders make new images, the
-image equals the exported command's, fused equals unfused, refused files stay refused.
+"""A running studio: its page in a real headless Chromium (Debian's), driven by Playwright (sliders make new
+images, the image equals the exported command's, fused equals unfused, refused files stay refused, the grid),
+and its HTTP side and state without the browser (path traversal, bad values, stale renders).
 
 VISLORA_STUDIO_SCREENSHOTS=docs writes the README's screenshots of the page while the tests run.
 """
@@ -7,19 +8,56 @@ VISLORA_STUDIO_SCREENSHOTS=docs writes the README's screenshots of the page whil
 from __future__ import annotations
 
 import io
+import math
 import os
 import shlex
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from studio_fixtures import CHROMIUM, CHROMIUM_ARGS
+from studio_fixtures import CHROMIUM, CHROMIUM_ARGS, adapter_folder, base_folder, free_port
+from vislora.studio.mix import Mix, Request, StudioInputError
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed (.ci/run installs it)")
+browser = pytest.mark.skipif(not CHROMIUM.exists(),
+                             reason="Debian's chromium is not installed (.ci/run installs it)")
 SHOTS = os.environ.get("VISLORA_STUDIO_SCREENSHOTS")
 WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory):
+    """One studio page (digits base or a tiny one, bold + italic + three bad files), served in this process on a
+    free port with one torch thread (two threads on two busy cores spin-wait for seconds per image).
+    Yields (studio, url)."""
+    pytest.importorskip("gradio")
+    from vislora.studio import serve
+    from vislora.studio.state import Studio
+
+    root = tmp_path_factory.mktemp("studio")
+    base = base_folder(root)
+    folder = adapter_folder(root, base)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    studio = Studio(base, folder, root / "out", live_seconds=60.0)  # previews whatever the machine's load
+    port = free_port()
+    page = serve(studio, "127.0.0.1", port, block=False)
+    yield studio, f"http://127.0.0.1:{port}"
+    page.close()
+    torch.set_num_threads(threads)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +65,15 @@ def page(studio_server):
     sync_api = pytest.importorskip("playwright.sync_api")
     _, url = studio_server
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        tab = chromium.new_page(viewport={"width": 1280, "height": 1000})
         tab.asked = []  # every URL the page requests
         tab.on("request", lambda r: tab.asked.append(r.url))
         tab.goto(url)
         tab.wait_for_selector("#generate")
         _fill(tab, "#steps", "6")
         yield tab
-        browser.close()
+        chromium.close()
 
 
 def _id(key: str) -> str:
@@ -80,6 +118,7 @@ def _shot(tab, name: str) -> None:
         tab.screenshot(path=str(Path(SHOTS) / name), full_page=True)
 
 
+@browser
 def test_refused_files_are_shown_and_the_rest_work(page, studio_server):
     studio, _ = studio_server
     text = page.inner_text("body")
@@ -94,6 +133,7 @@ def test_refused_files_are_shown_and_the_rest_work(page, studio_server):
     assert "refused" in text and sorted(studio.names) == ["bold.safetensors", "italic.safetensors"]
 
 
+@browser
 def test_slider_moves_make_new_images(page):
     plain = _next_image(page, lambda: page.click("#generate"))
     bold = _next_image(page, lambda: page.click(f"#on-{_id('bold.safetensors')} input"))
@@ -108,6 +148,7 @@ def test_slider_moves_make_new_images(page):
     _shot(page, "studio.png")
 
 
+@browser
 def test_page_image_equals_the_exported_command(page, tmp_path):
     from vislora.cli import main
 
@@ -128,6 +169,7 @@ def test_page_image_equals_the_exported_command(page, tmp_path):
     assert cli.shape == shown.shape and np.array_equal(cli, shown)  # pixel for pixel
 
 
+@browser
 def test_fused_matches_unfused(page, studio_server):
     studio, _ = studio_server
     unfused = _image(page, _src(page))
@@ -140,6 +182,7 @@ def test_fused_matches_unfused(page, studio_server):
     assert not studio.bank.fused
 
 
+@browser
 def test_bad_values_give_a_message_and_change_nothing(page, studio_server):
     studio, _ = studio_server
     before, shot = _src(page), studio.last
@@ -151,12 +194,14 @@ def test_bad_values_give_a_message_and_change_nothing(page, studio_server):
     _fill(page, "#prompt", "a handwritten digit three")
 
 
+@browser
 def test_the_page_asks_nothing_of_other_servers(page, studio_server):
     _, url = studio_server
     assert page.asked and all(u.startswith((url, "data:", "blob:")) for u in page.asked), \
         sorted({u for u in page.asked if not u.startswith(url)})
 
 
+@browser
 def test_xy_grid_is_one_labelled_sheet(page, studio_server):
     studio, _ = studio_server
     shown = studio.last
@@ -174,3 +219,61 @@ def test_xy_grid_is_one_labelled_sheet(page, studio_server):
     assert sheet.shape[0] > 2 * h and sheet.shape[1] > 2 * w  # 2 x 2 cells plus labels
     assert studio.last is shown, (shown.number, studio.last.number)  # the grid leaves the shown image (and what Export writes) alone
     _shot(page, "studio_grid.png")
+
+
+def test_http_never_serves_files_outside_the_outputs(studio_server, tmp_path):
+    studio, url = studio_server
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the browser")
+    link = studio.folder.root / "link_out.safetensors"
+    link.symlink_to(secret)
+    try:
+        tries = [f"../../../../{secret}", str(secret), "/etc/passwd", str(link),
+                 str(studio.folder.root / "bold.safetensors"), f"{studio.outputs.root}/../{secret.name}", f"{studio.outputs.root}/.gradio/../../../{secret}"]
+        for t in tries:
+            for route in ("/gradio_api/file=", "/file="):
+                for quoted in (t, urllib.parse.quote(t, safe="")):
+                    assert _status(url + route + quoted) in (400, 403, 404), (route, quoted)
+    finally:
+        link.unlink()
+    assert _status(url + "/") == 200
+
+
+def test_requests_name_files_never_paths(studio_server):
+    studio, _ = studio_server
+    request = Request("a digit", steps=2)
+    for key in ("../bold.safetensors", str(studio.folder.root / "bold.safetensors"), "/etc/passwd"):
+        with pytest.raises(StudioInputError):
+            studio.render(replace(request, mixes={key: Mix(True, 0.5)}))
+        with pytest.raises(StudioInputError):
+            studio.grid(request, (key, [0.0, 1.0]))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(prompt="  "), "prompt is empty"),
+    (dict(mixes={"bold.safetensors": Mix(True, math.nan)}), "finite"),
+    (dict(mixes={"bold.safetensors": Mix(True, 1.0, unet=math.inf)}), "finite"),
+    (dict(mixes={"bold.safetensors": Mix(True, 5.0)}), "outside"),
+    (dict(mixes={"corrupt.safetensors": Mix(True, 1.0)}), "cannot be switched on"),
+    (dict(mixes={"bold.safetensors": Mix(True, 1.0, lbw="1,2,3")}), "lbw"),
+    (dict(steps=0), "steps"), (dict(width=30), "multiple of 8"), (dict(guidance=math.nan), "guidance"),
+])
+def test_bad_values_change_nothing(studio_server, bad, message):
+    studio, _ = studio_server
+    before = (dict(studio.bank.strengths), studio.bank.fused, studio.last)
+    with pytest.raises(StudioInputError, match=message):
+        studio.render(replace(Request("a digit", steps=2), **bad))
+    assert (dict(studio.bank.strengths), studio.bank.fused, studio.last) == before
+
+
+def test_stale_render_stops(studio_server):
+    studio, _ = studio_server
+    ticket = studio.bump()
+    steps = []
+
+    def on_step(i, n):
+        steps.append(i)
+        studio.bump()  # a slider moved while this image was being drawn
+
+    assert studio.render(Request("a digit", steps=5), on_step=on_step, ticket=ticket) is None
+    assert steps == [1]
