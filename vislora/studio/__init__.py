@@ -46,13 +46,13 @@ def check_port(host: str, port: int) -> None:
 def serve(studio: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
     """Launch the page for `studio`; returns the gr.Blocks (running in the background when block=False)."""
     gr = require_gradio()
-    from .app import build, theme_kwargs
+    from .app import build, look_kwargs
 
     check_port(host, port)
     page = build(studio)
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True, ssr_mode=False,
-                show_error=True, allowed_paths=[], blocked_paths=[], **theme_kwargs(gr, gr.Blocks.launch))
+                show_error=True, allowed_paths=[], blocked_paths=[], **look_kwargs(gr, gr.Blocks.launch))
     return page
 
 

@@ -26,7 +26,7 @@ def build(studio: Studio) -> Any:
 
     # Gradio caches every file it serves under this folder, read when components are made: keep it in the outputs.
     os.environ["GRADIO_TEMP_DIR"] = str(studio.outputs.root / ".gradio")
-    with gr.Blocks(title="vislora studio", analytics_enabled=False, **theme_kwargs(gr, gr.Blocks.__init__)) as page:
+    with gr.Blocks(title="vislora studio", analytics_enabled=False, **look_kwargs(gr, gr.Blocks.__init__)) as page:
         gr.Markdown(f"## vislora studio\nmodel: `{studio.model_dir}` · adapters: `{studio.folder.root}`")
         with gr.Row():
             with gr.Column(scale=1):
@@ -103,10 +103,18 @@ def _refused_row(gr: Any, facts: Any) -> None:
                 gr.Code(rest, language=None, wrap_lines=True)
 
 
-def theme_kwargs(gr: Any, where: Any) -> dict[str, Any]:
-    """A theme with local fonts (the page asks no font server), for whichever of Blocks() (Gradio 5) or
-    launch() (Gradio 6) takes it."""
-    if "theme" not in inspect.signature(where).parameters:
-        return {}
+# Tiny bases draw 32 px images: show them enlarged with square pixels; refused rows in red.
+CSS = """
+#preview img { width: 256px; height: 256px; object-fit: contain; image-rendering: pixelated; }
+#grid-sheet img { height: 360px; width: auto; object-fit: contain; image-rendering: pixelated; }
+.refused .adapter-facts, .refused .adapter-facts * { color: #b3261e !important; }
+"""
+
+
+def look_kwargs(gr: Any, where: Any) -> dict[str, Any]:
+    """Theme (local fonts: the page asks no font server) and CSS, for whichever of Blocks() (Gradio 5) or
+    launch() (Gradio 6) takes them."""
+    params = inspect.signature(where).parameters
     fonts = dict(font=["ui-sans-serif", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    return {"theme": gr.themes.Default(**fonts)}
+    look = {"theme": gr.themes.Default(**fonts), "css": CSS}
+    return {k: v for k, v in look.items() if k in params}
