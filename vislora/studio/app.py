@@ -52,7 +52,7 @@ def build(studio: Studio) -> Any:
                 with gr.Row():
                     seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
                     steps = gr.Slider(1, 100, 20, step=1, label="steps", elem_id="steps")
-                    guidance = gr.Slider(0, 20, 7.5, step=0.5, label="guidance", elem_id="guidance")
+                    guidance = gr.Slider(0, 20, 5.0, step=0.5, label="guidance", elem_id="guidance")
                 with gr.Row():
                     width = gr.Number(32, label="width", precision=0, elem_id="width")
                     height = gr.Number(32, label="height", precision=0, elem_id="height")

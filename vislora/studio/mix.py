@@ -87,7 +87,7 @@ class Request:
     negative: str = ""
     seed: int = 0
     steps: int = 20
-    guidance: float = 7.5
+    guidance: float = 5.0  # vislora generate's default
     width: int = 32
     height: int = 32
     fused: bool = False
