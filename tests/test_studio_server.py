@@ -81,9 +81,16 @@ def _id(key: str) -> str:
 
 
 def _fill(tab, selector: str, value: str) -> None:
+    """Type a value into a field and press Enter; again if the page re-rendered the field meanwhile (an
+    accordion that has just opened draws its children after a moment)."""
     box = tab.locator(f"{selector} input[type=number], {selector} textarea, {selector} input[type=text]").first
-    box.fill(value)
-    box.press("Enter")
+    for _ in range(5):
+        box.fill(value)
+        box.press("Enter")
+        tab.wait_for_timeout(200)
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"{selector} does not keep {value!r}")
 
 
 def _src(tab) -> str | None:
@@ -206,6 +213,7 @@ def test_xy_grid_is_one_labelled_sheet(page, studio_server):
     studio, _ = studio_server
     shown = studio.last
     page.click("text=X/Y grid")
+    page.wait_for_selector("#grid-go", state="visible")
     _fill(page, "#grid-x-values", "0,1")
     page.locator("#grid-y input").first.click()
     page.locator("#grid-y li", has_text="italic.safetensors").first.click()

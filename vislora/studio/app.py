@@ -61,7 +61,8 @@ def build(studio: Studio) -> Any:
                     live = gr.Checkbox(True, label=f"live preview (when an image takes < {studio.live_seconds:g} s)",
                                        elem_id="live")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
-                image = gr.Image(label="preview", type="pil", format="png", interactive=False, elem_id="preview")
+                image = gr.Image(label="preview", type="pil", format="png", interactive=False, height=300,
+                                 elem_id="preview")
                 status = gr.Markdown("", elem_id="status")
                 timing = gr.Markdown(_timing(studio), elem_id="timing")
         usable = [k for k, f in studio.facts.items() if f.usable]
@@ -75,8 +76,8 @@ def build(studio: Studio) -> Any:
             sheet = gr.Image(label="grid", type="pil", format="png", interactive=False, elem_id="grid-sheet")
         with gr.Accordion("Export", open=False):
             export_go = gr.Button("Export the shown image", elem_id="export-go")
-            cmd = gr.Code(label="command", language="shell", elem_id="export-command")
-            code = gr.Code(label="python", language="python", elem_id="export-python")
+            cmd = gr.Code(label="command", language="shell", wrap_lines=True, elem_id="export-command")
+            code = gr.Code(label="python", language="python", wrap_lines=True, elem_id="export-python")
             files = gr.File(label="files", file_count="multiple", interactive=False, elem_id="export-files")
             export_note = gr.Markdown("", elem_id="export-note")
 
