@@ -60,3 +60,14 @@ def test_core_imports_without_gradio(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "pip install 'vislora[studio]'" in done.stderr, done.stderr
 
+
+
+def test_mix_becomes_the_bank_spec():
+    from vislora.studio.mix import Mix
+
+    unet_only = ["unet.down_blocks.0.attentions.0.proj_in", "unet.up_blocks.1.attentions.0.proj_in"]
+    assert Mix(False, 0.7).spec(unet_only) == 0.0
+    assert Mix(True, 0.7).spec(unet_only) == 0.7  # a plain number, as `--lora FILE:0.7`
+    # sections the adapter has no layers in are left out (the bank refuses keys that match nothing)
+    assert Mix(True, 0.7, text_encoder=0.0, mid=0.5, up=0.25).spec(unet_only) == {"*": 0.7, "unet.up": 0.25}
+    assert Mix(True, 1.0, lbw="lbw:OUTD").spec(unet_only) == {"*": 1.0, "lbw": "OUTD"}

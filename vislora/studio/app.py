@@ -14,10 +14,11 @@ import os
 from typing import Any
 
 from .handlers import Handlers, _timing
+from .mix import SECTIONS
 from .state import Studio
 
 QUEUE = dict(concurrency_limit=1, concurrency_id="render")
-SECTION_SLIDERS = ("unet", "text_encoder", "down", "mid", "up")
+SECTION_SLIDERS = tuple(SECTIONS)  # unet, text_encoder, down, mid, up: the order of Mix's fields
 
 
 def build(studio: Studio) -> Any:
