@@ -119,8 +119,14 @@ def _next_image(tab, action) -> np.ndarray:
     return _image(tab, _src(tab))
 
 
-def _shot(tab, name: str) -> None:
+def _shot(tab, name: str, studio) -> None:
+    """A full-page screenshot once every queued preview has been drawn and shown."""
     if SHOTS:
+        for _ in range(100):
+            tab.wait_for_timeout(300)
+            if not studio._lock.locked():
+                break
+        tab.wait_for_timeout(1000)
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(Path(SHOTS) / name), full_page=True)
 
@@ -141,7 +147,8 @@ def test_refused_files_are_shown_and_the_rest_work(page, studio_server):
 
 
 @browser
-def test_slider_moves_make_new_images(page):
+def test_slider_moves_make_new_images(page, studio_server):
+    studio, _ = studio_server
     plain = _next_image(page, lambda: page.click("#generate"))
     bold = _next_image(page, lambda: page.click(f"#on-{_id('bold.safetensors')} input"))
     assert np.abs(bold - plain).max() > 8  # the adapter changes the picture
@@ -152,7 +159,7 @@ def test_slider_moves_make_new_images(page):
     assert page.locator(f"#strength-{_id('bold.safetensors')} input[type=number]").input_value() == "0.7"
     _next_image(page, lambda: page.click(f"#on-{_id('italic.safetensors')} input"))
     assert "s/image" in page.inner_text("#timing")
-    _shot(page, "studio.png")
+    _shot(page, "studio.png", studio)
 
 
 @browser
@@ -226,7 +233,7 @@ def test_xy_grid_is_one_labelled_sheet(page, studio_server):
     w, h = shown.image.size
     assert sheet.shape[0] > 2 * h and sheet.shape[1] > 2 * w  # 2 x 2 cells plus labels
     assert studio.last is shown, (shown.number, studio.last.number)  # the grid leaves the shown image (and what Export writes) alone
-    _shot(page, "studio_grid.png")
+    _shot(page, "studio_grid.png", studio)
 
 
 def test_http_never_serves_files_outside_the_outputs(studio_server, tmp_path):
@@ -285,3 +292,19 @@ def test_stale_render_stops(studio_server):
 
     assert studio.render(Request("a digit", steps=5), on_step=on_step, ticket=ticket) is None
     assert steps == [1]
+
+
+def test_section_factors_reach_the_bank(studio_server):
+    studio, _ = studio_server
+    request = Request("a handwritten digit seven", steps=3)
+    images = {}
+    for label, mix in {"plain": Mix(True, 1.0), "up off": Mix(True, 0.8, up=0.0, text_encoder=0.5),
+                       "lbw": Mix(True, 1.0, lbw="OUTD")}.items():
+        shot = studio.render(replace(request, mixes={"bold.safetensors": mix}))
+        images[label] = np.asarray(shot.image).astype(np.int16)
+        if label == "up off":  # bold has no text-encoder layers: that factor is left out of the spec
+            per_layer = studio.bank.layer_strengths("bold")
+            assert {v for k, v in per_layer.items() if k.startswith("unet.up_blocks.")} == {0.0}
+            assert {v for k, v in per_layer.items() if k.startswith("unet.down_blocks.")} == {0.8}
+    assert np.abs(images["up off"] - images["plain"]).max() > 0
+    assert np.abs(images["lbw"] - images["plain"]).max() > 0
