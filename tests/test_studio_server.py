@@ -308,3 +308,26 @@ def test_section_factors_reach_the_bank(studio_server):
             assert {v for k, v in per_layer.items() if k.startswith("unet.down_blocks.")} == {0.8}
     assert np.abs(images["up off"] - images["plain"]).max() > 0
     assert np.abs(images["lbw"] - images["plain"]).max() > 0
+
+
+def test_export_writes_the_mix_as_one_adapter(studio_server):
+    """The mix as one file through `vislora merge`'s exact merge; a build without it says so on the page."""
+    from vislora import AdapterBank
+    from vislora.studio.generation import generate_image, load_pipeline
+
+    studio, _ = studio_server
+    request = Request("a handwritten digit two", steps=4,
+                      mixes={"bold.safetensors": Mix(True, 0.7), "italic.safetensors": Mix(True, -0.4)})
+    shot = studio.render(request)
+    try:
+        import vislora.tools.merge  # noqa: F401  (the formats work's exact merge)
+    except ImportError:
+        with pytest.raises(StudioInputError, match="no exact adapter merge"):
+            studio.merged(request)
+        return
+    path = studio.merged(request)
+    assert path.parent == studio.outputs.root
+    pipe = load_pipeline(studio.model_dir)
+    AdapterBank(pipe).load("mix", path)
+    alone = generate_image(pipe, replace(request, mixes={}))
+    assert np.abs(np.asarray(alone, np.int16) - np.asarray(shot.image, np.int16)).max() <= 2
