@@ -8,6 +8,7 @@ set_adapters, each as a ratio to the plain model's forward, measured side by sid
 
     python bench/blend.py --rounds 3            # both cases
     python bench/blend.py --case vit --adapters 1,2,4,8
+    python bench/blend.py --cpu-time            # one thread, CPU time of this process (a shared machine)
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def diffusers_model(model, regex: str, n: int) -> torch.nn.Module:
     return m
 
 
-def forward_ratios(case: str, counts: list[int], rounds: int) -> list[list[str]]:
+def forward_ratios(case: str, counts: list[int], rounds: int, clock) -> list[list[str]]:
     model, inputs, _, forward = CASES[case]()
     target, regex = TARGETS[case]
     variants = {"plain": shallow_copy(model)}
@@ -92,12 +93,12 @@ def forward_ratios(case: str, counts: list[int], rounds: int) -> list[list[str]]
                 forward(m, inputs)
         return run
 
-    times = interleaved({n: call(m) for n, m in variants.items()}, rounds)
+    times = interleaved({n: call(m) for n, m in variants.items()}, rounds, clock=clock)
     return [[f"{case}: {n}", f"{statistics.median(t):.3f}", f"{ratio(times, n, 'plain'):.3f}"]
             for n, t in times.items()]
 
 
-def reblend_ratio(case: str, n: int, rounds: int) -> list[str]:
+def reblend_ratio(case: str, n: int, rounds: int, clock) -> list[str]:
     """Seconds to change every adapter's strength while fused, / seconds of one batch-1 plain forward."""
     model, inputs, _, forward = CASES[case]()
     one = {k: v[:1] if v.dim() and v.shape[0] > 1 else v for k, v in inputs.items()}
@@ -113,13 +114,13 @@ def reblend_ratio(case: str, n: int, rounds: int) -> list[str]:
         with torch.no_grad():
             forward(model, one)
 
-    times = interleaved({"re-blend": reblend, "forward": plain}, rounds)
+    times = interleaved({"re-blend": reblend, "forward": plain}, rounds, clock=clock)
     bank.unfuse()
     return [f"{case}: re-blend {n} fused / batch-1 forward", f"{statistics.median(times['re-blend']):.3f}",
             f"{ratio(times, 're-blend', 'forward'):.3f}"]
 
 
-def set_cost_ratio(case: str, calls: int = 200) -> list[list[str]]:
+def set_cost_ratio(case: str, clock, calls: int = 200) -> list[list[str]]:
     """set_strengths of one adapter: 50 loaded / 5 loaded (unfused), per call."""
     model, _, _, _ = CASES[case]()
     target, _ = TARGETS[case]
@@ -128,10 +129,10 @@ def set_cost_ratio(case: str, calls: int = 200) -> list[list[str]]:
         _, bank = ours(model, target, n)
         rng = random.Random(0)
         names = bank.names
-        start = time.perf_counter()
+        start = clock()
         for i in range(calls):
             bank.set_strengths({names[i % 5]: rng.uniform(0, 1)})
-        cost[n] = (time.perf_counter() - start) / calls
+        cost[n] = (clock() - start) / calls
         del bank
     rows.append([f"{case}: set_strengths, 50 loaded / 5 loaded", f"{cost[50] * 1e3:.3f} ms",
                  f"{cost[50] / cost[5]:.3f}"])
@@ -144,13 +145,19 @@ def main() -> None:
     ap.add_argument("--adapters", default="1,2,4,8")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reblend-adapters", type=int, default=2)
+    ap.add_argument("--cpu-time", action="store_true", help="one thread; time.process_time instead of wall time")
     args = ap.parse_args()
+    clock = time.perf_counter
+    if args.cpu_time:
+        torch.set_num_threads(1)
+        clock = time.process_time
     counts = [int(c) for c in args.adapters.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}, {args.rounds} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}, {args.rounds} rounds, "
+          f"{'CPU' if args.cpu_time else 'wall'} time")
     for case in CASES if args.case == "all" else [args.case]:
-        rows = forward_ratios(case, counts, args.rounds)
-        rows.append(reblend_ratio(case, args.reblend_adapters, args.rounds))
-        rows += set_cost_ratio(case)
+        rows = forward_ratios(case, counts, args.rounds, clock)
+        rows.append(reblend_ratio(case, args.reblend_adapters, args.rounds, clock))
+        rows += set_cost_ratio(case, clock)
         print("\n" + table(rows, ["variant", "s/call", "x plain"]), flush=True)
 
 

@@ -18,8 +18,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from vislora import AdapterBank  # noqa: E402
-from vislora.tasks.generate import LoraArg, Settings, contact_sheet, load_pipeline, png_info, sweep  # noqa: E402
+from vislora.tasks.generate import LoraArg, Settings, contact_sheet, load_pipeline, png_info, prepare, sweep  # noqa: E402
 
 STYLE_RUNS = Path("runs/demo/style")
 
@@ -38,9 +37,7 @@ def blend_grid(bold: str | Path, italic: str | Path, *, model: str | Path = HERE
     adapters = [LoraArg("bold", str(bold), 1.0), LoraArg("italic", str(italic), 1.0)]
     s = Settings(str(model), prompt, "", seed, steps, guidance, samples, None, None, adapters,
                  [("bold", list(values)), ("italic", list(values))])
-    bank = AdapterBank(pipe)
-    for a in adapters:
-        bank.load(a.name, a.path)
+    bank = prepare(pipe, s)
     cells, cols, rows = sweep(pipe, bank, s, samples)  # cells[italic][bold]: `samples` images each
     measures = {(b, i): (float(np.mean(stroke_width(cells[r][c]))), float(np.mean(slant(cells[r][c]))))
                 for r, i in enumerate(values) for c, b in enumerate(values)}

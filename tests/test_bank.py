@@ -207,7 +207,7 @@ def test_thousand_reblends_leave_every_base_tensor_bit_identical(dtype):
 def test_zero_on_up_blocks_leaves_attention_and_conv_layers_at_the_base(unet_files):
     unet = tiny_unet()
     bank = AdapterBank(unet)
-    bank.load("a", unet_files["a"], strength={"up": 0.0})
+    bank.load("a", unet_files["a"], strength={"unet.up": 0.0})
     layers = _layer_io(unet, lambda: run_unet(unet, unet_inputs()))
     up = {p: v for p, v in layers.items() if p.startswith("up_blocks.")}
     kinds = {type(m.base_layer) for m, _ in up.values()}
@@ -348,3 +348,38 @@ def test_bad_input_errors_and_leaves_the_model(unet_files, tmp_path):
     assert checksum(unet) == fused
     bank.unfuse()
     assert unchanged()
+
+
+def test_lbw_lists_of_each_length_map_to_their_block_ids():
+    from vislora.strengths import parse_lbw
+
+    sd17, n = parse_lbw(",".join(str(i) for i in range(17)), "t")
+    assert n == 17 and sd17["BASE"] == 0 and sd17["IN01"] == 1 and sd17["IN04"] == 3 and sd17["M00"] == 7
+    assert sd17["OUT03"] == 8 and sd17["OUT11"] == 16 and sd17["IN03"] == 0 and sd17["OUT00"] == 0
+    xl12, _ = parse_lbw(",".join(str(i + 1) for i in range(12)), "t")  # BASE IN04 IN05 IN07 IN08 M00 OUT00-05
+    assert (xl12["IN04"], xl12["IN08"], xl12["M00"], xl12["OUT00"], xl12["OUT05"]) == (2, 5, 6, 7, 12)
+    assert xl12["IN01"] == 0 and xl12["OUT06"] == 0
+    xl20, _ = parse_lbw(",".join(str(i + 1) for i in range(20)), "t")  # BASE IN00-08 M00 OUT00-08
+    assert (xl20["IN00"], xl20["IN08"], xl20["M00"], xl20["OUT00"], xl20["OUT08"], xl20["OUT09"]) == (2, 10, 11, 12, 20, 0)
+    assert parse_lbw("OUTD", "t")[0]["OUT03"] == 1.0 and parse_lbw(" MIDD ", "t")[0]["OUT07"] == 0.0
+    with pytest.raises(ValueError, match="presets|preset"):
+        parse_lbw("SIDEWAYS", "t")
+
+
+def test_bank_adopts_adapters_on_the_model_and_keeps_pristine_on_the_cpu():
+    vit = tiny_vit()
+    vislora.inject(vit, "vit.attn", rank=2, name="one", init="random")
+    vislora.set_strength(vit, "one", 0.5)
+    x = images()
+    with torch.no_grad():
+        before = vit(x)
+    bank = AdapterBank(vit, pristine_device="cpu")
+    assert bank.names == ["one"] and bank.strengths == {"one": 0.5}
+    bank.fuse()
+    layer = vit.blocks[0].attn.qkv
+    assert layer.merged == ["one"] and layer._pristine.device.type == "cpu"
+    with torch.no_grad():
+        assert torch.allclose(vit(x), before, atol=1e-4)
+    bank.unfuse()
+    with torch.no_grad():
+        assert torch.equal(vit(x), before)

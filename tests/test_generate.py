@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +71,8 @@ def test_generate_mix_and_settings_in_the_png(model_dir, tmp_path):
 
 
 def test_generate_grid_cells_share_the_seed(model_dir, tmp_path):
+    from PIL import Image
+
     out = tmp_path / "grid.png"
     bold, italic = model_dir / "bold/adapter.safetensors", model_dir / "italic/adapter.safetensors"
     args = ["generate", "--model", str(model_dir / "pipe"), "--lora", str(bold), "--lora", str(italic),
@@ -82,6 +85,8 @@ def test_generate_grid_cells_share_the_seed(model_dir, tmp_path):
     assert cli(["generate", "--model", str(model_dir / "pipe"), "--prompt", "seven", "--steps", "2",
                 "--out", str(plain)]) == 0
     base = _png(plain)
+    zoom = (sheet.size[1] - 14 - 4) // 2 // base.size[1]  # cells grow until their labels fit
+    base = base.resize((base.size[0] * zoom, base.size[1] * zoom), Image.NEAREST)
     w, h = base.size
     x0, y0 = sheet.size[0] - 2 * (w + 4), 14 + 4  # first image column, first row
     assert sheet.crop((x0, y0, x0 + w, y0 + h)).tobytes() == base.tobytes()
@@ -104,3 +109,20 @@ def test_bad_lora_and_grid_arguments(model_dir, tmp_path, capsys):
     assert cli(base + ["--lora", bold, "--grid", "italic=0,1"]) == 2
     assert "one of the --lora adapters" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_blend_demo_grid_and_measures(model_dir, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "samples"))
+    from demo_blend import blend_grid
+
+    measures = blend_grid(model_dir / "bold/adapter.safetensors", model_dir / "italic/adapter.safetensors",
+                          model=model_dir / "pipe", steps=1, values=(0.0, 1.0), samples=2, out=tmp_path)
+    assert set(measures) == {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)}
+    assert all(np.isfinite(v).all() for v in measures.values())
+    assert measures[0.0, 0.0] != measures[1.0, 1.0]  # the adapters change the images
+    text = capsys.readouterr().out
+    assert "stroke width (px) / slant (deg)" in text and "italic=1" in text
+    assert json.loads(_png(tmp_path / "grid.png").text["vislora"])["grid"][0] == ["bold", [0.0, 1.0]]

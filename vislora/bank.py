@@ -153,7 +153,7 @@ class AdapterBank:
         for layer in layers:
             names = [n for n, s in layer.adapters.items() if s.enabled and s.strength != 0.0]
             if names:
-                layer._write_merged(names, self.pristine_device)
+                layer._write_merged(names, self.pristine_device, in_place=True)
             else:
                 layer.unmerge()
 

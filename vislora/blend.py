@@ -57,30 +57,38 @@ def stacked_terms(slots: list[Any], dtype: torch.dtype) -> tuple[tuple[Term, ...
     return tuple(terms), tuple(factors)
 
 
-def merged_weight(pristine: torch.Tensor, slots: list[Any]) -> torch.Tensor | None:
-    """pristine + sum over slots of strength * scale * delta W, a new tensor in pristine's dtype; None if
-    not finite.
+def merged_weight(pristine: torch.Tensor, slots: list[Any], out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """pristine + sum over slots of strength * scale * delta W in pristine's dtype; None if not finite.
 
     Summed in fp32 (or wider), one stacked product per group. A finite fp32 base plus finite factors is
     finite, so only the (rank-sized) factors are checked there; the result too where the cast to fp16/bf16
-    may overflow.
+    may overflow. The result is a new tensor, or `out` (shaped like pristine, never pristine itself) written
+    in place: re-blending a fused layer then touches no fresh memory. `out` is only written once every check
+    has passed.
     """
     dtype = torch.promote_types(pristine.dtype, torch.float32)
     total = pristine.to(dtype)
+    direct = out is not None and out.dtype == dtype and out.is_contiguous()  # the first product may write it
     for kind, layout, parts in _stacks(slots, dtype):
         for params, coef in parts:
             if not math.isfinite(coef) or not all(torch.isfinite(t).all() for t in params.values()):
                 return None
             if (kind, getattr(layout, "is_full", True)) in _MATRIX_KINDS:  # delta = up @ down as matrices
                 up, down = params["up"], params["down"]
-                flat = torch.addmm(total.reshape(total.shape[0], -1), up.reshape(up.shape[0], -1),
-                                   down.reshape(down.shape[0], -1), alpha=coef)
-                total = flat.reshape(pristine.shape)
+                rows = total.shape[0]
+                target = out.view(rows, -1) if direct else None
+                flat = torch.addmm(total.reshape(rows, -1), up.reshape(rows, -1), down.reshape(down.shape[0], -1),
+                                   alpha=coef, out=target)
+                total = flat.view(pristine.shape)
             else:
                 total = total + KINDS[kind].delta_weight(params, layout) * coef
-    out = total.to(pristine.dtype)
-    if out is pristine:
-        out = out.clone()  # nothing merged: still a new tensor
-    if out.dtype != dtype and not torch.isfinite(out).all():
+            direct = False
+    result = total.to(pristine.dtype)
+    if result is pristine:
+        result = result.clone()  # nothing merged: still a new tensor
+    if result.dtype != dtype and not torch.isfinite(result).all():
         return None
-    return out
+    if out is not None and result.data_ptr() != out.data_ptr():
+        out.copy_(result)
+        result = out
+    return result

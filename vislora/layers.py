@@ -238,23 +238,28 @@ class AdapterLayer(nn.Module):
         return len(self.adapters) == 0
 
     @torch.no_grad()
-    def _write_merged(self, names: list[str], pristine_device: torch.device | str | None = None) -> None:
-        """weight = pristine + sum strength * scale * delta W over `names`, a new tensor.
+    def _write_merged(self, names: list[str], pristine_device: torch.device | str | None = None,
+                      in_place: bool = False) -> None:
+        """weight = pristine + sum strength * scale * delta W over `names`.
 
         The sum runs in fp32 (or wider) on the weight's device, all adapters of one kind as one product of
         stacked factors, and is cast once. The pristine tensor is never written; with `pristine_device`
-        (e.g. "cpu" for a model on a GPU) it is kept there instead of beside the live weight.
+        (e.g. "cpu" for a model on a GPU) it is kept there instead of beside the live weight. The result is a
+        new tensor, so state dicts the caller took earlier stay as they were; with `in_place` (the bank's
+        re-blends) an already merged layer's own merged tensor is overwritten instead.
         """
         weight = self.base_layer.weight
         pristine = self._pristine if self._pristine is not None else weight.data
         if pristine_device is not None:
             pristine = pristine.to(pristine_device)  # a copy only when it moves
-        merged = merged_weight(pristine.to(weight.device), [self.adapters[n] for n in sorted(names)])
+        own = self._pristine is not None and weight.data_ptr() != self._pristine.data_ptr()
+        out = weight.data if in_place and own else None
+        merged = merged_weight(pristine.to(weight.device), [self.adapters[n] for n in sorted(names)], out)
         if merged is None:
             raise NonFiniteError(f"merging {names} gives non-finite weights; the base weight is unchanged")
         self._pristine = pristine
-        # A new tensor, never an in-place write: state dicts the caller took earlier stay as they were.
-        weight.data = merged
+        if out is None:
+            weight.data = merged
         self.merged = list(names)
 
     def _apply(self, fn, recurse=True):

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Union
 
+from .components import ADAPTABLE
 from .errors import AdapterStateError
 from .targets.blocks import LBW_IDS_26, LBW_LAYOUTS, LBW_MODEL, LBW_PRESETS, SECTION_ALIASES, ldm_block
 
@@ -76,19 +77,16 @@ def _key_matches(key: str, p: LayerPlace) -> bool:
     """Whether a dict key names this layer (see the module docstring)."""
     if key in LBW_IDS_26 or key == "MID":
         return p.block == ("M00" if key == "MID" else key)
-    parts = key.split(".")
-    candidates = [parts]
-    if p.component and parts[0] != p.component:
-        candidates = [[p.component, *parts]]  # the component left out
-    for c in candidates:
-        if len(c) > 1 and c[1] in SECTION_ALIASES and c[0] == p.component:
-            c = [c[0], SECTION_ALIASES[c[1]], *c[2:]]
-        elif not p.component and c[0] in SECTION_ALIASES:
-            c = [SECTION_ALIASES[c[0]], *c[1:]]
-        prefix = ".".join(c)
-        if p.path == prefix or p.path.startswith(prefix + "."):
-            return True
-    return False
+    c = key.split(".")
+    if p.component and c[0] != p.component:
+        c = [p.component, *c]  # the component left out
+    elif not p.component and c[0] in ADAPTABLE and len(c) > 1:
+        c = c[1:]  # "unet.up" on a bare UNet
+    at = 1 if p.component else 0  # where a section word may stand
+    if len(c) > at and c[at] in SECTION_ALIASES:
+        c = [*c[:at], SECTION_ALIASES[c[at]], *c[at + 1 :]]
+    prefix = ".".join(c)
+    return p.path == prefix or p.path.startswith(prefix + ".")
 
 
 def resolve(name: str, spec: Spec, places: list[LayerPlace]) -> list[float]:

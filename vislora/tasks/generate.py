@@ -100,7 +100,12 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
 
     if not Path(model).is_dir():
         raise ValueError(f"--model {model!r}: not a pipeline folder (model_index.json and its components)")
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # loading takes a second; the denoising bar is the one to watch
+    transformers_logging.disable_progress_bar()
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, dtype=dtype)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     return pipe.to(device)
@@ -120,15 +125,22 @@ def run(pipe, s: Settings, n: int, desc: str, on_step_end: Any = None):
 
 
 def contact_sheet(cells: list[list[Any]], col_labels: list[str], row_labels: list[str]):
-    """Images in rows and columns with labels above and to the left (like A1111's X/Y plot)."""
+    """Images in rows and columns with labels above and to the left (like A1111's X/Y plot); images narrower
+    than the column labels are enlarged by a whole factor (nearest neighbour)."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    w, h = cells[0][0].size
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     pad = 4
+    w, h = cells[0][0].size
+    widest = max((int(measure.textlength(t, font=font)) for t in col_labels), default=0)
+    zoom = max(1, math.ceil((widest + pad) / w))  # small images (the digits' 32 px) grow until labels fit
+    if zoom > 1:
+        cells = [[image.resize((w * zoom, h * zoom), Image.NEAREST) for image in row] for row in cells]
+        w, h = w * zoom, h * zoom
     label_h = 14 if any(col_labels) else 0
-    label_w = max((int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in row_labels),
-                  default=0) + (2 * pad if any(row_labels) else 0)
+    label_w = max((int(measure.textlength(t, font=font)) for t in row_labels), default=0) + (
+        2 * pad if any(row_labels) else 0)
     rows, cols = len(cells), len(cells[0])
     sheet = Image.new("RGB", (label_w + cols * (w + pad) + pad, label_h + rows * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
@@ -159,11 +171,20 @@ def png_info(s: Settings, sampler: str, extra: dict[str, Any] | None = None):
     return info
 
 
-def generate(pipe, s: Settings):
-    """The image to save: n samples tiled, or the grid of strength mixes (one sample per cell, same seed)."""
+def prepare(pipe, s: Settings) -> AdapterBank:
+    """The pipeline's bank with s.adapters loaded at their strengths; fills in the image size (for the PNG)."""
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    s.height = s.height or pipe.unet.config.sample_size * scale
+    s.width = s.width or pipe.unet.config.sample_size * scale
     bank = AdapterBank(pipe)
     for a in s.adapters:
         bank.load(a.name, a.path, strength=a.strength)
+    return bank
+
+
+def generate(pipe, s: Settings):
+    """The image to save: n samples tiled, or the grid of strength mixes (one sample per cell, same seed)."""
+    bank = prepare(pipe, s)
     if not s.grid:
         images = run(pipe, s, s.n, "denoising")
         cols = math.ceil(math.sqrt(len(images)))
