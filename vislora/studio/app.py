@@ -77,8 +77,8 @@ def build(studio: Studio) -> Any:
             sheet = gr.Image(label="grid", type="pil", format="png", interactive=False, elem_id="grid-sheet")
         with gr.Accordion("Export", open=False):
             export_go = gr.Button("Export the shown image", elem_id="export-go")
-            cmd = gr.Code(label="command", language="shell", wrap_lines=True, elem_id="export-command")
-            code = gr.Code(label="python", language="python", wrap_lines=True, elem_id="export-python")
+            cmd = gr.Code(label="command", language="shell", lines=3, elem_id="export-command")
+            code = gr.Code(label="python", language="python", elem_id="export-python")
             files = gr.File(label="files", file_count="multiple", interactive=False, elem_id="export-files")
             export_note = gr.Markdown("", elem_id="export-note")
 
