@@ -332,3 +332,26 @@ def test_export_writes_the_mix_as_one_adapter(studio_server):
     AdapterBank(pipe).load("mix", path)
     alone = generate_image(pipe, replace(request, mixes={}))
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(shot.image, np.int16)).max() <= 2
+
+
+def test_live_preview_waits_for_generate_on_a_slow_base(studio_server):
+    """Previews follow the sliders only while an image (scaled to the asked steps) takes under live_seconds."""
+    import gradio
+
+    from vislora.studio.handlers import Handlers
+
+    studio, _ = studio_server
+    studio.render(Request("a handwritten digit one", steps=2))
+    rows = [False, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, ""] * len(studio.names)
+    values = ["a handwritten digit one", "", 0, 2, 5.0, 32, 32, False, *rows]
+    handlers, saved = Handlers(studio, gradio), studio.live_seconds
+    try:
+        studio.live_seconds = studio.last.seconds / 2  # as if this base were slow
+        count = studio._count
+        image, status, _ = handlers.preview(True, *values, progress=lambda *a, **k: None)
+        assert "paused" in status and studio._count == count  # nothing drawn; Generate still draws
+        studio.live_seconds = 60.0
+        image, status, _ = handlers.preview(True, *values, progress=lambda *a, **k: None)
+        assert status.startswith(f"image {count + 1}:") and image.size == (32, 32)
+    finally:
+        studio.live_seconds = saved
