@@ -10,6 +10,7 @@
     vislora merge A:0.6 B:0.4 -o C [--rank r]                  exact, or by SVD
     vislora resize IN --rank r | --energy 0.9 -o OUT
     vislora extract --base B --tuned T --rank r -o OUT
+    vislora studio --model DIR --adapters DIR [--port 7860] [--host 127.0.0.1]   (pip install vislora[studio])
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
 be decoded is reported on its own line and the others are still predicted (exit status 1).
@@ -98,6 +99,12 @@ def _tool(name: str) -> Callable[[list[str]], int]:
     return run
 
 
+def _studio(argv: list[str]) -> int:
+    from .studio import main as studio_main  # gradio is imported only in there
+
+    return studio_main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "classify": (_classify, "fine-tune a timm ViT on an image folder (recipes/classify_vit.py)"),
     "predict": (_predict, "top-k labels of images with a trained adapter"),
@@ -109,6 +116,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "merge": (_tool("merge"), "blend adapter files into one: exact (ranks concatenated) or by SVD (--rank)"),
     "resize": (_tool("resize"), "an adapter at a lower rank by SVD (--rank r or --energy 0.9), error reported"),
     "extract": (_tool("extract"), "a LoRA from the difference of two checkpoints (LoCon for convs)"),
+    "studio": (_studio, "a local page to mix adapters with sliders and a live preview (vislora[studio])"),
 }
 
 

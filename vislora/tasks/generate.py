@@ -111,13 +111,17 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
     return pipe.to(device)
 
 
-def run(pipe, s: Settings, n: int, desc: str):
-    """n images at the pipeline's current adapter strengths, all from seed s.seed."""
+def run(pipe, s: Settings, n: int, desc: str, on_step_end: Any = None):
+    """n images at the pipeline's current adapter strengths, all from seed s.seed.
+
+    on_step_end: diffusers' callback_on_step_end (pipe, step, timestep, kwargs) -> kwargs, for callers that
+    show progress or stop early (the studio); it does not change the image.
+    """
     pipe.set_progress_bar_config(desc=desc, leave=False, disable=None)  # tqdm hides itself off a terminal
     generator = torch.Generator(pipe.device).manual_seed(s.seed)
     return pipe(s.prompt, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
                 guidance_scale=s.guidance, num_images_per_prompt=n, generator=generator, height=s.height,
-                width=s.width).images
+                width=s.width, callback_on_step_end=on_step_end).images
 
 
 def contact_sheet(cells: list[list[Any]], col_labels: list[str], row_labels: list[str]):
