@@ -18,7 +18,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from vislora.tasks.generate import LoraArg, Settings, contact_sheet, load_pipeline, png_info, prepare, sweep  # noqa: E402
+from vislora.tasks.generate import LoraArg, Settings, contact_sheet, pipeline_on, png_info, prepare, sweep  # noqa: E402
 
 STYLE_RUNS = Path("runs/demo/style")
 
@@ -33,7 +33,7 @@ def blend_grid(bold: str | Path, italic: str | Path, *, model: str | Path = HERE
 
     from digit_styles import slant, stroke_width
 
-    pipe = load_pipeline(str(model), device, torch.float32)
+    pipe = pipeline_on(str(model), device, torch.float32)
     adapters = [LoraArg("bold", str(bold), 1.0), LoraArg("italic", str(italic), 1.0)]
     s = Settings(str(model), prompt, "", seed, steps, guidance, samples, None, None, adapters,
                  [("bold", list(values)), ("italic", list(values))])

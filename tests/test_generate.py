@@ -126,3 +126,22 @@ def test_blend_demo_grid_and_measures(model_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "stroke width (px) / slant (deg)" in text and "italic=1" in text
     assert json.loads(_png(tmp_path / "grid.png").text["vislora"])["grid"][0] == ["bold", [0.0, 1.0]]
+
+
+def test_pickled_or_missing_model_is_one_error_line(model_dir, tmp_path, capsys):
+    """--model goes through vislora.tasks.diffusion.load_pipeline: a pickle is refused by its bytes (never
+    unpickled), a missing file is named; each is one `error:` line, exit 2, and no PNG."""
+    import pickle
+
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(pickle.dumps({"state_dict": {}}))
+    out = tmp_path / "x.png"
+    cases = {str(ckpt): "UnsafeFormatError|pickle", str(tmp_path / "missing.ckpt"): "no such file",
+             str(tmp_path / "missing.safetensors"): "no such file"}
+    for model, words in cases.items():
+        assert cli(["generate", "--model", model, "--prompt", "x", "--steps", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert any(w in err for w in words.split("|")), err
+    assert not out.exists()

@@ -315,23 +315,30 @@ def test_export_writes_the_mix_as_one_adapter(studio_server):
     """The mix as one file through `vislora merge`'s exact merge; a build without it says so on the page."""
     from vislora import AdapterBank
     from vislora.studio.generation import generate_image, load_pipeline
+    from vislora.tools.common import read as read_file
 
     studio, _ = studio_server
     request = Request("a handwritten digit two", steps=4,
                       mixes={"bold.safetensors": Mix(True, 0.7), "italic.safetensors": Mix(True, -0.4)})
     shot = studio.render(request)
-    try:
-        import vislora.tools.merge  # noqa: F401  (the formats work's exact merge)
-    except ImportError:
-        with pytest.raises(StudioInputError, match="no exact adapter merge"):
-            studio.merged(request)
-        return
+    plain = studio.render(replace(request, mixes={})).image
+    assert np.abs(np.asarray(shot.image, np.int16) - np.asarray(plain, np.int16)).max() > 2  # the mix shows
     path = studio.merged(request)
     assert path.parent == studio.outputs.root
+    ranks = {k: read_file(studio.folder.resolve(k)).modules for k in request.mixes}
+    merged = read_file(path).modules
+    assert set(merged) == set(ranks["bold.safetensors"]) | set(ranks["italic.safetensors"])
+    for p, w in merged.items():  # factors concatenated along the rank: rank r_bold + r_italic
+        assert w.rank == sum(m[p].rank for m in ranks.values() if p in m)
     pipe = load_pipeline(studio.model_dir)
     AdapterBank(pipe).load("mix", path)
     alone = generate_image(pipe, replace(request, mixes={}))
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(shot.image, np.int16)).max() <= 2
+    written = set(studio.outputs.root.iterdir())
+    for sections in (Mix(True, 0.7, up=0.5), Mix(True, 0.7, lbw="OUTD")):
+        with pytest.raises(StudioInputError, match="per-section factors and lbw cannot be written"):
+            studio.merged(replace(request, mixes={"bold.safetensors": sections}))
+    assert set(studio.outputs.root.iterdir()) == written  # nothing half-written
 
 
 def test_live_preview_waits_for_generate_on_a_slow_base(studio_server):

@@ -50,8 +50,8 @@ def snippet(request: Request, model: str, folder: Path, order: list[str], names:
     """Python that draws the same image with the library; `specs` are the bank's strength specs by name."""
     s = settings(request, model, lora_args(request, folder, order, names))
     lines = ["import torch", "", "import vislora",
-             "from vislora.tasks.generate import LoraArg, Settings, load_pipeline, png_info, run", "",
-             f"pipe = load_pipeline({model!r}, 'cpu', torch.float32)", "bank = vislora.AdapterBank(pipe)"]
+             "from vislora.tasks.generate import LoraArg, Settings, pipeline_on, png_info, run", "",
+             f"pipe = pipeline_on({model!r}, 'cpu', torch.float32)", "bank = vislora.AdapterBank(pipe)"]
     lines += [f"bank.load({a.name!r}, {a.path!r}, strength={specs[a.name]!r})" for a in s.adapters]
     if request.fused:
         lines.append("bank.fuse()")

@@ -21,7 +21,7 @@ def load_pipeline(model_dir: str) -> Any:
     """`vislora generate`'s loader (float32, CPU unless CUDA), with any failure as one ModelLoadError line."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return cli.load_pipeline(model_dir, device, torch.float32)
+        return cli.pipeline_on(model_dir, device, torch.float32)
     except Exception as e:  # diffusers and transformers raise many kinds; the user needs the folder and why
         raise ModelLoadError(f"--model {model_dir}: the pipeline does not load: {type(e).__name__}: {e}") from None
 

@@ -23,6 +23,7 @@ import torch
 
 from ..bank import AdapterBank
 from ..errors import VisloraError
+from .diffusion import load_pipeline
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -94,21 +95,13 @@ def parse_grid(items: list[str], names: list[str]) -> list[tuple[str, list[float
     return axes
 
 
-def load_pipeline(model: str, device: str, dtype: torch.dtype):
-    """A diffusers pipeline from a local folder (safetensors weights only: pickled weights are refused)."""
-    from diffusers import DiffusionPipeline
-
-    if not Path(model).is_dir():
-        raise ValueError(f"--model {model!r}: not a pipeline folder (model_index.json and its components)")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()  # loading takes a second; the denoising bar is the one to watch
-    transformers_logging.disable_progress_bar()
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, dtype=dtype)
+def pipeline_on(model: str, device: str, dtype: torch.dtype) -> Any:
+    """The pipeline of vislora.tasks.diffusion.load_pipeline (a diffusers folder, a hub id or one .safetensors
+    file; pickles refused with UnsafeFormatError) moved to `device` in `dtype`, ready to sample."""
+    pipe = load_pipeline(model).pipe
     if getattr(pipe, "safety_checker", None) is not None:
-        pipe.safety_checker = None
-    return pipe.to(device)
+        pipe.safety_checker = None  # it blacks out images of digits as readily as anything else
+    return pipe.to(device, dtype)
 
 
 def run(pipe, s: Settings, n: int, desc: str, on_step_end: Any = None):
@@ -240,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = parse_grid(args.grid, [a.name for a in adapters]) if args.grid else []
         s = Settings(args.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
                      args.height, args.width, adapters, grid)
-        pipe = load_pipeline(args.model, args.device, getattr(torch, args.dtype))
+        pipe = pipeline_on(args.model, args.device, getattr(torch, args.dtype))
         image = generate(pipe, s)
     except (VisloraError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
