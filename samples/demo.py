@@ -6,6 +6,7 @@ image folder, fine-tunes the base on them with the recipe (LoRA on the attention
 head), then predicts a few held-out images with the adapter file alone. Then samples/demo_sd.py runs the
 Stable Diffusion part on the digits diffusion base: DreamBooth with and without prior preservation, and
 bold and italic style adapters at several strengths, each measured (digit classifier, stroke width, slant).
+Last, samples/demo_blend.py mixes the two style adapters in a 3x3 grid and measures every cell.
 """
 
 from __future__ import annotations
@@ -69,6 +70,17 @@ def main() -> int:
 
     demo_sd.dreambooth()
     demo_sd.styles()
+
+    # The last stop: the two style adapters mixed at 0 / 0.5 / 1 with the AdapterBank (samples/demo_blend.py).
+    import demo_blend
+
+    print("\nBlend: the bold and italic adapters mixed in one pass per layer (vislora.AdapterBank)")
+    style = OUT / "style"
+    demo_blend.blend_grid(style / "bold" / "adapter.safetensors", style / "italic" / "adapter.safetensors",
+                          out=OUT / "blend")
+    print(f"try:   .venv/bin/vislora generate --model samples/digits_sd --lora {style.relative_to(ROOT)}/bold/"
+          f"adapter.safetensors:0.7 --lora {style.relative_to(ROOT)}/italic/adapter.safetensors:0.5 "
+          f"--prompt 'a handwritten digit seven' --n 8 --out runs/demo/seven.png")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -8,27 +8,8 @@ from typing import Any
 from ..formats import AdapterFile, FORMATS
 from ..formats import kohya_names
 from ..formats.arch import of_file
+from ..targets.blocks import ldm_block
 from .skeleton import base_model
-
-try:  # the block table of vislora.targets, where present
-    from ..targets.blocks import ldm_block as _ldm_block
-except ImportError:  # pragma: no cover - older layouts
-    _ldm_block = None
-
-
-def lbw_id(path: str, ldm: dict[str, str]) -> str | None:
-    """The lbw id of a diffusers UNet module path, from the LDM block it maps to (kohya_names)."""
-    if _ldm_block is not None:
-        return _ldm_block(path)
-    if path.startswith("conv_in"):
-        return "IN00"
-    mapped = kohya_names.ldm_path(path, ldm)
-    if mapped is None:
-        return None
-    head, index = mapped.split(".")[:2]
-    return {"input_blocks": f"IN{int(index):02d}", "middle_block": "M00",
-            "output_blocks": f"OUT{int(index):02d}"}.get(head)
-
 
 def locate(adapter: AdapterFile) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """{file module name: (component, path)} in the file's base model, and the names that resolve nowhere.
@@ -49,16 +30,17 @@ def locate(adapter: AdapterFile) -> tuple[dict[str, tuple[str, str]], list[str]]
 
 
 def coverage(adapter: AdapterFile) -> tuple[dict[str, int], dict[str, int], list[str]]:
-    """(modules per component, modules per lbw block, unresolved names)."""
+    """(modules per component, modules per lbw block, unresolved names).
+
+    Blocks are the LoRA Block Weight ids of vislora.targets.blocks (the bank's own table); the stand-in bases
+    inspect resolves against (SD1.x/SD2.x, SDXL) have two layers per block."""
     found, unresolved = locate(adapter)
-    ldm = kohya_names.ldm_prefixes(kohya_names.skeleton(
-        kohya_names.SDXL_BLOCKS if of_file(adapter.modules).name == "SDXL" else kohya_names.SD_BLOCKS))
     per_comp: dict[str, int] = {}
     per_block: dict[str, int] = {}
     for comp, path in found.values():
         per_comp[comp or "model"] = per_comp.get(comp or "model", 0) + 1
         unet = comp == "unet" or (comp == "" and path.split(".")[0] in kohya_names.UNET_ROOTS)
-        block = lbw_id(path, ldm) if unet else ("BASE" if comp.startswith("text_encoder") else None)
+        block = ldm_block(path) if unet else ("BASE" if comp.startswith("text_encoder") else None)
         key = block or ("other" if unet else comp or "model")
         per_block[key] = per_block.get(key, 0) + 1
     return per_comp, dict(sorted(per_block.items(), key=lambda kv: _block_order(kv[0]))), unresolved
