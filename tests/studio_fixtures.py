@@ -1,57 +1,26 @@
 """What the studio tests load: a Stable Diffusion base folder and an adapter folder with good and bad files.
 
 The base is the embedded digits pipeline (samples/digits_sd) when it is there; otherwise a tiny pipeline of
-the same classes, built from configs with a character-level CLIPTokenizer and saved as a diffusers folder.
+the same classes, built from configs (tests/sd_tiny.py) and saved as a diffusers folder.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
-import string
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 DIGITS_SD = Path(__file__).resolve().parent.parent / "samples" / "digits_sd"
-CHARS = string.ascii_lowercase + string.digits + ",. "
-
-
-def _tokenizer(out: Path):
-    from transformers import CLIPTokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = {t: i for i, t in enumerate([*CHARS, *(c + "</w>" for c in CHARS), "<|startoftext|>", "<|endoftext|>"])}
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=16,
-                         pad_token="<|endoftext|>")
 
 
 def tiny_sd_folder(root: Path, cross_dim: int = 24) -> Path:
     """A StableDiffusionPipeline folder: 2-level UNet and VAE (32 px images), 2-layer CLIP, DDIM."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from sd_tiny import build_pipeline
 
-    tokenizer = _tokenizer(root / "_tok")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        norm_num_groups=8)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim, norm_num_groups=8, attention_head_dim=8)
-    text = CLIPTextModel(CLIPTextConfig(
-        hidden_size=cross_dim, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=len(tokenizer), max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
     folder = root / f"base{cross_dim}"
-    pipe.save_pretrained(folder, safe_serialization=True)
+    build_pipeline(root, width=cross_dim).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
