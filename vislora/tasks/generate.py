@@ -101,7 +101,9 @@ def pipeline_on(model: str, device: str, dtype: torch.dtype) -> Any:
     pipe = load_pipeline(model).pipe
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it blacks out images of digits as readily as anything else
-    return pipe.to(device, dtype)
+    pipe.to(device)
+    # load_pipeline gives fp32; casting to fp32 again only makes diffusers warn about it.
+    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
 
 
 def run(pipe, s: Settings, n: int, desc: str, on_step_end: Any = None):
