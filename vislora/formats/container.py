@@ -37,7 +37,7 @@ _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
 )
 
 
-def _sniff(path: Path, data: bytes) -> None:
+def sniff(path: Path, data: bytes) -> None:
     """Refuse files that are something else, by their first bytes. A real safetensors file has "{" at byte 8,
     which also keeps a header length whose low bytes happen to read 0x80 0x02 from looking like a pickle."""
     if not data:
@@ -79,7 +79,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, st
 def parse(data: bytes, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """`read` for a file's bytes already in memory (`path` names it in errors)."""
     path = Path(path)
-    _sniff(path, data)
+    sniff(path, data)
     if len(data) < 8:
         raise AdapterFormatError(f"{len(data)} bytes is too short for a safetensors header", path=path,
                                  category="truncated")

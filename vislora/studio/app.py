@@ -13,7 +13,7 @@ import inspect
 import os
 from typing import Any
 
-from .handlers import Handlers, _timing
+from .handlers import Handlers, timing_line
 from .mix import SECTIONS
 from .state import Studio
 
@@ -65,7 +65,7 @@ def build(studio: Studio) -> Any:
                 image = gr.Image(label="preview", type="pil", format="png", interactive=False, height=300,
                                  elem_id="preview")
                 status = gr.Markdown("", elem_id="status")
-                timing = gr.Markdown(_timing(studio), elem_id="timing")
+                timing = gr.Markdown(timing_line(studio), elem_id="timing")
         usable = [k for k, f in studio.facts.items() if f.usable]
         with gr.Accordion("X/Y grid", open=False):
             with gr.Row():

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import VisloraError
 from . import export
-from .mix import Mix, Request, StudioInputError, _finite
+from .mix import Mix, Request, StudioInputError, finite
 from .state import Studio
 
 ERRORS = (VisloraError, ValueError, TypeError)
@@ -33,7 +33,7 @@ def _request(studio: Studio, values: tuple) -> Request:
     return Request(**head, mixes=mixes)
 
 
-def _timing(studio: Studio) -> str:
+def timing_line(studio: Studio) -> str:
     parts = [f"{'fused' if fused else 'unfused'}: {s:.3f} s/image" for fused, s in sorted(studio.seconds.items())]
     return "time per image (last measured): " + (", ".join(parts) if parts else "none yet")
 
@@ -47,7 +47,7 @@ def _strengths(text: str, what: str) -> list[float]:
         values = [float(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
         raise StudioInputError(f"grid: {what} strengths are comma-separated numbers, got {text!r}") from None
-    return [_finite(v, f"grid: a {what} strength") for v in values]
+    return [finite(v, f"grid: a {what} strength") for v in values]
 
 
 class Handlers:
@@ -65,11 +65,11 @@ class Handlers:
             shot = self.studio.render(request, on_step=lambda i, n: progress((i, n), desc="denoising"),
                                       ticket=ticket)
         except ERRORS as e:
-            return gr.skip(), _error(e), _timing(self.studio)
+            return gr.skip(), _error(e), timing_line(self.studio)
         if shot is None:  # a newer request made this one stale; its own result will come
             return gr.skip(), gr.skip(), gr.skip()
         mode = "fused" if shot.request.fused else "unfused"
-        return shot.image, f"image {shot.number}: done in {shot.seconds:.3f} s ({mode})", _timing(self.studio)
+        return shot.image, f"image {shot.number}: done in {shot.seconds:.3f} s ({mode})", timing_line(self.studio)
 
     def generate(self, *values: Any, progress: Any = None) -> tuple:
         return self._render(values, progress or self.gr.Progress())

@@ -32,7 +32,7 @@ class StudioInputError(VisloraError):
     """A value from the page that cannot be used; nothing changed."""
 
 
-def _finite(value: object, what: str) -> float:
+def finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise StudioInputError(f"{what} must be a finite number, got {value!r}")
     return float(value)
@@ -54,7 +54,7 @@ class Mix:
     def check(self, name: str) -> None:
         for f in fields(self):
             if f.name not in ("on", "lbw"):
-                _finite(getattr(self, f.name), f"{name}: {f.name}")
+                finite(getattr(self, f.name), f"{name}: {f.name}")
         if not STRENGTH_RANGE[0] <= self.strength <= STRENGTH_RANGE[1]:
             raise StudioInputError(f"{name}: strength {self.strength} is outside {STRENGTH_RANGE}")
 
@@ -97,10 +97,10 @@ class Request:
         """Raise StudioInputError naming the first bad value."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise StudioInputError("the prompt is empty; type what to draw, e.g. 'a handwritten digit three'")
-        _finite(self.guidance, "guidance")
+        finite(self.guidance, "guidance")
         for what, value, (lo, hi) in (("steps", self.steps, STEPS_RANGE), ("width", self.width, SIZE_RANGE),
                                       ("height", self.height, SIZE_RANGE), ("seed", self.seed, (0, 2**63 - 1))):
-            if _finite(value, what) != int(value) or not lo <= value <= hi:
+            if finite(value, what) != int(value) or not lo <= value <= hi:
                 raise StudioInputError(f"{what} must be a whole number in [{lo}, {hi}], got {value!r}")
         for what in ("width", "height"):
             if int(getattr(self, what)) % 8:

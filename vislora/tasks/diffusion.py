@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import AdapterCompatError, UnsafeFormatError, VisloraError
-from ..formats.container import _sniff
+from ..formats.container import sniff
 from ..train.checkpoint import sha256_file
 
 # Cross-attention width -> architecture (SD1.x: CLIP ViT-L; SD2.x: OpenCLIP ViT-H). SDXL has text_encoder_2.
@@ -66,7 +66,7 @@ def refuse_pickle(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(64)
     try:
-        _sniff(path, head)
+        sniff(path, head)
     except UnsafeFormatError:
         raise
     except VisloraError as e:
