@@ -176,19 +176,17 @@ class AdapterLayer(nn.Module):
             return self.base_layer(x)
         base = self.base_layer
         dora = [s for s in slots if s.dora_axis is not None]
-        if dora:  # the decomposition depends on W: apply it as a whole weight delta, the rest as usual
-            y = base(x) + self.op.forward(x, sum(s.weighted_delta(base.weight) for s in dora).to(x.dtype), None)
+        if dora or not all(s.fast for s in slots) or (
+                torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable())):
+            # Our hand-written backwards cover frozen bases with plain zero padding, for kinds that bring
+            # them; autograd does the rest. DoRA's decomposition depends on W: it is applied as a whole
+            # weight delta, the other adapters as usual.
+            y = base(x)
+            if dora:
+                y = y + self.op.forward(x, sum(s.weighted_delta(base.weight) for s in dora).to(x.dtype), None)
             for s in slots:
                 if s.dora_axis is None:
                     y = y + s.delta_forward(x) * s.coef
-            return y
-        if not all(s.fast for s in slots) or (
-                torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable())):
-            # Our hand-written backwards cover frozen bases with plain zero padding, for kinds that bring
-            # them; autograd does the rest.
-            y = base(x)
-            for s in slots:
-                y = y + s.delta_forward(x) * s.coef
             return y
         if not torch.is_grad_enabled() and not (self.training and any(s.dropout for s in slots)):
             terms, factors = self._stacked(slots, x.dtype)
