@@ -239,7 +239,8 @@ def test_sdxl_file_uses_sgm_names_and_complete_te2_attention(sdxl_file):
 @pytest.mark.parametrize("kind", ["loha", "lokr"])
 def test_lycoris_kinds_patch_as_the_uis_compute(kind, tmp_path):
     pipe = sd15()
-    targets = ["unet.down_blocks.1.*", "text.attn"]
+    targets = ["unet.down_blocks.1.resnets.*", "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.*",
+               "text.attn"]
     modules, before, after = written(pipe, tmp_path, targets, linear=kind, conv=kind)
     assert {p.split("_")[0] for parts in modules.values() for p in parts} - {"alpha"} == {
         "hada" if kind == "loha" else "lokr"}
