@@ -7,7 +7,7 @@
 
 `magnitude` is kept in LyCORIS's shape: "out" [out, 1] / [out, 1, 1, 1] (LyCORIS >= 3.2, PEFT's
 lora_magnitude_vector reshaped), "in" [1, in] / [1, in, 1, 1] (older LyCORIS, A1111). The result depends on
-W, so a DoRA adapter is applied as a whole weight, never as a sum of deltas.
+W, so a DoRA adapter is merged as a whole weight, never stacked with other adapters' deltas.
 
 Training treats the norm n as a constant (detached), as the DoRA paper suggests (section 4.3) and PEFT does:
 gradients reach delta W only through the numerator, W_c * magnitude / n, and the magnitude through 1 / n.
