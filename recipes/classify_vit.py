@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     adapt.add_argument("--rank", type=int, default=8)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
     adapt.add_argument("--dropout", type=float, default=0.0)
+    adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     mode = adapt.add_mutually_exclusive_group()
     mode.add_argument("--head-only", action="store_true", help="train only the new head (no adapter)")
     mode.add_argument("--full", action="store_true", help="fine-tune every weight (for comparison)")
@@ -118,7 +119,7 @@ def adapt(model: torch.nn.Module, args: argparse.Namespace) -> str:
         model.get_classifier().requires_grad_(True)
         return "head"
     heads = model.pretrained_cfg.get("classifier", "head")
-    vislora.inject(model, list(args.preset), rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+    vislora.inject(model, list(args.preset), rank=args.rank, alpha=args.alpha, dropout=args.dropout, dora=args.dora,
                    modules_to_save=[heads] if isinstance(heads, str) else list(heads))
     return "lora"
 

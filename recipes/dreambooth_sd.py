@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
     adapt.add_argument("--train-text-encoder", action="store_true", help="also LoRA on the text encoder(s)")
     adapt.add_argument("--dropout", type=float, default=0.0)
+    adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     train = p.add_argument_group("training")
     train.add_argument("--steps", type=int, default=400)
     train.add_argument("--lr", type=float, default=1e-4)
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace) -> dict:
     targets = targets_of(base, args)
     items, classes, resolution = load_data(args, base, accelerator)
     torch.manual_seed(args.seed)  # the adapters' initial factors: the same in every run with this seed
-    report = vislora.inject(pipe, targets, rank=args.rank, dropout=args.dropout)
+    report = vislora.inject(pipe, targets, rank=args.rank, dropout=args.dropout, dora=args.dora)
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
 

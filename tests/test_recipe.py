@@ -21,7 +21,7 @@ import torch
 from images_corpus import write_corpus
 from PIL import Image
 
-from vislora import cli
+from vislora import cli, read_adapter
 from vislora.train.checkpoint import CheckpointWarning
 from vislora.tasks.classifier import METADATA_KEY, load_classifier, predict
 from vislora.data.folders import SkippedImageWarning
@@ -231,6 +231,19 @@ def test_head_only_and_full(data, tmp_path, mode):
     base = _tensors(data["weights"])
     changed = {k for k in base if not k.startswith("head.") and not torch.equal(base[k], trained[k])}
     assert (changed == set()) if mode == "--head-only" else changed
+
+
+def test_dora_flag_reaches_the_adapter(data, tmp_path):
+    out = tmp_path / "run"
+    assert classify_vit.main(_args(data, out, "--dora", "--max-steps", "2", "--merge")) == 0
+    adapter = read_adapter(out / "adapter.safetensors")
+    assert adapter.config.dora and adapter.modules
+    assert all(w.magnitude is not None and w.magnitude.shape == (w.factors["up"].shape[0], 1)
+               for w in adapter.modules.values())
+    from vislora.recipes import dreambooth_sd
+
+    assert dreambooth_sd.parse_args(["--model", "m", "--instance-data", "d", "--instance-prompt", "p", "--out", "o",
+                                   "--dora"]).dora
 
 
 def test_bad_images_are_skipped_and_counted(data, tmp_path):

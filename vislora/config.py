@@ -61,6 +61,9 @@ class AdapterConfig:
     conv: "locon" (k x k down, 1 x 1 up) or "tucker" (1 x 1 down, k x k core, 1 x 1 up) for k x k convs
     (any KINDS entry for nn.Conv2d).
     init: "default" (up = 0: a fresh adapter is an exact no-op) or "random" (non-zero, for checks).
+    dora: DoRA (weight-decomposed): W' = magnitude * (W + scale * delta W) / ||W + scale * delta W|| per output
+    row, with a trainable magnitude starting at that norm (see vislora.functional.dora). Files from before
+    this field load as dora=False.
     modules_to_save: modules trained in full and saved with the adapter (e.g. a new classifier "head").
     """
 
@@ -72,6 +75,7 @@ class AdapterConfig:
     conv: str = "locon"
     linear: str = "lora"
     init: str = "default"
+    dora: bool = False
     modules_to_save: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

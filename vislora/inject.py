@@ -16,7 +16,8 @@ from .components import components, prefixed, route, set_module
 from .config import AdapterConfig, TargetsArg
 from .errors import AdapterCompatError, AdapterStateError
 from .functional import KINDS, kind_for
-from .layers import AdapterLayer, AdapterSlot
+from .layers import AdapterLayer
+from .slot import AdapterSlot
 from .targets import Target, resolve
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -110,7 +111,7 @@ def _slot_for(target: Target, layer: AdapterLayer, config: AdapterConfig) -> Ada
     if target.slices and not getattr(KINDS[kind], "ROW_SLICES", False):
         raise AdapterCompatError(f"{target.path}: {kind!r} adapters do not take q/k/v slices; drop the [..] suffix")
     return layer.new_slot(kind, rank, alpha, slices=target.slices, rslora=config.rslora, dropout=config.dropout,
-                          init=config.init)
+                          init=config.init, dora=config.dora)
 
 
 def freeze_all_but_adapters(model: Any) -> None:
@@ -148,17 +149,19 @@ def inject(
     conv: str = "locon",
     linear: str = "lora",
     init: str = "default",
+    dora: bool = False,
     modules_to_save: tuple[str, ...] | list[str] = (),
     trainable: bool = True,
 ) -> InjectReport:
     """Add adapter `name` to every module the targets match; freeze everything else.
 
     `target` is an AdapterConfig, or targets (preset, glob, regex, list, or {target: rank}) with the
-    keyword settings. Only the new adapter's factors and `modules_to_save` stay trainable.
+    keyword settings. Only the new adapter's factors (and with `dora`, its per-row magnitudes) and
+    `modules_to_save` stay trainable.
     """
     config = target if isinstance(target, AdapterConfig) else AdapterConfig(
         target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, conv=conv, linear=linear, init=init,
-        modules_to_save=tuple(modules_to_save))
+        dora=dora, modules_to_save=tuple(modules_to_save))
     check_new_name(model, name)
     parts = components(model)
     plan: list[tuple[str, list[Target]]] = []
@@ -239,7 +242,8 @@ def status(model: Any) -> dict[str, dict[str, Any]]:
     out = {}
     for path, layer in adapter_layers(model):
         out[path] = {n: {"kind": s.kind, "rank": s.rank, "alpha": s.alpha, "strength": s.strength,
-                         "enabled": s.enabled, "merged": n in layer.merged} for n, s in layer.adapters.items()}
+                         "enabled": s.enabled, "merged": n in layer.merged,
+                         "dora": s.dora_axis is not None} for n, s in layer.adapters.items()}
     return out
 
 
