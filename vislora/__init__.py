@@ -26,7 +26,8 @@ from .errors import (
 from .inject import InjectReport, adapter_layers, adapter_names, inject, remove, status, trainable_parameters
 from .merge import disabled, merge, set_strength, unmerge
 from .io import AdapterWarning, LoadReport, load_adapter, read_adapter, save_adapter
-from .layers import AdapterLayer, AdapterSlot
+from .layers import AdapterLayer
+from .slot import AdapterSlot
 from .targets import PRESETS
 from .version import __version__
 

@@ -16,7 +16,8 @@ from .components import components, prefixed, route, set_module
 from .config import AdapterConfig, TargetsArg
 from .errors import AdapterCompatError, AdapterStateError
 from .functional import KINDS, kind_for
-from .layers import AdapterLayer, AdapterSlot
+from .layers import AdapterLayer
+from .slot import AdapterSlot
 from .targets import Target, resolve
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")

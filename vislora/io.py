@@ -20,7 +20,7 @@ from .errors import AdapterStateError
 from .formats import AdapterFile, ModuleWeights
 from .functional import RowLayout
 from .inject import adapter_layers, adapter_names, check_new_name, configs, resolve_saved
-from .layers import AdapterSlot
+from .slot import AdapterSlot
 
 __all__ = ["AdapterWarning", "LoadReport", "load_adapter", "read_adapter", "save_adapter", "adapter_file"]
 

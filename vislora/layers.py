@@ -13,112 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import AdapterStateError, NonFiniteError
-from .functional import KINDS, RowLayout, has_fast_path, op_for, scale
+from .functional import RowLayout, op_for
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
 from .blend import merged_bias, merged_weight, stacked_terms, terms_of
-
-
-class AdapterSlot(nn.Module):
-    """One adapter's factors and settings on one layer. Parameters are named after the kind's factors."""
-
-    def __init__(
-        self,
-        kind: str,
-        weight: torch.Tensor,
-        layout: object,
-        rank: int,
-        alpha: float,
-        *,
-        rslora: bool = False,
-        dropout: float = 0.0,
-        init: str = "default",
-    ) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        self.kind, self.layout, self.rank, self.alpha, self.rslora = kind, layout, rank, float(alpha), rslora
-        self.dropout, self.strength, self.enabled = float(dropout), 1.0, True
-        self.fast = has_fast_path(KINDS[kind])  # else forward and backward run through autograd
-        dtype = torch.promote_types(weight.dtype, torch.float32)  # fp16/bf16 bases train fp32 factors
-        for name, value in KINDS[kind].init_params(weight.shape, rank, init, layout).items():
-            self.register_parameter(name, nn.Parameter(value.to(device=weight.device, dtype=dtype)))
-        self.dora_axis: str | None = None  # DoRA: the magnitude's axis ("out" / "in"); see set_magnitude
-
-    def set_factors(self, factors: dict[str, torch.Tensor]) -> None:
-        """Take these factors' values (a file's), re-creating parameters where the file holds another variant
-        of the kind (LoHa with Tucker cores, LoKr with whole or low-rank sides) than init_params made."""
-        dtype = next(iter(self.params.values())).dtype
-        device = next(iter(self.params.values())).device
-        for name in [n for n in self.factor_names if n in self._parameters and n not in factors]:
-            del self._parameters[name]
-        for name, value in factors.items():
-            current = self._parameters.get(name)
-            if current is not None and current.shape == value.shape:
-                with torch.no_grad():
-                    current.copy_(value)
-            else:
-                self.register_parameter(name, nn.Parameter(value.detach().to(device=device, dtype=dtype).clone()))
-        self.fast = self.fast and set(factors) == set(self.factor_names)  # fast paths know one variant
-
-    def set_magnitude(self, magnitude: torch.Tensor, axis: str) -> None:
-        """Make this a DoRA adapter: W' = magnitude * (W + scale delta W) / norm (functional.dora), on `axis`."""
-        dtype = next(iter(self.params.values())).dtype
-        self.register_parameter("magnitude", nn.Parameter(magnitude.detach().to(dtype).clone()))
-        self.dora_axis = axis
-        self.fast = False
-
-    def weighted_delta(self, base_weight: torch.Tensor) -> torch.Tensor:
-        """What this adapter adds to the base weight at its strength (fp32): strength * scale * delta W, or for
-        DoRA W + strength * (W' - W) - W."""
-        if self.dora_axis is None:
-            return self.delta_weight().float() * self.strength
-        from .functional.dora import decomposed_weight
-
-        new = decomposed_weight(base_weight, self.delta_weight(), self.magnitude, self.dora_axis, self.strength)
-        return new - base_weight.float()
-
-    def weighted_bias(self) -> torch.Tensor | None:
-        """strength * scale * delta b [out] in fp32, for kinds that change the bias too (full's diff_b), else None."""
-        delta_bias = getattr(self.functions, "delta_bias", None)
-        bias = delta_bias(self.params) if delta_bias is not None else None
-        return None if bias is None else bias.float() * self.coef
-
-    @property
-    def functions(self):
-        return KINDS[self.kind]
-
-    @property
-    def factor_names(self) -> tuple[str, ...]:
-        return self.functions.FACTORS
-
-    @property
-    def params(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, n) for n in self.factor_names if n in self._parameters}
-
-    @property
-    def scale(self) -> float:
-        return scale(self.alpha, self.rank, self.rslora)
-
-    @property
-    def coef(self) -> float:
-        return self.strength * self.scale
-
-    def delta_weight(self) -> torch.Tensor:
-        """scale * delta W, shaped like the base weight (strength not applied)."""
-        return self.functions.delta_weight(self.params, self.layout) * self.scale
-
-    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dropout and self.training:
-            x = F.dropout(x, self.dropout, training=True)
-        return self.functions.delta_forward(x, self.params, self.layout)
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind}, rank={self.rank}, alpha={self.alpha:g}, strength={self.strength:g}"
+from .slot import AdapterSlot
 
 
 class AdapterLayer(nn.Module):
