@@ -1,4 +1,5 @@
-"""Tiny models built from configs (nothing is downloaded), shared by the tests."""
+"""Tiny models built from configs (nothing is downloaded), shared by the tests: each built once and handed
+out as deep copies (`sd_models.fresh`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import warnings
 import pytest
 import torch
 
+from sd_models import fresh
+
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+@fresh
 def tiny_vit(num_classes: int = 10, **kw) -> torch.nn.Module:
     import timm
 
@@ -21,6 +25,7 @@ def tiny_vit(num_classes: int = 10, **kw) -> torch.nn.Module:
     return timm.create_model(kw.pop("name", "vit_tiny_patch16_224"), **args).eval()
 
 
+@fresh
 def tiny_unet(cross_dim: int = 24) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
@@ -32,6 +37,7 @@ def tiny_unet(cross_dim: int = 24) -> torch.nn.Module:
     ).eval()
 
 
+@fresh
 def tiny_clip(hidden: int = 24) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -41,6 +47,7 @@ def tiny_clip(hidden: int = 24) -> torch.nn.Module:
     return CLIPTextModel(config).eval()
 
 
+@fresh
 def tiny_pipeline(cross_dim: int = 24):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 

@@ -11,19 +11,23 @@ import torch
 SD15_CROSS, SDXL_CROSS = 768, 2048
 
 
-def _fresh(build):
-    """Build once per argument set, hand out deep copies: copying is much faster than initialising again."""
-    cached = lru_cache(maxsize=None)(build)
+def fresh(build):
+    """Build once per argument set, hand out deep copies: copying is much faster than initialising again.
+
+    The builds seed torch's global generator; each call leaves it where that build did, so a test drawing
+    random numbers after building a model gets the same ones whether the model was built or copied."""
+    cached = lru_cache(maxsize=None)(lambda *args, **kwargs: (build(*args, **kwargs), torch.get_rng_state()))
 
     @wraps(build)
-    def fresh(*args, **kwargs):
-        return copy.deepcopy(cached(*args, **kwargs))
+    def fresh_copy(*args, **kwargs):
+        model, rng = cached(*args, **kwargs)
+        torch.set_rng_state(rng)
+        return copy.deepcopy(model)
 
-    return fresh
+    return fresh_copy
 
 
-
-@_fresh
+@fresh
 def sd15_unet(cross_dim: int = SD15_CROSS):
     from diffusers import UNet2DConditionModel
 
@@ -36,7 +40,7 @@ def sd15_unet(cross_dim: int = SD15_CROSS):
     ).eval()
 
 
-@_fresh
+@fresh
 def sdxl_unet(depths: tuple[int, int, int] = (1, 2, 10)):
     from diffusers import UNet2DConditionModel
 
@@ -51,7 +55,7 @@ def sdxl_unet(depths: tuple[int, int, int] = (1, 2, 10)):
     ).eval()
 
 
-@_fresh
+@fresh
 def clip(hidden: int, layers: int = 2, projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -70,7 +74,7 @@ def _vae():
                          norm_num_groups=8)
 
 
-@_fresh
+@fresh
 def sd15_pipeline():
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -79,7 +83,7 @@ def sd15_pipeline():
         scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-@_fresh
+@fresh
 def sdxl_pipeline():
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 

@@ -63,14 +63,39 @@ def test_missing_alpha_means_scale_one_and_alpha_written_positive():
     assert written["lora_unet_x.alpha"].dim() == 0 and float(written["lora_unet_x.alpha"]) == 4.0
 
 
-def test_sshs_model_hash_is_sha256_after_the_header(tmp_path):
+def test_sshs_hashes_match_kohyas_definition_over_the_written_file(tmp_path, capsys):
+    """kohya's precalculate_safetensors_hashes: S = safetensors.torch.save(tensors, ss_* metadata); model hash =
+    sha256 of S after its header, legacy = sha256(S[1 MiB : 1 MiB + 64 KiB])[:8]. Recomputed here with the
+    safetensors library from what the file holds; the file is > 1.1 MiB so the legacy window is not empty,
+    and mixes fp16 and fp32 so the tensor order matters."""
     import hashlib
     import struct
 
-    tensors, meta = kohya.write(kohya.read(_kohya_tensors(("lora",), ()), {}, "f"))
-    data = container.serialize(tensors, meta)
+    import safetensors.torch
+
+    from vislora import cli, formats
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"lora_unet_a.lora_down.weight": torch.randn(16, 16000, generator=g),
+               "lora_unet_a.lora_up.weight": torch.randn(64, 16, generator=g), "lora_unet_a.alpha": torch.tensor(8.0),
+               "lora_unet_b.lora_down.weight": torch.randn(8, 16000, generator=g).half(),
+               "lora_unet_b.lora_up.weight": torch.randn(64, 8, generator=g).half()}
+    path = formats.write(tmp_path / "a.safetensors", kohya.read(tensors, {}, "f"), format="kohya")
+    data = path.read_bytes()
+    assert len(data) > 0x110000
     (n,) = struct.unpack("<Q", data[:8])
-    assert meta["sshs_model_hash"] == hashlib.sha256(data[8 + n:]).hexdigest()
+    with safetensors.safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    reference = safetensors.torch.save(stored, {k: v for k, v in meta.items() if k.startswith("ss_")})
+    (m,) = struct.unpack("<Q", reference[:8])
+    assert meta["sshs_model_hash"] == hashlib.sha256(reference[8 + m:]).hexdigest() == hashlib.sha256(
+        data[8 + n:]).hexdigest()
+    assert meta["sshs_legacy_hash"] == hashlib.sha256(reference[0x100000:0x110000]).hexdigest()[:8]
+    assert meta["sshs_legacy_hash"] != hashlib.sha256(b"").hexdigest()[:8]  # the window held data
+    assert cli.main(["inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert meta["sshs_model_hash"] in shown and meta["sshs_legacy_hash"] in shown
 
 
 @pytest.mark.parametrize("part,category", [("oft_blocks", "unsupported-kind"), ("on_input", "unsupported-kind")])

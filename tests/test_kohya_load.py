@@ -12,7 +12,7 @@ import torch
 import vislora
 from kohya_files import CONV_KINDS, LINEAR_KINDS, file_for
 from sd_models import sd15_pipeline, sd15_unet, sdxl_pipeline, sdxl_unet, unet_inputs
-from vislora import AdapterCompatError, AdapterFormatError, UnsafeFormatError
+from vislora import AdapterCompatError, AdapterFormatError, AdapterStateError, UnsafeFormatError
 from vislora.formats import container, kohya
 
 ly_loha = pytest.importorskip("lycoris.functional.loha")
@@ -86,9 +86,9 @@ def test_every_kind_loads_as_lycoris_applies_it(tmp_path, unet, dora):
         with torch.no_grad():
             adapted = unet(**inputs).sample
             assert (adapted - base).abs().max() > 1e-4
-            if dora is None:  # full diff_b changes biases: those stay unmerged
-                picks_no_bias = [m for m in report.matched]
-                assert picks_no_bias
+        with pytest.raises(AdapterStateError, match=r"attn2\.to_k \(ly\)"):  # diff_b on a bias-free to_k
+            vislora.merge(unet, "ly")
+        assert not any(unet.get_submodule(p).merged for p in picks)  # refused before any layer changed
     finally:
         vislora.remove(unet, "ly")
 

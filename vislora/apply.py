@@ -123,9 +123,11 @@ def plan(model: Any, adapter: AdapterFile, *, strict: bool = False) -> tuple[dic
         raise _compat(f"none of the file's {len(unmatched)} modules exist in this model, e.g. {unmatched[:3]}; "
                       f"model modules look like {some}", adapter.path, "no-match")
     if unmatched and strict:
+        files = sorted({adapter.source_of(n) for n in unmatched})  # per-component folders: the files concerned
+        where = f" (in {', '.join(files)})" if files != [adapter.path] else ""
         raise _compat(f"{len(unmatched)} of {len(adapter.modules)} modules match nothing in this model "
-                      f"({per_component(unmatched)}): {unmatched[:20]}; pass strict=False (--allow-partial) to load "
-                      "the rest", adapter.path, "unmatched")
+                      f"({per_component(unmatched)}){where}: {unmatched[:20]}; pass strict=False (--allow-partial) "
+                      "to load the rest", files[0] if len(files) == 1 else adapter.path, "unmatched")
     return built, unmatched
 
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from .errors import NonFiniteError
+from .errors import AdapterStateError, NonFiniteError
 from .inject import adapter_names, remove
 from .io import LoadReport, load_adapter
 from .layers import AdapterLayer
+from .merge import refuse_bias_free
 from .strengths import LayerPlace, Spec, adapter_places, check_names, resolve
 
 
@@ -75,14 +76,15 @@ class AdapterBank:
         try:
             self._index(name)
             values = resolve(name, strength, [p for p, _ in self._layers[name]])
+            self._specs[name] = strength
+            self._apply({name: values})
         except Exception:
+            self._specs.pop(name, None)
             layers = [layer for _, layer in self._layers.pop(name, [])]
             remove(self.model, name)
             if self._fused:
                 self._refuse([layer for layer in layers if layer.adapters])
             raise
-        self._specs[name] = strength
-        self._apply({name: values})
         return report
 
     def unload(self, name: str) -> None:
@@ -107,7 +109,7 @@ class AdapterBank:
         self._specs.update(strengths)
         try:
             self._apply(resolved)
-        except NonFiniteError:
+        except (NonFiniteError, AdapterStateError):
             self._specs = before
             self._apply({n: resolve(n, before[n], [p for p, _ in self._layers[n]]) for n in strengths})
             raise
@@ -121,6 +123,7 @@ class AdapterBank:
                     slot.strength = value
                     changed[id(layer)] = layer
         if self._fused:
+            self._check_fusable(list(changed.values()))
             self._refuse(list(changed.values()))
 
     # -- fuse ----------------------------------------------------------------------------------------------
@@ -130,6 +133,7 @@ class AdapterBank:
             warnings.warn("AdapterBank.fuse: already fused (change strengths to re-blend)", stacklevel=2)
             return
         layers = self._all_layers()
+        self._check_fusable(layers)
         try:
             self._refuse(layers)
         except NonFiniteError:
@@ -150,11 +154,16 @@ class AdapterBank:
     def _refuse(self, layers: list[AdapterLayer]) -> None:
         """Each layer's weight = pristine + its active adapters' blend (or the pristine tensor, if none)."""
         for layer in layers:
-            names = [n for n, s in layer.adapters.items() if s.enabled and s.strength != 0.0]
+            names = _blended(layer)
             if names:
                 layer._write_merged(names, self.pristine_device, in_place=True)
             else:
                 layer.unmerge()
+
+    def _check_fusable(self, layers: list[AdapterLayer]) -> None:
+        """AdapterStateError before any layer changes if a blend adds a diff_b to a layer without a bias."""
+        paths = {id(layer): p.path for pairs in self._layers.values() for p, layer in pairs}
+        refuse_bias_free([(paths[id(layer)], layer, _blended(layer)) for layer in layers])
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
     def _all_layers(self) -> list[AdapterLayer]:
@@ -167,3 +176,8 @@ class AdapterBank:
     def __repr__(self) -> str:
         state = "fused" if self._fused else "unfused"
         return f"AdapterBank({state}, {', '.join(f'{n}={s!r}' for n, s in self._specs.items()) or 'empty'})"
+
+
+def _blended(layer: AdapterLayer) -> list[str]:
+    """The adapters a fused layer folds in: enabled, at a non-zero strength."""
+    return [n for n, s in layer.adapters.items() if s.enabled and s.strength != 0.0]

@@ -99,3 +99,16 @@ def merged_weight(pristine: torch.Tensor, slots: list[Any], out: torch.Tensor | 
         out.copy_(result)
         result = out
     return result
+
+
+def merged_bias(pristine: torch.Tensor, slots: list[Any]) -> torch.Tensor | None:
+    """pristine + sum over slots of strength * scale * delta b (full's diff_b), summed in fp32 and cast to
+    pristine's dtype; `pristine` itself when no slot changes the bias; None if the result is not finite."""
+    deltas = [b for b in (s.weighted_bias() for s in slots) if b is not None]
+    if not deltas:
+        return pristine
+    total = pristine.to(torch.promote_types(pristine.dtype, torch.float32))
+    for delta in deltas:
+        total = total + delta.to(total)
+    result = total.to(pristine.dtype)
+    return result if torch.isfinite(result).all() else None

@@ -4,8 +4,9 @@
     (a DoRA adapter adds strength * (W' - W) x instead; see functional.dora and AdapterSlot.dora_forward)
 
 `scale` (alpha / rank, or alpha / sqrt(rank) for rsLoRA) is fixed by training; `strength` is the user's
-blend factor. Merging writes W + sum strength * scale * delta W into the base weight, computed in fp32
-from a kept pristine copy, so unmerging restores the original tensor exactly (no subtraction drift).
+blend factor. Merging writes W + sum strength * scale * delta W into the base weight (and b + sum strength *
+scale * delta b into the bias, for full-weight adapters with a diff_b), computed in fp32 from kept pristine
+copies, so unmerging restores the original tensors exactly (no subtraction drift).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .functional import RowLayout, op_for
 from .functional.dora import init_magnitude, per_channel
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
-from .blend import merged_weight, stacked_terms, terms_of
+from .blend import merged_bias, merged_weight, stacked_terms, terms_of
 from .slot import AdapterSlot
 
 
@@ -34,6 +35,7 @@ class AdapterLayer(nn.Module):
         self.op = op_for(base_layer)
         self.merged: list[str] = []
         self._pristine: torch.Tensor | None = None  # the original weight tensor while anything is merged
+        self._pristine_bias: torch.Tensor | None = None  # the original bias, while a merged adapter changes it
         self._stack_key: tuple | None = None  # what the cached stacked factors were built from (see _stacked)
         self._stack: tuple = ()
 
@@ -84,7 +86,13 @@ class AdapterLayer(nn.Module):
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+        """The base bias plus active adapters' bias deltas (diff_b); the base Parameter itself when none has one."""
+        base = self.base_layer.bias
+        deltas = [b for b in (s.weighted_bias() for s in self.active()) if b is not None]
+        if not deltas:
+            return base
+        total = sum(deltas)
+        return total.to(self.base_layer.weight.dtype) if base is None else base + total.to(base.dtype)
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,11 +159,23 @@ class AdapterLayer(nn.Module):
 
     # -- merge ------------------------------------------------------------------------------------------
     def snapshot(self) -> tuple[Any, ...]:
-        """The merge state (live weight tensor, kept original, merged names), for `restore` after a failure."""
-        return self.base_layer.weight.data, self._pristine, list(self.merged)
+        """The merge state (live weight and bias tensors, kept originals, merged names), for `restore`."""
+        bias = self.base_layer.bias
+        return (self.base_layer.weight.data, self._pristine, list(self.merged),
+                None if bias is None else bias.data, self._pristine_bias)
 
     def restore(self, state: tuple[Any, ...]) -> None:
         self.base_layer.weight.data, self._pristine, self.merged = state[0], state[1], list(state[2])
+        if state[3] is not None:
+            self.base_layer.bias.data = state[3]
+        self._pristine_bias = state[4]
+
+    def unmergeable(self, names: list[str]) -> list[str]:
+        """Those of `names` that change a bias this layer does not have (diff_b on a bias-free layer): merging
+        them would need a new parameter, so they can only run unmerged."""
+        if self.base_layer.bias is not None:
+            return []
+        return [n for n in names if self.adapters[n].weighted_bias() is not None]
 
     def merge(self, names: list[str]) -> list[str]:
         """Merge these adapters (with their current strengths) into the base weight; returns those merged."""
@@ -168,7 +188,9 @@ class AdapterLayer(nn.Module):
         """Put the original weight tensor back: exact, whatever was merged."""
         if self._pristine is not None:
             self.base_layer.weight.data = self._pristine.to(self.base_layer.weight.device)  # kept on the CPU?
-        self._pristine, self.merged = None, []
+        if self._pristine_bias is not None:
+            self.base_layer.bias.data = self._pristine_bias
+        self._pristine, self._pristine_bias, self.merged = None, None, []
 
     def refresh_merge(self) -> None:
         """Recompute the merged weight after a strength change or removal."""
@@ -189,7 +211,7 @@ class AdapterLayer(nn.Module):
         if baked:
             self.unmerge()
             self._write_merged(baked)
-            self._pristine, self.merged = None, remaining  # the baked weight is the new original
+            self._pristine, self._pristine_bias, self.merged = None, None, remaining  # baked: the new originals
         for n in names:
             del self.adapters[n]
         self.merged = remaining
@@ -199,7 +221,7 @@ class AdapterLayer(nn.Module):
     @torch.no_grad()
     def _write_merged(self, names: list[str], pristine_device: torch.device | str | None = None,
                       in_place: bool = False) -> None:
-        """weight = pristine + sum strength * scale * delta W over `names`.
+        """weight = pristine + sum strength * scale * delta W over `names` (bias likewise, for diff_b).
 
         The sum runs in fp32 (or wider) on the weight's device, all adapters of one kind as one product of
         stacked factors, and is cast once. The pristine tensor is never written; with `pristine_device`
@@ -211,18 +233,26 @@ class AdapterLayer(nn.Module):
         pristine = self._pristine if self._pristine is not None else weight.data
         if pristine_device is not None:
             pristine = pristine.to(pristine_device)  # a copy only when it moves
-        for n in names:
-            if "diff_b" in self.adapters[n].params:
-                raise AdapterStateError(f"adapter {n!r} changes the bias too (a full-weight diff_b); merging writes "
-                                        "weights only, so it stays unmerged")
+        refused = self.unmergeable(names)
+        if refused:
+            raise AdapterStateError(f"adapters {refused} add a bias (diff_b) to a layer without one; merging would "
+                                    "need a new parameter, so run them unmerged (merge the others by name)")
+        slots = [self.adapters[n] for n in sorted(names)]
+        bias = self.base_layer.bias
+        kept_bias = self._pristine_bias if self._pristine_bias is not None else (None if bias is None else bias.data)
+        new_bias = merged_bias(kept_bias, slots) if bias is not None else None  # kept_bias itself if no diff_b
+        if bias is not None and new_bias is None:
+            raise NonFiniteError(f"merging {names} gives a non-finite bias; the base layer is unchanged")
         own = self._pristine is not None and weight.data_ptr() != self._pristine.data_ptr()
         out = weight.data if in_place and own else None
-        merged = merged_weight(pristine.to(weight.device), [self.adapters[n] for n in sorted(names)], out)
+        merged = merged_weight(pristine.to(weight.device), slots, out)
         if merged is None:
             raise NonFiniteError(f"merging {names} gives non-finite weights; the base weight is unchanged")
         self._pristine = pristine
         if out is None:
             weight.data = merged
+        if bias is not None:  # the merged bias, or the pristine one back when no merged adapter changes it
+            bias.data, self._pristine_bias = new_bias, None if new_bias is kept_bias else kept_bias
         self.merged = list(names)
 
     def _apply(self, fn, recurse=True):
@@ -234,6 +264,8 @@ class AdapterLayer(nn.Module):
             self._pristine = fn(self._pristine)
             if away:  # kept off the weight's device on purpose (AdapterBank's pristine_device): stay there
                 self._pristine = self._pristine.to(home)
+        if self._pristine_bias is not None:
+            self._pristine_bias = fn(self._pristine_bias)
         return self
 
     def extra_repr(self) -> str:

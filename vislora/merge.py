@@ -24,21 +24,35 @@ def merge(model: Any, names: list[str] | str | None = None) -> int:
     names = [names] if isinstance(names, str) else names
     if names is not None:
         check_known(model, names)
-    layers = [layer for _, layer in adapter_layers(model)]
-    before = [layer.snapshot() for layer in layers]
+    wanted = [(path, layer, [n for n, s in layer.adapters.items() if s.enabled and (names is None or n in names)])
+              for path, layer in adapter_layers(model)]
+    refuse_bias_free(wanted)
+    before = [layer.snapshot() for _, layer, _ in wanted]
     changed = 0
     try:
-        for layer in layers:
-            wanted = [n for n in layer.adapters if names is None or n in names]
-            changed += bool(layer.merge(wanted))
+        for _, layer, todo in wanted:
+            changed += bool(layer.merge(todo))
     except NonFiniteError:
         # The failing layer wrote nothing; put the tensors of the layers before it back as they were.
-        for layer, state in zip(layers, before):
+        for (_, layer, _), state in zip(wanted, before):
             layer.restore(state)
         raise
     if changed == 0:
         warnings.warn("merge: nothing to merge (already merged, or no enabled adapters)", stacklevel=2)
     return changed
+
+
+def refuse_bias_free(wanted: list[tuple[str, Any, list[str]]]) -> None:
+    """Raise AdapterStateError, before anything changes, if a merge would need a bias a layer lacks:
+    `wanted` is (layer path, AdapterLayer, adapter names to merge there)."""
+    refused = [(path, layer.unmergeable(names)) for path, layer, names in wanted]
+    refused = [(path, names) for path, names in refused if names]
+    if refused:
+        where = ", ".join(f"{path} ({', '.join(names)})" for path, names in refused[:5])
+        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        raise AdapterStateError(f"{len(refused)} layer(s) have no bias for their adapters' diff_b: {where}{more}; "
+                                "merging would need new parameters, so nothing was merged. Run those adapters "
+                                "unmerged, or merge the others by name")
 
 
 def unmerge(model: Any, names: list[str] | str | None = None) -> int:

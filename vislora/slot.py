@@ -88,6 +88,12 @@ class AdapterSlot(nn.Module):
         adapter_out = self.functions.delta_forward(x, self.params, self.layout) * self.scale
         return output_delta(wx, adapter_out, g, self.strength).to(wx.dtype)
 
+    def weighted_bias(self) -> torch.Tensor | None:
+        """strength * scale * delta b [out] in fp32, for kinds that change the bias too (full's diff_b), else None."""
+        delta_bias = getattr(self.functions, "delta_bias", None)
+        bias = delta_bias(self.params) if delta_bias is not None else None
+        return None if bias is None else bias.float() * self.coef
+
     @property
     def functions(self):
         return KINDS[self.kind]

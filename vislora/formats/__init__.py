@@ -24,7 +24,7 @@ from types import ModuleType
 import torch
 
 from ..errors import AdapterFormatError
-from . import container, kohya, native, peft_diffusers
+from . import container, kohya, native, peft_diffusers, peft_folder
 from .adapter import AdapterFile, ModuleWeights
 
 FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers)}
@@ -34,8 +34,12 @@ EXTRA_DTYPES = FACTOR_DTYPES + (torch.int64,)  # int64: BatchNorm's num_batches_
 
 
 def read(path: str | os.PathLike) -> AdapterFile:
-    """Parse an adapter file (or an adapter folder a format knows) without touching any model."""
+    """Parse an adapter file (or an adapter folder a format knows, or a set of PEFT folders, one per pipeline
+    component, read as one adapter) without touching any model."""
     path, options = Path(path), {}
+    parts = peft_folder.components_in(path) if path.is_dir() else None
+    if parts:
+        return peft_folder.combine({comp: read(sub) for comp, sub in parts.items()}, path)
     if path.is_dir():
         for fmt in FORMATS.values():
             found = fmt.folder(path) if hasattr(fmt, "folder") else None
@@ -60,8 +64,6 @@ TARGETS = (*FORMATS, *ALIASES, "peft")
 def write(path: str | os.PathLike, adapter: AdapterFile, format: str = native.FORMAT) -> Path:
     """Write `adapter` in `format` (default vislora's own; any of TARGETS), atomically."""
     if format == "peft":
-        from . import peft_folder
-
         return peft_folder.write_folder(path, adapter)
     if ALIASES.get(format, format) not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose from {sorted(TARGETS)}")

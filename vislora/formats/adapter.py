@@ -51,3 +51,8 @@ class AdapterFile:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     config: AdapterConfig | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # component -> its file, when read from several
+
+    def source_of(self, name: str) -> str:
+        """The file module `name` came from (a per-component folder's subfolder file, else `path`)."""
+        return self.sources.get(name.partition(".")[0], self.path) if "." in name else self.path

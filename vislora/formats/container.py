@@ -26,6 +26,11 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# The order the safetensors library lays tensors out in (its dtype enum, largest first; then by key), so the
+# bytes we write are the bytes safetensors.torch.save writes, the `__metadata__` order aside. Hashes kohya
+# defines over that serialisation (sshs_*) then mean the same thing on our files.
+LAYOUT_ORDER = {name: i for i, name in enumerate(
+    ("I64", "F64", "F32", "I32", "BF16", "F16", "I16", "F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL"))}
 
 # First bytes of files that are not safetensors, and what to call them.
 _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
@@ -143,20 +148,22 @@ def parse(data: bytes, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
 
 
 def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """Deterministic safetensors bytes: tensors in key order, metadata keys sorted."""
+    """Deterministic safetensors bytes: tensors in safetensors' own layout order (LAYOUT_ORDER), metadata keys
+    sorted and written as UTF-8 like the safetensors library (so the header has its length too)."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {k: metadata[k] for k in sorted(metadata)}
     blobs, offset = [], 0
-    for key in sorted(tensors):
-        t = tensors[key].detach().to("cpu").contiguous()
+    for key, t in tensors.items():
         if t.dtype not in DTYPE_NAMES:
             raise TypeError(f"cannot store dtype {t.dtype} for {key!r}")
+    for key in sorted(tensors, key=lambda k: (LAYOUT_ORDER[DTYPE_NAMES[tensors[k].dtype]], k)):
+        t = tensors[key].detach().to("cpu").contiguous()
         blob = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         header[key] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the format allows space padding; 8-byte alignment for the data
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 

@@ -163,7 +163,7 @@ def write(adapter: AdapterFile, naming: str = "auto") -> tuple[dict[str, torch.T
         named[name] = plain
         tensors.update(file_tensors(name, plain))
     meta = ss_metadata(named, arch.name)
-    meta["sshs_model_hash"] = model_hash(tensors)
+    meta.update(addnet_hashes(tensors, meta))
     return tensors, meta
 
 
@@ -249,12 +249,22 @@ def ss_metadata(modules: dict[str, ModuleWeights], arch_name: str | None) -> dic
     return meta
 
 
-def model_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """sshs_model_hash (A1111's "addnet" hash): sha256 of the file's bytes after the safetensors header.
-    Those bytes are the tensors in key order, the same whatever the metadata (container.serialize)."""
-    data = container.serialize(tensors)
+LEGACY_WINDOW = (0x100000, 0x110000)  # the 64 KiB at 1 MiB that the legacy hash reads (empty if the file is shorter)
+
+
+def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """sshs_model_hash and sshs_legacy_hash, as kohya sd-scripts precomputes them for A1111's additional-networks.
+
+    Both read one serialisation S = safetensors(tensors, the `ss_*` metadata only): the training metadata, not
+    user or sshs_ keys, so later metadata edits do not change them. model hash = sha256(S after its header),
+    i.e. of the tensor bytes, equal to the written file's; legacy hash = sha256(S[1 MiB : 1 MiB + 64 KiB])
+    cut to 8 hex digits, which depends on the `ss_*` header's length. `container.serialize` lays tensors out
+    as the safetensors library does, so S here is byte for byte kohya's (metadata order aside, which neither
+    hash reads when the header is under 1 MiB)."""
+    data = container.serialize(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
     (header,) = struct.unpack("<Q", data[:8])
-    return hashlib.sha256(data[8 + header:]).hexdigest()
+    return {"sshs_model_hash": hashlib.sha256(data[8 + header:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(data[slice(*LEGACY_WINDOW)]).hexdigest()[:8]}
 
 
 def metadata_summary(metadata: dict[str, Any]) -> dict[str, str]:

@@ -1,10 +1,11 @@
 """PEFT adapter folders: `adapter_model.safetensors` + `adapter_config.json`, as `PeftModel.from_pretrained`
-and `save_pretrained` use them (formats spec section 5.5). Reading is peft_diffusers' `folder`; this writes.
+and `save_pretrained` use them (formats spec section 5.5). Reading one folder is peft_diffusers' `folder`.
 
 Keys: `base_model.model.<path>.lora_A.weight` / `.lora_B.weight`; modules_to_save as full weights under
 `base_model.model.<path>`. The config holds r / lora_alpha (the most common), rank_pattern / alpha_pattern
 for the rest, target_modules (exact paths), and for timm models the `auto_mapping` PEFT records. A pipeline
-adapter becomes one folder per component (`unet/`, `text_encoder/`), as diffusers keeps them.
+adapter becomes one folder per component (`OUT/unet/`, `OUT/text_encoder/`), as PEFT's DreamBooth example
+saves each `PeftModel`; `components_in` finds such a set and `combine` reads it back as one adapter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import AdapterFile, container, peft_diffusers
+from ..components import ADAPTABLE
+from ..errors import AdapterFormatError, UnsafeFormatError
+from . import container, peft_diffusers
+from .adapter import AdapterFile
 
 PREFIX = "base_model.model."
 TIMM_VIT = {"base_model_class": "VisionTransformer", "parent_library": "timm.models.vision_transformer"}
@@ -65,3 +69,39 @@ def write_folder(path: str | os.PathLike, adapter: AdapterFile) -> Path:
     for comp, (modules, extra) in groups.items():
         _write_one(path / comp if comp else path, modules, extra)
     return path
+
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "adapter_model.bin")
+
+
+def components_in(path: Path) -> dict[str, Path] | None:
+    """{component: subfolder} when `path` holds one PEFT folder per pipeline component and no adapter file of
+    its own, else None. A subfolder with adapter files that is not a component (ADAPTABLE) is an error, as is
+    a pickled adapter_model.bin without its safetensors twin: nothing of the set may be dropped silently."""
+    if any((path / f).exists() for f in ADAPTER_FILES):
+        return None
+    subs = {d.name: d for d in sorted(path.iterdir()) if d.is_dir() and any((d / f).exists() for f in ADAPTER_FILES)}
+    unknown = [d for name, d in subs.items() if name not in ADAPTABLE]
+    if unknown:
+        raise AdapterFormatError(f"{[d.name for d in unknown]} hold adapters but are not pipeline components "
+                                 f"({', '.join(ADAPTABLE)}); rename or move them", path=unknown[0],
+                                 category="unknown-component")
+    for d in subs.values():
+        if not (d / ADAPTER_FILES[0]).exists() and (d / "adapter_model.bin").exists():
+            raise UnsafeFormatError("a pickled adapter_model.bin; vislora reads adapters from .safetensors only "
+                                    "(save with safe_serialization=True)", path=d / "adapter_model.bin",
+                                    category="pickle")
+    return subs or None
+
+
+def combine(parts: dict[str, AdapterFile], path: Path) -> AdapterFile:
+    """One adapter from per-component PEFT files: module and full-tensor names get their component prefix."""
+    for comp, part in parts.items():
+        if part.format != peft_diffusers.FORMAT:
+            raise AdapterFormatError(f"a {part.format} file in a PEFT folder set: {comp}/ must hold PEFT's "
+                                     "adapter_model.safetensors", path=part.path, category="mixed-formats")
+    modules = {f"{comp}.{name}": w for comp, part in parts.items() for name, w in part.modules.items()}
+    extra = {f"{comp}.{key}": t for comp, part in parts.items() for key, t in part.extra.items()}
+    metadata = {k: v for part in parts.values() for k, v in part.metadata.items()}
+    return AdapterFile(str(path), peft_diffusers.FORMAT, modules, extra, None, metadata,
+                       {comp: part.path for comp, part in parts.items()})

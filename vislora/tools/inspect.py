@@ -38,7 +38,7 @@ def escape(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 def _size(path: Path) -> int:
     if path.is_dir():
-        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # per-component subfolders too
     return path.stat().st_size
 
 
