@@ -28,18 +28,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import vislora
-from vislora.data.buckets import bucket_batches, bucket_sizes
+from vislora.data.buckets import bucket_sizes
 from vislora.data.captions import Captioned, image_files, scan_captioned
 from vislora.data.folders import IMAGE_SUFFIXES, DatasetError
-from vislora.data.latents import Items, TextCache, cache_latents, latent_params, load_items
-from vislora.tasks.diffusion import (DiffusionBase, check_presets, check_prompts, generate, load_pipeline,
-                                     sdxl_time_ids)
-from vislora.train import diffusion_loss as dl
+from vislora.data.latents import Items, TextCache, cache_latents, load_items
+from vislora.tasks.diffusion import DiffusionBase, check_presets, check_prompts, generate, load_pipeline
+from vislora.train import denoise
+from vislora.train.diffusion_batches import Batches, draw_seeds
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
                                 run_main)
-from vislora.train.sampling import derive_seed, epoch_order
 from vislora.train.trainstate import resume_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
@@ -48,7 +47,6 @@ NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progr
                   "model_config"}
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
-_DRAWS, _CLASS_ORDER = 3, 4  # derive_seed purposes of this recipe (sampling and buckets use 0-2)
 
 
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
@@ -205,57 +203,6 @@ def targets_of(base: DiffusionBase, args: argparse.Namespace) -> dict[str, dict]
     return targets
 
 
-class Batches:
-    """Global batch n (= step x grad_accum + micro) as item indices: a pure function of (seed, n), so a
-    resumed run and any number of processes see the same pictures. Class pictures follow their own order."""
-
-    def __init__(self, items: Items, classes: Items | None, global_batch: int, seed: int) -> None:
-        self.items, self.classes, self.global_batch, self.seed = items, classes, global_batch, seed
-        self.per_epoch = len(bucket_batches(items.buckets, global_batch, seed, 0))
-        self._epoch: tuple[int, list[list[int]]] | None = None
-        if self.per_epoch == 0:
-            raise DatasetError(f"{len(items.pixels)} images make no full batch of {global_batch} in any one "
-                               "aspect-ratio bucket; lower --batch-size, or use --no-buckets")
-
-    def instance(self, n: int) -> list[int]:
-        epoch, within = divmod(n, self.per_epoch)
-        if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, bucket_batches(self.items.buckets, self.global_batch, self.seed, epoch))
-        return self._epoch[1][within]
-
-    def prior(self, n: int) -> list[int]:
-        count = len(self.classes.pixels)
-        picks = []
-        for k in range(n * self.global_batch, (n + 1) * self.global_batch):
-            epoch, pos = divmod(k, count)
-            picks.append(epoch_order(count, derive_seed(self.seed, _CLASS_ORDER), epoch)[pos])
-        return picks
-
-
-def sample_loss(base: DiffusionBase, unet, vae, text: TextCache, items: Items, indices: list[int], cached,
-                first: int, n: int, args, alphas: torch.Tensor, device) -> torch.Tensor:
-    """Per-sample denoising losses [B] of one batch. Sample j of global batch n draws its noise, timestep and
-    latent from a generator seeded by (seed, n, first + j), its position in the global batch."""
-    mean, std = latent_params(vae, items, indices, cached, device)           # [B, 4, h, w]
-    draws = [dl.draw(tuple(mean.shape[1:]), torch.Generator().manual_seed(
-        derive_seed(args.seed, n, first + j, purpose=_DRAWS)), len(alphas), args.noise_offset)
-        for j in range(len(indices))]
-    eps = torch.stack([d.latent_noise for d in draws]).to(device)
-    noise = torch.stack([d.noise for d in draws]).to(device)
-    t = torch.tensor([d.timestep for d in draws], device=device)
-    x0 = (mean + std * eps) * vae.config.scaling_factor
-    noisy = dl.add_noise(x0, noise, t, alphas)
-    emb = text([items.data.captions[i] for i in indices], device)
-    extra = {}
-    if base.is_sdxl:  # micro-conditioning: original size, crop, target size per picture
-        ids = [sdxl_time_ids(items.data.sizes[i][::-1], items.crops[i], tuple(items.pixels[i].shape[1:]))
-               for i in indices]
-        extra["added_cond_kwargs"] = {"text_embeds": emb.pooled, "time_ids": torch.stack(ids).to(device)}
-    pred = unet(noisy, t, emb.hidden, **extra).sample
-    weights = dl.snr_weights(t, alphas, args.snr_gamma, base.prediction)
-    return dl.per_sample_loss(pred, dl.target(x0, noise, t, alphas, base.prediction)) * weights
-
-
 def describe(args: argparse.Namespace, base: DiffusionBase, resolution: int) -> dict[str, str]:
     """The adapter file's provenance entry: base (path relative to OUT, or hub name, with sha256), prompts."""
     record = dict(base.record)
@@ -351,13 +298,17 @@ def run(args: argparse.Namespace) -> dict:
                     for m in wrapped.values():
                         stack.enter_context(accelerator.no_sync(m))
                 stack.enter_context(accelerator.autocast())
-                inst = sample_loss(base, unet, pipe.vae, text, items, batches.instance(n)[mine], cached,
-                                   mine.start, n, args, alphas, device)
+                shares = [(items, batches.instance(n)[mine], cached, mine.start)]
+                if classes is not None:  # as many class pictures, drawn as their own samples after the instances
+                    shares.append((classes, batches.prior(n)[mine], cached_class, batches.global_batch + mine.start))
+                parts = [denoise.training_batch(base, pipe.vae, text, data, picks, cache,
+                                                draw_seeds(args.seed, n, first, len(picks)), alphas, device,
+                                                args.noise_offset) for data, picks, cache, first in shares]
+                # One UNet call on instance and class samples together, split after (as diffusers' DreamBooth).
+                losses = denoise.unet_losses(unet, denoise.cat(parts), alphas, base.prediction, args.snr_gamma)
+                inst, prior = losses.split([len(parts[0]), len(losses) - len(parts[0])])
                 loss = inst.mean()
-                prior = torch.zeros(())
-                if classes is not None:  # the same number of class pictures, drawn as their own samples
-                    prior = sample_loss(base, unet, pipe.vae, text, classes, batches.prior(n)[mine], cached_class,
-                                        batches.global_batch + mine.start, n, args, alphas, device)
+                if classes is not None:
                     loss = loss + args.prior_loss_weight * prior.mean()
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,

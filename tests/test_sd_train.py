@@ -4,7 +4,6 @@ and buckets, resume, two processes, SDXL, checkpointing and caching equivalences
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from vislora.data.latents import TextCache, cache_latents, load_items
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
 from vislora.tasks.diffusion import load_pipeline
+from vislora.train import denoise
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SD = ROOT / "samples" / "digits_sd"
@@ -76,22 +76,18 @@ def dreambooth(world) -> Path:
     return out
 
 
-def _fixed_loss(base_dir: Path, adapter: Path | None, folder: Path, caption: str | None, draws: int = 6) -> float:
-    """Mean denoising loss over the pictures of `folder`, with fixed noise and timesteps (draws 1000..)."""
+def _fixed_loss(base_dir: Path, adapter: Path | None, folder: Path, caption: str | None) -> float:
+    """The evaluation loss (fixed noise and timesteps) over the pictures of `folder`, of the base with the
+    adapter file loaded: what a user gets from the file, not the run's own model."""
     base = load_pipeline(str(base_dir))
     if adapter is not None:
         vislora.load_adapter(base.pipe, adapter)
-    args = argparse.Namespace(seed=0, noise_offset=0.0, snr_gamma=None)
     data = scan_captioned(folder, caption=caption, warn=False)
     sizes = bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None)
     items = load_items(data, sizes)
     cached = cache_latents(base.pipe.vae, items, torch.device("cpu"), False)
-    text = TextCache(base, True)
     alphas = torch.as_tensor(base.pipe.scheduler.alphas_cumprod, dtype=torch.float32)
-    with torch.no_grad():
-        losses = [dreambooth_sd.sample_loss(base, base.pipe.unet, base.pipe.vae, text, items, [i], cached, 0, 1000 + n,
-                                            args, alphas, "cpu") for n in range(draws) for i in range(len(items.pixels))]
-    return float(torch.cat(losses).mean())
+    return denoise.eval_loss(base, base.pipe.unet, base.pipe.vae, TextCache(base, True), items, cached, alphas, "cpu")
 
 
 def test_dreambooth_outputs_and_metadata(dreambooth, world):
