@@ -44,7 +44,7 @@ from vislora.train.trainstate import resume_training, save_training
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
                   "validation_prompt", "validation_seeds", "sample_steps", "guidance", "class_data", "model",
-                  "model_config"}
+                  "model_config", "eval_images"}
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
 
@@ -105,6 +105,8 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     val.add_argument("--validation-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     val.add_argument("--sample-steps", type=int, default=25, help="denoising steps for samples and class images")
     val.add_argument("--guidance", type=float, default=7.5)
+    val.add_argument("--eval-images", type=int, default=16,
+                     help="pictures in the evaluation loss (fixed noise and timesteps; 0: none)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True)
     out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -121,9 +123,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, before any file is read."""
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
         raise DatasetError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
-    for flag in ("steps", "rank", "batch_size", "grad_accum"):
-        if getattr(args, flag) < 1:
-            raise DatasetError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag, least in (("steps", 1), ("rank", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_images", 0)):
+        if getattr(args, flag) < least:
+            raise DatasetError(f"--{flag.replace('_', '-')} must be at least {least}")
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
     else:
@@ -219,6 +221,20 @@ def describe(args: argparse.Namespace, base: DiffusionBase, resolution: int) -> 
 
 
 @torch.no_grad()
+def evaluate(base: DiffusionBase, trained: dict[str, nn.Module], accelerator: Accelerator, text: TextCache,
+             items: Items, cached, alphas: torch.Tensor, limit: int) -> float:
+    """denoise.eval_loss of the model as it is now, in eval mode (no dropout) under the run's autocast."""
+    for m in trained.values():
+        m.eval()
+    with accelerator.autocast():
+        loss = denoise.eval_loss(base, base.pipe.unet, base.pipe.vae, text, items, cached, alphas,
+                                 accelerator.device, limit)
+    for m in trained.values():
+        m.train()
+    return loss
+
+
+@torch.no_grad()
 def validate(base: DiffusionBase, args, prompts: list[str], step: int, resolution: int) -> Path:
     """A labelled grid: one row per prompt, one column per fixed seed, at OUT/samples/step-NNNNNN.png."""
     base.pipe.unet.eval()
@@ -264,9 +280,18 @@ def run(args: argparse.Namespace) -> dict:
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
                          classes=[Path(p).name for p in classes.data.paths] if classes else None,
                          base=base.record)
-    state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": []}
+    state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": [],
+             "evals": []}
     if args.resume:
         state = resume_training(run_dir, holder, optimizer, state, config_hash=digest, say=accelerator.print)
+        state.setdefault("evals", [])  # checkpoints from before the evaluation loss
+
+    def evaluation() -> dict:  # main process only: the trained modules unwrapped, no DDP hooks
+        return {"step": state["step"], "eval_loss": evaluate(base, trained, accelerator, text, items, cached, alphas,
+                                                             args.eval_images)}
+
+    if main and args.eval_images and state["step"] == 0:
+        state["evals"] = [evaluation()]
     wrapped = {k: accelerator.prepare(m) for k, m in trained.items()}
     unet = wrapped["unet"]
     optimizer = accelerator.prepare(optimizer)
@@ -329,7 +354,10 @@ def run(args: argparse.Namespace) -> dict:
         state["step"] = step
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if main and args.validate_every and step % args.validate_every == 0 and step < args.steps:
+        validating = bool(args.validate_every) and step % args.validate_every == 0 and step < args.steps
+        if main and args.eval_images and (validating or step == args.steps):
+            state["evals"].append(evaluation())
+        if main and validating:
             state["samples"].append(str(validate(base, args, prompts, step, resolution)))
             for m in wrapped.values():
                 m.train()
@@ -340,7 +368,9 @@ def run(args: argparse.Namespace) -> dict:
     return finish(args, accelerator, base, state, prompts, resolution,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
                    "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
-                   "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before})
+                   "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
+                   "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
+                   "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []})
 
 
 def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -361,7 +391,7 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
-               **loss_ends(history), **counts,
+               **loss_ends(history), **eval_ends(state["evals"]), **counts,
                "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1), "peak_rss_mb": peak_rss_mb(),
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "files": {}}
@@ -375,7 +405,9 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
         summary["files"]["samples"] = str(validate(base, args, prompts, state["step"], resolution))
         if history:
             keys = ("instance_loss", "prior_loss") if history[0]["prior_loss"] is not None else ("instance_loss",)
-            summary["files"]["plot"] = str(plot_loss(history, out / "loss.png", keys, f"{args.task} ({base.arch})"))
+            marks = {"eval loss (fixed noise, timesteps)": [(e["step"], e["eval_loss"]) for e in state["evals"]]}
+            summary["files"]["plot"] = str(plot_loss(history, out / "loss.png", keys, f"{args.task} ({base.arch})",
+                                                     marks=marks if state["evals"] else None))
         summary["files"]["metrics"] = str(out / "metrics.json")
         write_metrics(out, summary, history, HISTORY_COLUMNS)
     accelerator.wait_for_everyone()
@@ -392,9 +424,21 @@ def loss_ends(history: list[dict]) -> dict:
     return {"first_loss": mean(history[:window]), "last_loss": mean(history[-window:]), "loss_window": window}
 
 
+def eval_ends(evals: list[dict]) -> dict:
+    """The evaluation loss at the first and the last evaluation (before training and at the end), and all."""
+    return {"eval_loss_before": evals[0]["eval_loss"] if evals else None,
+            "eval_loss_after": evals[-1]["eval_loss"] if evals else None, "evals": list(evals)}
+
+
 def report(summary: dict) -> None:
-    print(f"instance loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of the first and of the "
-          f"last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
+    evals = summary["evals"]
+    if evals:
+        print(f"eval loss (fixed noise and timesteps): {summary['eval_loss_before']:.4f} -> "
+              f"{summary['eval_loss_after']:.4f} (steps {evals[0]['step']} -> {evals[-1]['step']}; "
+              f"{summary['eval_images']} images x {len(summary['eval_timesteps'])} timesteps)")
+    else:
+        print(f"instance loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of the first and of "
+              f"the last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
 

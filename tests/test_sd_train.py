@@ -4,6 +4,8 @@ and buckets, resume, two processes, SDXL, checkpointing and caching equivalences
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -71,8 +73,11 @@ def _dreambooth(world, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def dreambooth(world) -> Path:
     out = world["root"] / "db"
-    assert dreambooth_sd.main(_dreambooth(world, out, "--checkpoint-every", "6", "--keep", "10",
-                                          "--validate-every", "6")) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert dreambooth_sd.main(_dreambooth(world, out, "--checkpoint-every", "6", "--keep", "10",
+                                              "--validate-every", "6")) == 0
+    (out / "printed.txt").write_text(printed.getvalue())
     return out
 
 
@@ -107,11 +112,22 @@ def test_dreambooth_outputs_and_metadata(dreambooth, world):
     assert len(list((world["root"] / "classes").glob("*.png"))) == 4
 
 
-def test_dreambooth_lowers_the_instance_loss(dreambooth, world):
-    """Fixed noise and timesteps over the instance pictures: the trained adapter denoises them better."""
-    before = _fixed_loss(world["base"], None, world["instance"], "a sks digit")
-    after = _fixed_loss(world["base"], dreambooth / "adapter.safetensors", world["instance"], "a sks digit")
+def test_dreambooth_lowers_the_eval_loss(dreambooth, world):
+    """The evaluation loss (fixed noise and timesteps over the instance pictures) before training, at each
+    validation and at the end: the trained adapter denoises them better, and the run's numbers are what the
+    adapter file gives in a fresh base (fp32 on the CPU: within 1e-6 relative)."""
+    metrics = json.loads((dreambooth / "metrics.json").read_text())
+    evals = metrics["evals"]
+    assert [e["step"] for e in evals] == [0, 6, 12] and metrics["eval_images"] == 4
+    assert metrics["eval_timesteps"] == [62, 187, 312, 437, 562, 687, 812, 937]
+    before, after = metrics["eval_loss_before"], metrics["eval_loss_after"]
+    assert (before, after) == (evals[0]["eval_loss"], evals[-1]["eval_loss"])
     assert after < 0.9 * before, (before, after)
+    assert _fixed_loss(world["base"], None, world["instance"], "a sks digit") == pytest.approx(before, rel=1e-6)
+    file_after = _fixed_loss(world["base"], dreambooth / "adapter.safetensors", world["instance"], "a sks digit")
+    assert file_after == pytest.approx(after, rel=1e-6)
+    line = next(x for x in (dreambooth / "printed.txt").read_text().splitlines() if x.startswith("eval loss"))
+    assert line.startswith(f"eval loss (fixed noise and timesteps): {before:.4f} -> {after:.4f} (steps 0 -> 12; ")
 
 
 def test_the_file_reproduces_the_trained_model(dreambooth, world):
@@ -138,12 +154,18 @@ def test_the_file_reproduces_the_trained_model(dreambooth, world):
     assert torch.equal(a, b)
 
 
-def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path):
+def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path, capsys):
     folder = world["root"] / "classes"
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
-    assert dreambooth_sd.main(_dreambooth(world, tmp_path / "more", "--num-class-images", "6", "--steps", "1")) == 0
+    assert dreambooth_sd.main(_dreambooth(world, tmp_path / "more", "--num-class-images", "6", "--steps", "1",
+                                          "--eval-images", "0")) == 0
     after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
     assert len(after) == 6 and all(after[k] == v for k, v in before.items())
+    # --eval-images 0: no evaluation loss; the printed line is the per-step loss's
+    metrics = json.loads((tmp_path / "more" / "metrics.json").read_text())
+    assert metrics["evals"] == [] and metrics["eval_loss_after"] is None and metrics["eval_images"] == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert sum(x.startswith("instance loss ") for x in printed) == 1 and not any("eval loss" in x for x in printed)
 
 
 def test_resume_equals_an_unbroken_run(dreambooth, world, tmp_path):
@@ -156,9 +178,10 @@ def test_resume_equals_an_unbroken_run(dreambooth, world, tmp_path):
                                           "--validate-every", "6", "--resume")) == 0
     a, b = (container.read(d / "adapter.safetensors")[0] for d in (dreambooth, out))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    first, second = (json.loads((d / "metrics.json").read_text())["history"] for d in (dreambooth, out))
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in first] == \
-           [{k: v for k, v in r.items() if k != "seconds"} for r in second]
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (dreambooth, out))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in first["history"]] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in second["history"]]
+    assert first["evals"] == second["evals"] and len(first["evals"]) == 3  # steps 0 and 6 from the checkpoint
 
 
 def test_resume_refuses_another_runs_checkpoints(dreambooth, world, tmp_path, capsys):
