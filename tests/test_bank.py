@@ -383,3 +383,64 @@ def test_bank_adopts_adapters_on_the_model_and_keeps_pristine_on_the_cpu():
     bank.unfuse()
     with torch.no_grad():
         assert torch.equal(vit(x), before)
+
+
+def test_set_strength_takes_the_banks_specs_and_checks_them_first(tmp_path):
+    """vislora.set_strength on the model resolves specs exactly as AdapterBank.set_strengths does."""
+    path = _adapter_file(tmp_path, tiny_pipeline, ["unet.all", "text.attn"], "a", 1, rank=2)
+    pipe1, pipe2 = tiny_pipeline(), tiny_pipeline()
+    bank = AdapterBank(pipe1)
+    bank.load("a", path)
+    vislora.load_adapter(pipe2, path, "a")
+    spec = {"*": 0.8, "text_encoder": 0.5, "up.0": 0.25, "IN03": 0.0}
+    bank.set_strengths({"a": spec})
+    vislora.set_strength(pipe2, "a", spec)
+    direct = AdapterBank(pipe2).layer_strengths("a")
+    assert direct == bank.layer_strengths("a") and set(direct.values()) == {0.0, 0.2, 0.4, 0.8}
+    inputs = unet_inputs()
+    assert torch.equal(run_unet(pipe1.unet, inputs), run_unet(pipe2.unet, inputs))
+    # One component only: the other keeps its strengths.
+    vislora.set_strength(pipe2, "a", 0.9, component="text_encoder")
+    after = AdapterBank(pipe2).layer_strengths("a")
+    assert all(v == (0.9 if p.startswith("text_encoder.") else direct[p]) for p, v in after.items())
+    # A bad spec changes nothing.
+    for bad, match in (({"up.7": 0.5}, "names none"), ("lbw:1,2", "values"), (float("nan"), "finite")):
+        with pytest.raises(ValueError, match=match):
+            vislora.set_strength(pipe2, "a", bad)
+        assert AdapterBank(pipe2).layer_strengths("a") == after
+    with pytest.raises(ValueError, match="no layers in component"):
+        vislora.set_strength(pipe2, "a", 0.5, component="vae")
+
+
+def test_set_strength_on_a_fused_bank_reblends_from_the_kept_original(tmp_path):
+    path = _adapter_file(tmp_path, tiny_unet, ["unet.all"], "a", 1, rank=2)
+    unet = tiny_unet()
+    before = checksum(unet)
+    inputs = unet_inputs()
+    bank = AdapterBank(unet, pristine_device="cpu")
+    bank.load("a", path, strength=0.5)
+    unfused = run_unet(unet, inputs)
+    bank.fuse()
+    vislora.set_strength(unet, "a", 1.0)
+    vislora.set_strength(unet, "a", {"*": 0.5})
+    assert torch.allclose(run_unet(unet, inputs), unfused, atol=1e-4, rtol=1e-4)
+    bank.unfuse()
+    bank.unload("a")
+    assert checksum(unet) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the kept originals' device is the point")
+def test_pristine_stays_on_the_cpu_for_a_model_on_the_gpu(tmp_path):
+    path = _adapter_file(tmp_path, tiny_unet, ["unet.all"], "a", 1, rank=2)
+    unet = tiny_unet().cuda()
+    bank = AdapterBank(unet, pristine_device="cpu")
+    bank.load("a", path, strength=0.5)
+    bank.fuse()
+    layers = [m for m in unet.modules() if isinstance(m, AdapterLayer) and m.merged]
+    assert layers and all(m._pristine.device.type == "cpu" and m.base_layer.weight.is_cuda for m in layers)
+    vislora.set_strength(unet, "a", 0.7)   # a re-merge through the model, not the bank
+    bank.set_strengths({"a": 0.3})
+    unet.half()                            # a dtype change keeps them where they are
+    assert all(m._pristine.device.type == "cpu" and m._pristine.dtype == torch.float16 for m in layers)
+    bank.unfuse()
+    assert all(m._pristine is None and m.base_layer.weight.is_cuda for m in layers)

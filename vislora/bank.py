@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from .components import components
 from .errors import NonFiniteError
 from .inject import adapter_names, remove
 from .io import LoadReport, load_adapter
 from .layers import AdapterLayer
-from .strengths import LayerPlace, Spec, check_names, place, resolve
+from .strengths import LayerPlace, Spec, adapter_places, check_names, resolve
 
 
 class AdapterBank:
@@ -163,25 +162,8 @@ class AdapterBank:
 
     def _index(self, name: str) -> None:
         """Where adapter `name`'s layers are, once, so that setting its strengths never scans the model."""
-        found = []
-        for comp, root in components(self.model).items():
-            lpb = _layers_per_block(root)
-            for local, module in root.named_modules():
-                if isinstance(module, AdapterLayer) and name in module.adapters:
-                    found.append((place(comp, local, lpb), module))
-        self._layers[name] = found
+        self._layers[name] = adapter_places(self.model, name)
 
     def __repr__(self) -> str:
         state = "fused" if self._fused else "unfused"
         return f"AdapterBank({state}, {', '.join(f'{n}={s!r}' for n, s in self._specs.items()) or 'empty'})"
-
-
-def _layers_per_block(root: torch.nn.Module) -> int | None:
-    """A diffusers UNet's layers_per_block (the same for every block in SD1.x, SD2.x and SDXL), else None."""
-    config = getattr(root, "config", None)
-    if config is None or not hasattr(root, "down_blocks"):
-        return None
-    lpb = getattr(config, "layers_per_block", None)
-    if isinstance(lpb, (list, tuple)):
-        lpb = lpb[0]
-    return int(lpb) if lpb is not None else None

@@ -255,9 +255,11 @@ class AdapterLayer(nn.Module):
     def refresh_merge(self) -> None:
         """Recompute the merged weight after a strength change or removal."""
         names = [n for n in self.merged if n in self.adapters]
-        self.unmerge()
-        if names:
-            self._write_merged(names)
+        if not names:
+            self.unmerge()
+            return
+        # From the kept original, which stays where it is (a bank may keep it on the CPU).
+        self._write_merged(names, None if self._pristine is None else self._pristine.device)
 
     def drop(self, names: list[str], keep_merged: bool = False) -> bool:
         """Delete these adapters; with keep_merged, their merged deltas become part of the base weight.
@@ -307,9 +309,13 @@ class AdapterLayer(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # .to(device/dtype) must move the kept original weight along with the live one.
+        away = self._pristine is not None and self._pristine.device != self.base_layer.weight.device
         super()._apply(fn, recurse)
         if self._pristine is not None:
+            home = self._pristine.device
             self._pristine = fn(self._pristine)
+            if away:  # kept off the weight's device on purpose (AdapterBank's pristine_device): stay there
+                self._pristine = self._pristine.to(home)
         return self
 
     def extra_repr(self) -> str:

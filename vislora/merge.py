@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from .errors import AdapterStateError, NonFiniteError
 from .inject import adapter_layers, check_known
+from .strengths import Spec, adapter_places, resolve
 
 
 # -- merge ---------------------------------------------------------------------------------------------------
@@ -58,14 +59,21 @@ def unmerge(model: Any, names: list[str] | str | None = None) -> int:
 
 
 # -- strengths -----------------------------------------------------------------------------------------------
-def set_strength(model: Any, name: str, strength: float, *, component: str | None = None) -> None:
-    """Set adapter `name`'s blend factor (on one pipeline component only, if given). Merged layers follow."""
+def set_strength(model: Any, name: str, strength: Spec, *, component: str | None = None) -> None:
+    """Set adapter `name`'s strength: a number, or any spec AdapterBank takes (per component, per block, lbw;
+    see vislora.strengths), on one pipeline component only if `component` is given. The whole spec is checked
+    before any layer changes; merged layers are re-merged from their original weights."""
     check_known(model, [name])
-    for path, layer in adapter_layers(model):
-        if name in layer.adapters and (component is None or path.startswith(component + ".")):
-            layer.adapters[name].strength = float(strength)
-            if name in layer.merged:
-                layer.refresh_merge()
+    pairs = adapter_places(model, name)
+    if component is not None:
+        pairs = [(p, layer) for p, layer in pairs if p.component == component]
+        if not pairs:
+            raise ValueError(f"adapter {name!r} has no layers in component {component!r}")
+    values = resolve(name, strength, [p for p, _ in pairs])
+    for (_, layer), value in zip(pairs, values):
+        layer.adapters[name].strength = value
+        if name in layer.merged:
+            layer.refresh_merge()
 
 
 @contextlib.contextmanager

@@ -20,8 +20,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .components import ADAPTABLE
+import torch
+
+from .components import ADAPTABLE, components
 from .errors import AdapterStateError
+from .layers import AdapterLayer
 from .targets.blocks import LBW_IDS_26, LBW_LAYOUTS, LBW_MODEL, LBW_PRESETS, SECTION_ALIASES, ldm_block
 
 Spec = Union[float, str, dict[str, Any]]
@@ -46,6 +49,28 @@ def place(component: str, local: str, layers_per_block: int | None) -> LayerPlac
     else:
         block = None if layers_per_block is None else ldm_block(local, layers_per_block)
     return LayerPlace(full, component, local, block)
+
+
+def adapter_places(model: Any, name: str) -> list[tuple[LayerPlace, AdapterLayer]]:
+    """Every layer that carries adapter `name`, with its place (what strength specs address), in model order."""
+    found = []
+    for comp, root in components(model).items():
+        lpb = _layers_per_block(root)
+        for local, module in root.named_modules():
+            if isinstance(module, AdapterLayer) and name in module.adapters:
+                found.append((place(comp, local, lpb), module))
+    return found
+
+
+def _layers_per_block(root: torch.nn.Module) -> int | None:
+    """A diffusers UNet's layers_per_block (the same for every block in SD1.x, SD2.x and SDXL), else None."""
+    config = getattr(root, "config", None)
+    if config is None or not hasattr(root, "down_blocks"):
+        return None
+    lpb = getattr(config, "layers_per_block", None)
+    if isinstance(lpb, (list, tuple)):
+        lpb = lpb[0]
+    return int(lpb) if lpb is not None else None
 
 
 def _number(value: Any, where: str) -> float:
