@@ -4,7 +4,7 @@ A config-built SD1.5-architecture pipeline (UNet, VAE and CLIP ViT-L text encode
 images, batch 1, LoRA rank 4 on the UNet attention. Three steps share the same base tensors and alternate
 in one process; each ratio is the median over rounds of (time / reference time in the same round):
 
-    vislora          the recipe's own step (dreambooth_sd.sample_loss): latents and the prompt embedding
+    vislora          the recipe's own step (vislora.train.denoise): latents and the prompt embedding
                      cached once, LoRA by vislora.inject("unet.attn")
     diffusers        the step as train_dreambooth_lora.py takes it: PEFT on to_q/to_k/to_v/to_out.0
                      (unet.add_adapter), the VAE encodes the image and the text encoder the prompt every step
@@ -35,8 +35,9 @@ from train_step import shallow_copy  # noqa: E402
 
 import vislora  # noqa: E402
 from vislora.data.latents import Items, TextCache  # noqa: E402
-from vislora.recipes import dreambooth_sd  # noqa: E402
 from vislora.tasks.diffusion import DiffusionBase, PromptEmbeds  # noqa: E402
+from vislora.train import denoise  # noqa: E402
+from vislora.train.diffusion_batches import draw_seeds  # noqa: E402
 
 SIZE, RANK = 128, 4
 PEFT_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # what train_dreambooth_lora.py adapts
@@ -95,7 +96,7 @@ def _optimizer(unet) -> tuple[list, torch.optim.Optimizer]:
 
 
 def ours(p: SimpleNamespace) -> Callable[[], None]:
-    """The recipe's step: cached latent distribution and prompt embedding, sample_loss, clip, AdamW."""
+    """The recipe's step: cached latent distribution and prompt embedding, denoise's batch and loss, clip, AdamW."""
     unet = shallow_copy(p.unet)
     vislora.inject(unet, "unet.attn", rank=RANK, alpha=RANK)
     unet.train()
@@ -108,14 +109,14 @@ def ours(p: SimpleNamespace) -> Callable[[], None]:
     text = TextCache(DiffusionBase(None, "sd1", "epsilon"), True)
     text.store["a sks dog"] = PromptEmbeds(hidden[0])
     alphas = torch.as_tensor(p.scheduler.alphas_cumprod, dtype=torch.float32)
-    args = SimpleNamespace(seed=0, noise_offset=0.0, snr_gamma=None)
     base = DiffusionBase(None, "sd1", "epsilon")
     params, opt = _optimizer(unet)
     count = iter(range(10**9))
 
     def step() -> None:
-        loss = dreambooth_sd.sample_loss(base, unet, p.vae, text, items, [0], cached, 0, next(count), args,
-                                         alphas, "cpu").mean()
+        batch = denoise.training_batch(base, p.vae, text, items, [0], cached,
+                                       draw_seeds(0, next(count), 0, 1), alphas, "cpu")
+        loss = denoise.unet_losses(unet, batch, alphas, base.prediction).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

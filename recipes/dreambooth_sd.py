@@ -28,27 +28,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import vislora
-from vislora.data.buckets import bucket_batches, bucket_sizes
+from vislora.data.buckets import bucket_sizes
 from vislora.data.captions import Captioned, image_files, scan_captioned
 from vislora.data.folders import IMAGE_SUFFIXES, DatasetError
-from vislora.data.latents import Items, TextCache, cache_latents, latent_params, load_items
-from vislora.tasks.diffusion import (DiffusionBase, check_presets, check_prompts, generate, load_pipeline,
-                                     sdxl_time_ids)
-from vislora.train import diffusion_loss as dl
+from vislora.data.latents import Items, TextCache, cache_latents, load_items
+from vislora.tasks.diffusion import DiffusionBase, check_presets, check_prompts, generate, load_pipeline
+from vislora.train import denoise
+from vislora.train.diffusion_batches import Batches, draw_seeds
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
                                 run_main)
-from vislora.train.sampling import derive_seed, epoch_order
 from vislora.train.trainstate import resume_training, save_training
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
                   "validation_prompt", "validation_seeds", "sample_steps", "guidance", "class_data", "model",
-                  "model_config"}
+                  "model_config", "eval_images"}
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
-_DRAWS, _CLASS_ORDER = 3, 4  # derive_seed purposes of this recipe (sampling and buckets use 0-2)
 
 
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
@@ -108,6 +106,8 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     val.add_argument("--validation-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     val.add_argument("--sample-steps", type=int, default=25, help="denoising steps for samples and class images")
     val.add_argument("--guidance", type=float, default=7.5)
+    val.add_argument("--eval-images", type=int, default=16,
+                     help="pictures in the evaluation loss (fixed noise and timesteps; 0: none)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True)
     out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -124,9 +124,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, before any file is read."""
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
         raise DatasetError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
-    for flag in ("steps", "rank", "batch_size", "grad_accum"):
-        if getattr(args, flag) < 1:
-            raise DatasetError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag, least in (("steps", 1), ("rank", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_images", 0)):
+        if getattr(args, flag) < least:
+            raise DatasetError(f"--{flag.replace('_', '-')} must be at least {least}")
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
     else:
@@ -206,57 +206,6 @@ def targets_of(base: DiffusionBase, args: argparse.Namespace) -> dict[str, dict]
     return targets
 
 
-class Batches:
-    """Global batch n (= step x grad_accum + micro) as item indices: a pure function of (seed, n), so a
-    resumed run and any number of processes see the same pictures. Class pictures follow their own order."""
-
-    def __init__(self, items: Items, classes: Items | None, global_batch: int, seed: int) -> None:
-        self.items, self.classes, self.global_batch, self.seed = items, classes, global_batch, seed
-        self.per_epoch = len(bucket_batches(items.buckets, global_batch, seed, 0))
-        self._epoch: tuple[int, list[list[int]]] | None = None
-        if self.per_epoch == 0:
-            raise DatasetError(f"{len(items.pixels)} images make no full batch of {global_batch} in any one "
-                               "aspect-ratio bucket; lower --batch-size, or use --no-buckets")
-
-    def instance(self, n: int) -> list[int]:
-        epoch, within = divmod(n, self.per_epoch)
-        if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, bucket_batches(self.items.buckets, self.global_batch, self.seed, epoch))
-        return self._epoch[1][within]
-
-    def prior(self, n: int) -> list[int]:
-        count = len(self.classes.pixels)
-        picks = []
-        for k in range(n * self.global_batch, (n + 1) * self.global_batch):
-            epoch, pos = divmod(k, count)
-            picks.append(epoch_order(count, derive_seed(self.seed, _CLASS_ORDER), epoch)[pos])
-        return picks
-
-
-def sample_loss(base: DiffusionBase, unet, vae, text: TextCache, items: Items, indices: list[int], cached,
-                first: int, n: int, args, alphas: torch.Tensor, device) -> torch.Tensor:
-    """Per-sample denoising losses [B] of one batch. Sample j of global batch n draws its noise, timestep and
-    latent from a generator seeded by (seed, n, first + j), its position in the global batch."""
-    mean, std = latent_params(vae, items, indices, cached, device)           # [B, 4, h, w]
-    draws = [dl.draw(tuple(mean.shape[1:]), torch.Generator().manual_seed(
-        derive_seed(args.seed, n, first + j, purpose=_DRAWS)), len(alphas), args.noise_offset)
-        for j in range(len(indices))]
-    eps = torch.stack([d.latent_noise for d in draws]).to(device)
-    noise = torch.stack([d.noise for d in draws]).to(device)
-    t = torch.tensor([d.timestep for d in draws], device=device)
-    x0 = (mean + std * eps) * vae.config.scaling_factor
-    noisy = dl.add_noise(x0, noise, t, alphas)
-    emb = text([items.data.captions[i] for i in indices], device)
-    extra = {}
-    if base.is_sdxl:  # micro-conditioning: original size, crop, target size per picture
-        ids = [sdxl_time_ids(items.data.sizes[i][::-1], items.crops[i], tuple(items.pixels[i].shape[1:]))
-               for i in indices]
-        extra["added_cond_kwargs"] = {"text_embeds": emb.pooled, "time_ids": torch.stack(ids).to(device)}
-    pred = unet(noisy, t, emb.hidden, **extra).sample
-    weights = dl.snr_weights(t, alphas, args.snr_gamma, base.prediction)
-    return dl.per_sample_loss(pred, dl.target(x0, noise, t, alphas, base.prediction)) * weights
-
-
 def describe(args: argparse.Namespace, base: DiffusionBase, resolution: int) -> dict[str, str]:
     """The adapter file's provenance entry: base (path relative to OUT, or hub name, with sha256), prompts."""
     record = dict(base.record)
@@ -270,6 +219,20 @@ def describe(args: argparse.Namespace, base: DiffusionBase, resolution: int) -> 
     else:
         info.update(caption=args.caption, trigger=args.trigger)
     return {METADATA_KEY: json.dumps(info, sort_keys=True)}
+
+
+@torch.no_grad()
+def evaluate(base: DiffusionBase, trained: dict[str, nn.Module], accelerator: Accelerator, text: TextCache,
+             items: Items, cached, alphas: torch.Tensor, limit: int) -> float:
+    """denoise.eval_loss of the model as it is now, in eval mode (no dropout) under the run's autocast."""
+    for m in trained.values():
+        m.eval()
+    with accelerator.autocast():
+        loss = denoise.eval_loss(base, base.pipe.unet, base.pipe.vae, text, items, cached, alphas,
+                                 accelerator.device, limit)
+    for m in trained.values():
+        m.train()
+    return loss
 
 
 @torch.no_grad()
@@ -318,9 +281,18 @@ def run(args: argparse.Namespace) -> dict:
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
                          classes=[Path(p).name for p in classes.data.paths] if classes else None,
                          base=base.record)
-    state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": []}
+    state = {"step": 0, "history": [], "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0, "samples": [],
+             "evals": []}
     if args.resume:
         state = resume_training(run_dir, holder, optimizer, state, config_hash=digest, say=accelerator.print)
+        state.setdefault("evals", [])  # checkpoints from before the evaluation loss
+
+    def evaluation() -> dict:  # main process only: the trained modules unwrapped, no DDP hooks
+        return {"step": state["step"], "eval_loss": evaluate(base, trained, accelerator, text, items, cached, alphas,
+                                                             args.eval_images)}
+
+    if main and args.eval_images and state["step"] == 0:
+        state["evals"] = [evaluation()]
     wrapped = {k: accelerator.prepare(m) for k, m in trained.items()}
     unet = wrapped["unet"]
     optimizer = accelerator.prepare(optimizer)
@@ -352,13 +324,17 @@ def run(args: argparse.Namespace) -> dict:
                     for m in wrapped.values():
                         stack.enter_context(accelerator.no_sync(m))
                 stack.enter_context(accelerator.autocast())
-                inst = sample_loss(base, unet, pipe.vae, text, items, batches.instance(n)[mine], cached,
-                                   mine.start, n, args, alphas, device)
+                shares = [(items, batches.instance(n)[mine], cached, mine.start)]
+                if classes is not None:  # as many class pictures, drawn as their own samples after the instances
+                    shares.append((classes, batches.prior(n)[mine], cached_class, batches.global_batch + mine.start))
+                parts = [denoise.training_batch(base, pipe.vae, text, data, picks, cache,
+                                                draw_seeds(args.seed, n, first, len(picks)), alphas, device,
+                                                args.noise_offset) for data, picks, cache, first in shares]
+                # One UNet call on instance and class samples together, split after (as diffusers' DreamBooth).
+                losses = denoise.unet_losses(unet, denoise.cat(parts), alphas, base.prediction, args.snr_gamma)
+                inst, prior = losses.split([len(parts[0]), len(losses) - len(parts[0])])
                 loss = inst.mean()
-                prior = torch.zeros(())
-                if classes is not None:  # the same number of class pictures, drawn as their own samples
-                    prior = sample_loss(base, unet, pipe.vae, text, classes, batches.prior(n)[mine], cached_class,
-                                        batches.global_batch + mine.start, n, args, alphas, device)
+                if classes is not None:
                     loss = loss + args.prior_loss_weight * prior.mean()
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
@@ -379,7 +355,10 @@ def run(args: argparse.Namespace) -> dict:
         state["step"] = step
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if main and args.validate_every and step % args.validate_every == 0 and step < args.steps:
+        validating = bool(args.validate_every) and step % args.validate_every == 0 and step < args.steps
+        if main and args.eval_images and (validating or step == args.steps):
+            state["evals"].append(evaluation())
+        if main and validating:
             state["samples"].append(str(validate(base, args, prompts, step, resolution)))
             for m in wrapped.values():
                 m.train()
@@ -390,7 +369,9 @@ def run(args: argparse.Namespace) -> dict:
     return finish(args, accelerator, base, state, prompts, resolution,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
                    "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
-                   "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before})
+                   "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
+                   "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
+                   "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []})
 
 
 def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -411,7 +392,7 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
-               **loss_ends(history), **counts,
+               **loss_ends(history), **eval_ends(state["evals"]), **counts,
                "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1), "peak_rss_mb": peak_rss_mb(),
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "files": {}}
@@ -425,7 +406,9 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
         summary["files"]["samples"] = str(validate(base, args, prompts, state["step"], resolution))
         if history:
             keys = ("instance_loss", "prior_loss") if history[0]["prior_loss"] is not None else ("instance_loss",)
-            summary["files"]["plot"] = str(plot_loss(history, out / "loss.png", keys, f"{args.task} ({base.arch})"))
+            marks = {"eval loss (fixed noise, timesteps)": [(e["step"], e["eval_loss"]) for e in state["evals"]]}
+            summary["files"]["plot"] = str(plot_loss(history, out / "loss.png", keys, f"{args.task} ({base.arch})",
+                                                     marks=marks if state["evals"] else None))
         summary["files"]["metrics"] = str(out / "metrics.json")
         write_metrics(out, summary, history, HISTORY_COLUMNS)
     accelerator.wait_for_everyone()
@@ -442,9 +425,21 @@ def loss_ends(history: list[dict]) -> dict:
     return {"first_loss": mean(history[:window]), "last_loss": mean(history[-window:]), "loss_window": window}
 
 
+def eval_ends(evals: list[dict]) -> dict:
+    """The evaluation loss at the first and the last evaluation (before training and at the end), and all."""
+    return {"eval_loss_before": evals[0]["eval_loss"] if evals else None,
+            "eval_loss_after": evals[-1]["eval_loss"] if evals else None, "evals": list(evals)}
+
+
 def report(summary: dict) -> None:
-    print(f"instance loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of the first and of the "
-          f"last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
+    evals = summary["evals"]
+    if evals:
+        print(f"eval loss (fixed noise and timesteps): {summary['eval_loss_before']:.4f} -> "
+              f"{summary['eval_loss_after']:.4f} (steps {evals[0]['step']} -> {evals[-1]['step']}; "
+              f"{summary['eval_images']} images x {len(summary['eval_timesteps'])} timesteps)")
+    else:
+        print(f"instance loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of the first and of "
+              f"the last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
 

@@ -6,6 +6,8 @@ statistics, on a CPU in a few minutes.
 DreamBooth: five scans of one handwritten digit (a 7) are taught as "a sks digit", with and without prior
 preservation ("a handwritten digit" class images drawn by the base). Printed: how often "a sks digit" draws
 a 7 before and after, and how often "a handwritten digit three" (and "six") still draws a 3 (a 6): language drift.
+Each adapter's evaluation loss (fixed noise and timesteps over its training pictures) before -> after training
+is printed too: the recipe's own measure that it learned.
 
 Style: two adapters from transformed digit folders, bold (thickened strokes) and italic (sheared), captioned
 "a handwritten digit three in bold style". Printed: the stroke width and slant of the drawings at adapter
@@ -14,6 +16,7 @@ strength 0, 0.5 and 1. Every number is measured here; the sample grids are saved
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,6 +63,17 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _eval_losses(runs: dict[str, Path]) -> dict[str, tuple[float, float]]:
+    """Each run's evaluation loss (fixed noise and timesteps over its training pictures), before -> after."""
+    metrics = {name: json.loads((out / "metrics.json").read_text()) for name, out in runs.items()}
+    return {name: (m["eval_loss_before"], m["eval_loss_after"]) for name, m in metrics.items()}
+
+
+def _eval_line(losses: dict[str, tuple[float, float]]) -> str:
+    return "  eval loss (fixed noise and timesteps): " + ", ".join(f"{name} {a:.4f} -> {b:.4f}"
+                                                                   for name, (a, b) in losses.items())
+
+
 def subject_folder(root: Path, n: int = 5) -> Path:
     """n real scans of the subject digit as 32x32 PNGs."""
     from PIL import Image
@@ -98,9 +112,11 @@ def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
     for key, by_prompt in rates.items():
         print(f"  {labels[key]:<31} " + "   ".join(f"{100 * r:>{len(h) - 1}.0f}%" for h, r in
                                                     zip(heads, by_prompt.values())))
+    losses = _eval_losses({labels[k].removeprefix("adapter, "): out / k for k in ("prior", "no_prior")})
+    print(_eval_line(losses))
     print(f"  grids: {_relative(grid)}, {_relative(out / 'prior' / 'samples')}/")
     print(f"  ({time.perf_counter() - started:.0f} s)")
-    return {"rates": rates, "grid": str(grid)}
+    return {"rates": rates, "grid": str(grid), "eval_loss": losses}
 
 
 def styles(base: Path = BASE, out: Path = OUT / "style") -> dict:
@@ -129,10 +145,12 @@ def styles(base: Path = BASE, out: Path = OUT / "style") -> dict:
     print(f"  {'adapter':<8} {'strength':>8} {'stroke width (px)':>18} {'slant (deg)':>12} {'read as asked':>14}")
     for (style, strength), (width, lean, readable) in results.items():
         print(f"  {style:<8} {strength:>8g} {width:>18.2f} {lean:>12.1f} {100 * readable:>13.0f}%")
+    losses = _eval_losses({style: out / style for style in ("bold", "italic")})
+    print(_eval_line(losses))
     print(f"  adapters: {_relative(out / 'bold' / 'adapter.safetensors')}, "
           f"{_relative(out / 'italic' / 'adapter.safetensors')}")
     print(f"  grid: {_relative(grid)}  ({time.perf_counter() - started:.0f} s)")
-    return {"results": {f"{s} {k:g}": v for (s, k), v in results.items()}, "grid": str(grid)}
+    return {"results": {f"{s} {k:g}": v for (s, k), v in results.items()}, "grid": str(grid), "eval_loss": losses}
 
 
 def main() -> int:

@@ -55,6 +55,7 @@ def _db(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ("vit-on-sd", "--preset vit.attn"),
     ("prior-without-prompt", "--prior-preservation needs --class-prompt"),
     ("odd-resolution", "--resolution 30"),
+    ("negative-eval-images", "--eval-images must be at least 0"),
 ])
 def test_unusable_input_is_one_error_line_before_training(base, tmp_path, capsys, problem, message):
     data = tmp_path / "data"
@@ -69,7 +70,8 @@ def test_unusable_input_is_one_error_line_before_training(base, tmp_path, capsys
     elif problem != "missing":
         _images(data)
     extra = {"text2-on-sd1": ["--preset", "text2.attn"], "vit-on-sd": ["--preset", "vit.attn"],
-             "prior-without-prompt": ["--prior-preservation"], "odd-resolution": ["--resolution", "30"]}.get(problem, [])
+             "prior-without-prompt": ["--prior-preservation"], "odd-resolution": ["--resolution", "30"],
+             "negative-eval-images": ["--eval-images", "-1"]}.get(problem, [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert dreambooth_sd.main(_db(base, data, tmp_path / "out", *extra)) == 2

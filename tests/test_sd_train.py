@@ -4,7 +4,8 @@ and buckets, resume, two processes, SDXL, checkpointing and caching equivalences
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -25,10 +26,13 @@ from vislora.data.latents import TextCache, cache_latents, load_items
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
 from vislora.tasks.diffusion import load_pipeline
+from vislora.train import denoise
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SD = ROOT / "samples" / "digits_sd"
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
+SMALL = ["--steps", "2", "--lr", "1e-3"]
+EVERY_4 = ["--checkpoint-every", "4", "--keep", "10", "--validate-every", "4"]
 
 
 def _digit(folder: Path, name: str, size: tuple[int, int], shift: int, bar: bool = True) -> Path:
@@ -64,40 +68,47 @@ def world(tmp_path_factory) -> dict[str, Path]:
 def _dreambooth(world, out: Path, *extra: str) -> list[str]:
     return ["--model", str(world["base"]), "--instance-data", str(world["instance"]), "--instance-prompt",
             "a sks digit", "--prior-preservation", "--class-prompt", "a digit", "--num-class-images", "4",
-            "--class-data", str(world["root"] / "classes"), "--steps", "12", "--lr", "1e-2", "--out", str(out),
+            "--class-data", str(world["root"] / "classes"), "--steps", "8", "--lr", "1e-2", "--out", str(out),
             *FAST, *extra]
 
 
 @pytest.fixture(scope="module")
 def dreambooth(world) -> Path:
     out = world["root"] / "db"
-    assert dreambooth_sd.main(_dreambooth(world, out, "--checkpoint-every", "6", "--keep", "10",
-                                          "--validate-every", "6")) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert dreambooth_sd.main(_dreambooth(world, out, *EVERY_4)) == 0
+    (out / "printed.txt").write_text(printed.getvalue())
     return out
 
 
-def _fixed_loss(base_dir: Path, adapter: Path | None, folder: Path, caption: str | None, draws: int = 6) -> float:
-    """Mean denoising loss over the pictures of `folder`, with fixed noise and timesteps (draws 1000..)."""
+@pytest.fixture(scope="module")
+def reference(world) -> dict[str, torch.Tensor]:
+    """One process, batch 2, 2 steps: the adapter that 2 processes x batch 1, gradient checkpointing and
+    --no-cache must train too."""
+    out = world["root"] / "reference"
+    assert dreambooth_sd.main(_dreambooth(world, out, *SMALL, "--batch-size", "2")) == 0
+    return container.read(out / "adapter.safetensors")[0]
+
+
+def _fixed_losses(base_dir: Path, adapter: Path, folder: Path, caption: str | None) -> tuple[float, float]:
+    """The evaluation loss (fixed noise and timesteps) over the pictures of `folder`, of the base alone and
+    with the adapter file loaded: what a user gets from the file, not the run's own model."""
     base = load_pipeline(str(base_dir))
-    if adapter is not None:
-        vislora.load_adapter(base.pipe, adapter)
-    args = argparse.Namespace(seed=0, noise_offset=0.0, snr_gamma=None)
     data = scan_captioned(folder, caption=caption, warn=False)
-    sizes = bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None)
-    items = load_items(data, sizes)
+    items = load_items(data, bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None))
     cached = cache_latents(base.pipe.vae, items, torch.device("cpu"), False)
-    text = TextCache(base, True)
     alphas = torch.as_tensor(base.pipe.scheduler.alphas_cumprod, dtype=torch.float32)
-    with torch.no_grad():
-        losses = [dreambooth_sd.sample_loss(base, base.pipe.unet, base.pipe.vae, text, items, [i], cached, 0, 1000 + n,
-                                            args, alphas, "cpu") for n in range(draws) for i in range(len(items.pixels))]
-    return float(torch.cat(losses).mean())
+    args = (base, base.pipe.unet, base.pipe.vae, TextCache(base, True), items, cached, alphas, "cpu")
+    before = denoise.eval_loss(*args)
+    vislora.load_adapter(base.pipe, adapter)
+    return before, denoise.eval_loss(*args)
 
 
 def test_dreambooth_outputs_and_metadata(dreambooth, world):
     assert {"adapter.safetensors", "metrics.json", "metrics.csv", "loss.png", "samples", "checkpoints"} <= set(
         os.listdir(dreambooth))
-    assert sorted(os.listdir(dreambooth / "samples")) == ["step-000006.png", "step-000012.png"]
+    assert sorted(os.listdir(dreambooth / "samples")) == ["step-000004.png", "step-000008.png"]
     tensors, meta = container.read(dreambooth / "adapter.safetensors")
     # 4 attention projections x (attn1, attn2) x 4 transformer blocks in the tiny UNet, lora_A and lora_B each.
     assert len(tensors) == 2 * 32 and all(k.startswith("unet.") and ".attn" in k for k in tensors)
@@ -106,16 +117,27 @@ def test_dreambooth_outputs_and_metadata(dreambooth, world):
     assert info["base"]["source"] == "folder" and len(info["base"]["unet_sha256"]) == 64
     assert not os.path.isabs(info["base"]["path"])
     metrics = json.loads((dreambooth / "metrics.json").read_text())
-    assert metrics["steps"] == 12 and metrics["class_images"] == 4 and len(metrics["history"]) == 12
+    assert metrics["steps"] == 8 and metrics["class_images"] == 4 and len(metrics["history"]) == 8
     assert all(r["prior_loss"] is not None for r in metrics["history"])
     assert len(list((world["root"] / "classes").glob("*.png"))) == 4
 
 
-def test_dreambooth_lowers_the_instance_loss(dreambooth, world):
-    """Fixed noise and timesteps over the instance pictures: the trained adapter denoises them better."""
-    before = _fixed_loss(world["base"], None, world["instance"], "a sks digit")
-    after = _fixed_loss(world["base"], dreambooth / "adapter.safetensors", world["instance"], "a sks digit")
+def test_dreambooth_lowers_the_eval_loss(dreambooth, world):
+    """The evaluation loss (fixed noise and timesteps over the instance pictures) before training, at each
+    validation and at the end: the trained adapter denoises them better, and the run's numbers are what the
+    adapter file gives in a fresh base (fp32 on the CPU: within 1e-6 relative)."""
+    metrics = json.loads((dreambooth / "metrics.json").read_text())
+    evals = metrics["evals"]
+    assert [e["step"] for e in evals] == [0, 4, 8] and metrics["eval_images"] == 4
+    assert metrics["eval_timesteps"] == [62, 187, 312, 437, 562, 687, 812, 937]
+    before, after = metrics["eval_loss_before"], metrics["eval_loss_after"]
+    assert (before, after) == (evals[0]["eval_loss"], evals[-1]["eval_loss"])
     assert after < 0.9 * before, (before, after)
+    file_before, file_after = _fixed_losses(world["base"], dreambooth / "adapter.safetensors", world["instance"],
+                                            "a sks digit")
+    assert file_before == pytest.approx(before, rel=1e-6) and file_after == pytest.approx(after, rel=1e-6)
+    line = next(x for x in (dreambooth / "printed.txt").read_text().splitlines() if x.startswith("eval loss"))
+    assert line.startswith(f"eval loss (fixed noise and timesteps): {before:.4f} -> {after:.4f} (steps 0 -> 8; ")
 
 
 def test_the_file_reproduces_the_trained_model(dreambooth, world):
@@ -123,7 +145,7 @@ def test_the_file_reproduces_the_trained_model(dreambooth, world):
     fresh base, gives the same UNet output (and one that differs from the base's)."""
     trained = load_pipeline(str(world["base"])).pipe
     vislora.inject(trained, {"unet.attn": {"rank": 4, "alpha": 4}})
-    saved = container.read(dreambooth / "checkpoints" / "ckpt-000000012" / "trainable.safetensors")[0]
+    saved = container.read(dreambooth / "checkpoints" / "ckpt-000000008" / "trainable.safetensors")[0]
     params = dict(trained.unet.named_parameters())
     with torch.no_grad():
         for name, value in saved.items():
@@ -142,12 +164,18 @@ def test_the_file_reproduces_the_trained_model(dreambooth, world):
     assert torch.equal(a, b)
 
 
-def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path):
+def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path, capsys):
     folder = world["root"] / "classes"
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
-    assert dreambooth_sd.main(_dreambooth(world, tmp_path / "more", "--num-class-images", "6", "--steps", "1")) == 0
+    assert dreambooth_sd.main(_dreambooth(world, tmp_path / "more", "--num-class-images", "6", "--steps", "1",
+                                          "--eval-images", "0")) == 0
     after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
     assert len(after) == 6 and all(after[k] == v for k, v in before.items())
+    # --eval-images 0: no evaluation loss; the printed line is the per-step loss's
+    metrics = json.loads((tmp_path / "more" / "metrics.json").read_text())
+    assert metrics["evals"] == [] and metrics["eval_loss_after"] is None and metrics["eval_images"] == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert sum(x.startswith("instance loss ") for x in printed) == 1 and not any("eval loss" in x for x in printed)
 
 
 def test_resume_equals_an_unbroken_run(dreambooth, world, tmp_path):
@@ -155,14 +183,14 @@ def test_resume_equals_an_unbroken_run(dreambooth, world, tmp_path):
     shutil.copytree(dreambooth, out)
     for name in ("adapter.safetensors", "metrics.json", "metrics.csv", "loss.png"):
         (out / name).unlink()
-    shutil.rmtree(out / "checkpoints" / "ckpt-000000012")
-    assert dreambooth_sd.main(_dreambooth(world, out, "--checkpoint-every", "6", "--keep", "10",
-                                          "--validate-every", "6", "--resume")) == 0
+    shutil.rmtree(out / "checkpoints" / "ckpt-000000008")
+    assert dreambooth_sd.main(_dreambooth(world, out, *EVERY_4, "--resume")) == 0
     a, b = (container.read(d / "adapter.safetensors")[0] for d in (dreambooth, out))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    first, second = (json.loads((d / "metrics.json").read_text())["history"] for d in (dreambooth, out))
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in first] == \
-           [{k: v for k, v in r.items() if k != "seconds"} for r in second]
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (dreambooth, out))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in first["history"]] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in second["history"]]
+    assert first["evals"] == second["evals"] and len(first["evals"]) == 3  # steps 0 and 4 from the checkpoint
 
 
 def test_resume_refuses_another_runs_checkpoints(dreambooth, world, tmp_path, capsys):
@@ -186,24 +214,24 @@ def test_style_with_captions_and_buckets(world, tmp_path):
     items = load_items(data, sizes)
     shapes = {tuple(x.shape) for x in items.pixels}
     assert len(shapes) == 2 and all(h * w <= 32 * 32 and h != w for _, h, w in shapes)
-    before = _fixed_loss(world["base"], None, world["style"], None)
-    after = _fixed_loss(world["base"], out / "adapter.safetensors", world["style"], None)
-    assert after < 0.9 * before, (before, after)
+    # The run's evaluation loss over the 8 style pictures (equal to the adapter file's: the DreamBooth test)
+    metrics = json.loads((out / "metrics.json").read_text())
+    before, after = metrics["eval_loss_before"], metrics["eval_loss_after"]
+    assert metrics["eval_images"] == 8 and after < 0.9 * before, (before, after)
 
 
-def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
+def test_two_processes_match_one_with_the_same_global_batch(world, reference, tmp_path):
     """torchrun, 2 CPU processes (gloo) x batch 1 == 1 process x batch 2: each sample's noise and timestep
     follow its place in the global batch, and gradients are averaged."""
-    two, one = tmp_path / "two", tmp_path / "one"
+    two = tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
                            str(ROOT / "recipes" / "dreambooth_sd.py"),
-                           *_dreambooth(world, two, "--steps", "3", "--batch-size", "1", "--lr", "1e-3")],
+                           *_dreambooth(world, two, *SMALL, "--batch-size", "1")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert dreambooth_sd.main(_dreambooth(world, one, "--steps", "3", "--batch-size", "2", "--lr", "1e-3")) == 0
-    a, b = (container.read(d / "adapter.safetensors")[0] for d in (two, one))
+    a, b = container.read(two / "adapter.safetensors")[0], reference
     moved = max(v.abs().max().item() for k, v in a.items() if "lora_B" in k)  # B starts at zero
     assert moved > 1e-3
     # Adam divides by the gradients' size, so summation-order differences (1e-7) grow to about 1e-6 here.
@@ -227,18 +255,20 @@ def test_sdxl_trains_the_unet_and_both_text_encoders(world, tmp_path):
     prefixes = {k.split(".")[0] for k in tensors}
     assert prefixes == {"unet", "text_encoder", "text_encoder_2"}
     assert sum(k.startswith("text_encoder_2.") and "lora_A" in k for k in tensors) == 8  # 2 layers x 4 projections
-    assert json.loads((out / "metrics.json").read_text())["last_loss"] < 10
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["last_loss"] < 10 and [e["step"] for e in metrics["evals"]] == [0, 2]  # pooled, time ids
+    assert all(0 < e["eval_loss"] < 10 for e in metrics["evals"])
 
 
-def test_gradient_checkpointing_and_no_cache_train_the_same_adapter(world, tmp_path):
+def test_gradient_checkpointing_and_no_cache_train_the_same_adapter(world, reference, tmp_path):
     """Recomputing activations in backward, or encoding every step instead of caching, changes the cost,
     not the training: the same adapter within float rounding."""
-    runs = {"plain": [], "checkpointing": ["--gradient-checkpointing"], "no-cache": ["--no-cache"]}
+    runs = {"checkpointing": ["--gradient-checkpointing"], "no-cache": ["--no-cache"]}
     files = {}
     for name, extra in runs.items():
-        assert dreambooth_sd.main(_dreambooth(world, tmp_path / name, "--steps", "2", "--lr", "1e-3", *extra)) == 0
+        assert dreambooth_sd.main(_dreambooth(world, tmp_path / name, *SMALL, "--batch-size", "2", *extra)) == 0
         files[name] = container.read(tmp_path / name / "adapter.safetensors")[0]
-    ref = files.pop("plain")
+    ref = reference
     assert any(v.abs().max() > 1e-4 for k, v in ref.items() if "lora_B" in k)
     for name, got in files.items():
         assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5, name

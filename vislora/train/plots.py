@@ -20,8 +20,9 @@ def save_png(path: Path, image: Image.Image) -> Path:
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...], title: str = "",
-              smooth: int = 20) -> Path:
-    """Each key's value per step (faint) and its running mean over `smooth` steps (solid), as a PNG."""
+              smooth: int = 20, marks: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """Each key's value per step (faint) and its running mean over `smooth` steps (solid), and each of
+    `marks`' (step, value) series as dots joined by a dashed line (e.g. an evaluation loss), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -36,6 +37,8 @@ def plot_loss(history: list[dict[str, Any]], path: Path, keys: tuple[str, ...], 
         means = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
                  for i in range(len(values))]
         ax.plot(steps, means, color=line.get_color(), label=f"{key} (mean of {window})")
+    for label, points in (marks or {}).items():
+        ax.plot([s for s, _ in points], [v for _, v in points], "o--", markersize=4, label=label)
     ax.set(xlabel="step", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
