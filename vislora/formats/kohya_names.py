@@ -54,12 +54,7 @@ def ldm_prefixes(unet: nn.Module) -> dict[str, str]:
     table: dict[str, str] = {}
     index = 1
     for i, block in enumerate(_children(unet, "down_blocks")):
-        attentions = _children(block, "attentions")
-        for j, _ in enumerate(_children(block, "resnets")):
-            table[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{index}.0"
-            if j < len(attentions):
-                table[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{index}.1"
-            index += 1
+        index = _resnet_entries(table, f"down_blocks.{i}", block, "input_blocks", index)
         for k, _ in enumerate(_children(block, "downsamplers")):
             table[f"down_blocks.{i}.downsamplers.{k}.conv"] = f"input_blocks.{index}.0.op"
             index += 1
@@ -71,15 +66,23 @@ def ldm_prefixes(unet: nn.Module) -> dict[str, str]:
             table[f"mid_block.attentions.{j}"] = f"middle_block.{2 * j + 1}"
     index = 0
     for i, block in enumerate(_children(unet, "up_blocks")):
-        attentions = _children(block, "attentions")
-        for j, _ in enumerate(_children(block, "resnets")):
-            table[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{index}.0"
-            if j < len(attentions):
-                table[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{index}.1"
-            index += 1
+        index = _resnet_entries(table, f"up_blocks.{i}", block, "output_blocks", index)
+        after = 2 if _children(block, "attentions") else 1
         for k, _ in enumerate(_children(block, "upsamplers")):
-            table[f"up_blocks.{i}.upsamplers.{k}.conv"] = f"output_blocks.{index - 1}.{2 if attentions else 1}.conv"
+            table[f"up_blocks.{i}.upsamplers.{k}.conv"] = f"output_blocks.{index - 1}.{after}.conv"
     return table
+
+
+def _resnet_entries(table: dict[str, str], source: str, block: nn.Module, target: str, index: int) -> int:
+    """Each resnet of `block` (with its attention, if it has one) takes LDM index `index` onwards, as
+    `target.<index>.0` (and `.1`); returns the next free index."""
+    attentions = _children(block, "attentions")
+    for j, _ in enumerate(_children(block, "resnets")):
+        table[f"{source}.resnets.{j}"] = f"{target}.{index}.0"
+        if j < len(attentions):
+            table[f"{source}.attentions.{j}"] = f"{target}.{index}.1"
+        index += 1
+    return index
 
 
 class _Blocks:
