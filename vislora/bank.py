@@ -162,6 +162,8 @@ class AdapterBank:
 
     def _check_fusable(self, layers: list[AdapterLayer]) -> None:
         """AdapterStateError before any layer changes if a blend adds a diff_b to a layer without a bias."""
+        if not any(layer.unmergeable(_blended(layer)) for layer in layers):
+            return  # every re-blend passes here: name the layers (a walk over all adapters) only to refuse
         paths = {id(layer): p.path for pairs in self._layers.values() for p, layer in pairs}
         refuse_bias_free([(paths[id(layer)], layer, _blended(layer)) for layer in layers])
 
