@@ -100,3 +100,31 @@ def test_shipped_pipeline_loads_and_draws_the_asked_digits():
         # Dark ink on white paper: the side columns are paper (real scans: 0.997), the page mostly light (0.69).
         assert images[:, :, [0, -1]].mean() > 0.9 and images.mean() > 0.5
         assert digit_scorer.accuracy(images, digit) >= 5 / 6
+
+
+def _train_a_few_steps(tmp_path, **options):
+    """Three UNet steps (48 timesteps, so some with SNR above 5, which min-SNR weighs down) of make_digits_sd's recipe on the shipped VAE; returns (unet, text_encoder)."""
+    from diffusers import AutoencoderKL
+    from make_digits_sd import train_unet
+
+    vae = AutoencoderKL.from_pretrained(MODEL / "vae", torch_dtype=torch.float32).eval()
+    tokenizer = build_tokenizer(tmp_path / "tokenizer")
+    return train_unet(vae, tokenizer, steps=3, batch=16, lr=3e-3, drop=0.1, seed=0, progress=False, **options)
+
+
+def test_base_recipe_repeats_and_each_option_acts(tmp_path):
+    default = dict(snr_gamma=5.0, ema=0.99, text_lr=3e-4)
+    unet, text = _train_a_few_steps(tmp_path, **default)
+    again, text_again = _train_a_few_steps(tmp_path, **default)
+    for a, b in ((unet, again), (text, text_again)):  # seeded: the same run twice is bit for bit the same
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    def differs(a, b):
+        return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    for change in ({"ema": 0.0}, {"snr_gamma": 0.0}, {"text_lr": 0.0}):
+        other, other_text = _train_a_few_steps(tmp_path, **{**default, **change})
+        assert differs(unet, other), change
+    # text_lr 0 freezes the text encoder: its weights stay at the seeded start, unlike a training one.
+    assert not any(p.requires_grad for p in other_text.parameters())
+    assert differs(text, other_text)
