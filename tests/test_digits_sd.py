@@ -103,7 +103,9 @@ def test_shipped_pipeline_loads_and_draws_the_asked_digits():
 
 
 def _train_a_few_steps(tmp_path, **options):
-    """Three UNet steps (48 timesteps, so some with SNR above 5, which min-SNR weighs down) of make_digits_sd's recipe on the shipped VAE; returns (unet, text_encoder)."""
+    """Three UNet steps of make_digits_sd's recipe on the shipped VAE; returns (unet, text_encoder).
+
+    48 timesteps in all, so some have an SNR above 5, where min-SNR weighting acts."""
     from diffusers import AutoencoderKL
     from make_digits_sd import train_unet
 
