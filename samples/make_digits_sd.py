@@ -290,7 +290,8 @@ def n_params(module: torch.nn.Module) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=HERE / "digits_sd")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder to write; required, so that a run never replaces samples/digits_sd by accident")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, default=200)
     p.add_argument("--unet-steps", type=int, default=1000)
@@ -302,7 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="text encoder learning rate, a tenth of the UNet's (measured: at the UNet's rate prompts "
                         "are learnt slowly; at 0 any extra word in a prompt confuses the digit); 0 freezes it")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma loss weighting; 0 turns it off")
-    p.add_argument("--ema", type=float, default=0.99, help="decay of the UNet weights' moving average; 0: none")
+    p.add_argument("--ema", type=float, default=0.99, help="decay of the trained weights' moving average; 0: none")
     p.add_argument("--drop", type=float, default=0.1, help="fraction of captions replaced by '' (for CFG)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads: 1 is fastest when other jobs share the cores (no barrier waits); a given "
