@@ -101,10 +101,15 @@ def merged_weight(pristine: torch.Tensor, slots: list[Any], out: torch.Tensor | 
     return result
 
 
+def bias_deltas(slots: list[Any]) -> list[torch.Tensor]:
+    """strength * scale * delta b (fp32) of each slot that changes the bias (full's diff_b)."""
+    return [b for b in (s.weighted_bias() for s in slots) if b is not None]
+
+
 def merged_bias(pristine: torch.Tensor, slots: list[Any]) -> torch.Tensor | None:
     """pristine + sum over slots of strength * scale * delta b (full's diff_b), summed in fp32 and cast to
     pristine's dtype; `pristine` itself when no slot changes the bias; None if the result is not finite."""
-    deltas = [b for b in (s.weighted_bias() for s in slots) if b is not None]
+    deltas = bias_deltas(slots)
     if not deltas:
         return pristine
     total = pristine.to(torch.promote_types(pristine.dtype, torch.float32))

@@ -21,7 +21,7 @@ from .functional import RowLayout, op_for
 from .functional.dora import init_magnitude, per_channel
 from .functional.fold import Term, folded_forward
 from .functional.unfold import unfolded_forward
-from .blend import merged_bias, merged_weight, stacked_terms, terms_of
+from .blend import bias_deltas, merged_bias, merged_weight, stacked_terms, terms_of
 from .slot import AdapterSlot
 
 
@@ -88,7 +88,7 @@ class AdapterLayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         """The base bias plus active adapters' bias deltas (diff_b); the base Parameter itself when none has one."""
         base = self.base_layer.bias
-        deltas = [b for b in (s.weighted_bias() for s in self.active()) if b is not None]
+        deltas = bias_deltas(self.active())
         if not deltas:
             return base
         total = sum(deltas)
