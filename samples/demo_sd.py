@@ -44,7 +44,7 @@ DRIFT_DIGITS = (3, 6)         # language drift: these prompts should keep drawin
 N_DRAWN, SAMPLE_STEPS, GUIDANCE = 32, 15, 5.0
 COMMON = ["--threads", "1", "--no-progress", "--sample-steps", str(SAMPLE_STEPS), "--guidance", str(GUIDANCE),
           "--seed", "0"]
-DREAMBOOTH = ["--steps", "150", "--lr", "5e-3", "--batch-size", "2", "--rank", "8", "--num-class-images", "32",
+DREAMBOOTH = ["--steps", "300", "--lr", "5e-3", "--batch-size", "2", "--rank", "8", "--num-class-images", "32",
               "--validation-seeds", "0", "1", "2", "3", "4", "5", "6", "7"]
 STYLE = ["--steps", "200", "--lr", "1e-2", "--batch-size", "4", "--rank", "8", "--conv-rank", "4",
          "--validation-seeds", "0", "1", "2", "3", "4", "5", "6", "7"]
