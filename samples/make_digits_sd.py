@@ -267,7 +267,7 @@ def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, s
         if snr_gamma > 0:
             loss = ((prediction - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
         else:
-            loss = F.mse_loss(prediction, noise)  # the shipped base's recipe, summed in its order
+            loss = F.mse_loss(prediction, noise)  # plain MSE, summed as the earlier recipe did
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -105,13 +105,14 @@ def test_shipped_pipeline_loads_and_draws_the_asked_digits():
 def _train_a_few_steps(tmp_path, **options):
     """Three UNet steps of make_digits_sd's recipe on the shipped VAE; returns (unet, text_encoder).
 
-    48 timesteps in all, so some have an SNR above 5, where min-SNR weighting acts."""
+    Batch 32, the script's: 96 timesteps in all, so some have an SNR above 5, where min-SNR weighting acts, and
+    enough rows per caption that a backward summing them in a thread-dependent order shows (text[caption] did)."""
     from diffusers import AutoencoderKL
     from make_digits_sd import train_unet
 
     vae = AutoencoderKL.from_pretrained(MODEL / "vae", torch_dtype=torch.float32).eval()
     tokenizer = build_tokenizer(tmp_path / "tokenizer")
-    return train_unet(vae, tokenizer, steps=3, batch=16, lr=3e-3, drop=0.1, seed=0, progress=False, **options)
+    return train_unet(vae, tokenizer, steps=3, batch=32, lr=3e-3, drop=0.1, seed=0, progress=False, **options)
 
 
 def test_base_recipe_repeats_and_each_option_acts(tmp_path):
