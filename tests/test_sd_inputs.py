@@ -17,6 +17,7 @@ from sd_tiny import build_pipeline, save_pipeline
 import vislora
 from vislora.data.captions import SmallImageWarning, scan_captioned
 from vislora.data.folders import DatasetError, SkippedImageWarning
+from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
 from vislora.tasks.diffusion import BaseModelError, check_prompts, load_pipeline
 from vislora.targets import TargetRule, resolve
@@ -146,26 +147,50 @@ def test_loads_a_folder_and_reads_the_prediction_type(tmp_path):
 
 # -- preset counts on the real architectures (meta device: no memory, no download) ---------------------------
 SD15 = dict(cross_attention_dim=768, sample_size=64)
+SD2 = dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, sample_size=96)
 SDXL = dict(block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
             "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
             addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
             use_linear_projection=True, sample_size=128)
-COUNTS = {  # preset -> (SD1.5 with 860 M parameters, SDXL with 2.57 G) modules
+COUNTS = {  # preset -> (SD1.5 with 860 M parameters, SDXL with 2.57 G) modules; SD 2.x has SD1.5's layout
     "unet.cross_attn": (64, 280), "unet.attn": (128, 560), "unet.attn_ff": (160, 700), "unet.conv": (96, 71),
     "unet.all": (278, 788),
 }
 
 
 @pytest.mark.parametrize("preset", sorted(COUNTS))
-def test_preset_counts_on_sd15_and_sdxl(preset):
+def test_preset_counts_on_sd15_sd2_and_sdxl(preset):
     from diffusers import UNet2DConditionModel
 
-    for config, expected in zip((SD15, SDXL), COUNTS[preset]):
+    sd15, sdxl = COUNTS[preset]
+    for config, expected in ((SD15, sd15), (SD2, sd15), (SDXL, sdxl)):
         with torch.device("meta"):
             unet = UNet2DConditionModel(**config)
         targets, _ = resolve(unet, [TargetRule(preset)])
         assert len(targets) == expected, (config.get("cross_attention_dim"), preset, len(targets))
+
+
+def test_the_architecture_is_read_from_the_pipeline(tmp_path):
+    """SD 1.x / 2.x by the UNet's cross-attention width, SDXL by its second text encoder; and a single-file
+    checkpoint's class from its header alone (SDXL's has the second encoder's `conditioner.embedders.1.`)."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from vislora.tasks.diffusion import _single_file_class, architecture
+
+    for config, arch in ((SD15, "sd1"), (SD2, "sd2"), (SDXL, "custom")):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**config)
+        assert architecture(SimpleNamespace(unet=unet)) == arch
+    assert architecture(SimpleNamespace(unet=unet, text_encoder_2=object())) == "sdxl"
+    for name, text_key in (("sd", "cond_stage_model.transformer.x"), ("sdxl", "conditioner.embedders.1.model.x")):
+        save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1), text_key: torch.zeros(1)},
+                  tmp_path / f"{name}.safetensors")
+    assert _single_file_class(tmp_path / "sd.safetensors") is StableDiffusionPipeline
+    assert _single_file_class(tmp_path / "sdxl.safetensors") is StableDiffusionXLPipeline
 
 
 def test_text2_presets_reach_the_second_text_encoder():
@@ -184,20 +209,43 @@ def test_text2_presets_reach_the_second_text_encoder():
 
 
 # -- diffusers' loader ---------------------------------------------------------------------------------------
-def test_dreambooth_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
-    pytest.importorskip("peft")
-    data = _images(tmp_path / "d", 2)
-    out = tmp_path / "out"
-    assert dreambooth_sd.main(_db(base, data, out, "--lr", "1e-2")) == 0
+def _same_in_diffusers(base: Path, adapter: Path) -> torch.Tensor:
+    """The file through vislora.load_adapter and through diffusers' load_lora_weights: the same UNet and text
+    encoder outputs; returns how far the text encoder moved from the base's."""
     ours, theirs, plain = (load_pipeline(str(base)).pipe for _ in range(3))
-    vislora.load_adapter(ours, out / "adapter.safetensors")
-    theirs.load_lora_weights(str(out / "adapter.safetensors"))
+    vislora.load_adapter(ours, adapter)
+    theirs.load_lora_weights(str(adapter))
     g = torch.Generator().manual_seed(0)
     x, h, t = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 32, 32, generator=g), torch.tensor([50, 700])
+    ids = plain.tokenizer(["a sks digit"], padding="max_length", max_length=plain.tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
     with torch.no_grad():
         a, b, c = (p.unet(x, t, h).sample for p in (ours, theirs, plain))
+        ta, tb, tc = (p.text_encoder(ids).last_hidden_state for p in (ours, theirs, plain))
     assert (a - c).abs().max() > 1e-4
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ta, tb, rtol=1e-5, atol=1e-5)
+    return (ta - tc).abs().max()
+
+
+def test_dreambooth_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "out"
+    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--lr", "1e-2")) == 0
+    assert _same_in_diffusers(base, out / "adapter.safetensors") == 0  # the text encoder was not trained
+
+
+def test_locon_and_text_encoder_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
+    """LoCon on the UNet convs (k x k down, 1 x 1 up: PEFT's Conv2d LoRA) and a text-encoder LoRA, trained with
+    min-SNR, noise offset and gradient accumulation: diffusers reads the whole file, not only its attention."""
+    pytest.importorskip("peft")
+    out = tmp_path / "out"
+    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--lr", "1e-2", "--conv-rank", "2",
+                                  "--conv-alpha", "1", "--train-text-encoder", "--snr-gamma", "5",
+                                  "--noise-offset", "0.05", "--grad-accum", "2")) == 0
+    tensors = container.read(out / "adapter.safetensors")[0]
+    assert any(".resnets.0.conv1.lora_A" in k for k in tensors) and any(k.startswith("text_encoder.") for k in tensors)
+    assert _same_in_diffusers(base, out / "adapter.safetensors") > 1e-4
 
 
 def test_the_cli_runs_both_recipes(base, tmp_path, capsys):
