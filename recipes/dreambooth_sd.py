@@ -177,6 +177,8 @@ def load_data(args: argparse.Namespace, base: DiffusionBase, accelerator: Accele
     prompts = {"--instance-prompt" if args.task == "dreambooth" else p: c for p, c in zip(data.paths, data.captions)}
     if args.task == "dreambooth" and args.class_prompt:
         prompts["--class-prompt"] = args.class_prompt
+    for i, prompt in enumerate(args.validation_prompt or []):
+        prompts[f"--validation-prompt {i + 1}"] = prompt
     for line in check_prompts(base.pipe, prompts):
         if main:
             warnings.warn(line, stacklevel=2)

@@ -248,6 +248,48 @@ def test_locon_and_text_encoder_file_loads_in_diffusers_with_our_outputs(base, t
     assert _same_in_diffusers(base, out / "adapter.safetensors") > 1e-4
 
 
+def test_the_recipe_warns_of_cut_prompts_and_small_images_once_each(base, tmp_path):
+    """In a run, not only in the checks: a counted warning per long prompt (the validation ones too) and one
+    for the images below the training resolution; the run still trains."""
+    long = "a " + "very " * 40 + "long prompt"
+    small = _images(tmp_path / "d", 2, size=(16, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dreambooth_sd.main(_db(base, small, tmp_path / "out", "--instance-prompt", long,
+                                      "--validation-prompt", "a digit", long)) == 0
+    lines = [str(w.message) for w in caught]
+    cut = [x for x in lines if "tokens were cut" in x]
+    assert sorted(x.split(":")[0] for x in cut) == ["--instance-prompt", "--validation-prompt 2"], cut
+    assert sum("2 of 2 images are smaller than the training resolution 32" in x for x in lines) == 1, lines
+    assert (tmp_path / "out" / "adapter.safetensors").is_file()
+
+
+def test_8bit_adam_is_bitsandbytes_or_a_clear_error(base, tmp_path, capsys, monkeypatch):
+    """--use-8bit-adam: without bitsandbytes, one line naming the flag and the install, and no adapter written;
+    with it, the run's optimizer is its AdamW8bit (a stand-in here: the real one needs a GPU)."""
+    import sys
+    from types import SimpleNamespace
+
+    data = _images(tmp_path / "d", 2)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
+    assert dreambooth_sd.main(_db(base, data, tmp_path / "none", "--use-8bit-adam")) == 2
+    line = _one_error(capsys)
+    assert "--use-8bit-adam" in line and "pip install bitsandbytes" in line
+    assert not (tmp_path / "none" / "adapter.safetensors").exists()
+
+    made = []
+
+    class AdamW8bit(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            made.append(kwargs)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", SimpleNamespace(optim=SimpleNamespace(AdamW8bit=AdamW8bit)))
+    assert dreambooth_sd.main(_db(base, data, tmp_path / "out", "--use-8bit-adam", "--lr", "2e-3")) == 0
+    assert made == [{"lr": 2e-3, "weight_decay": 1e-2}]
+    assert (tmp_path / "out" / "adapter.safetensors").is_file()
+
+
 def test_the_cli_runs_both_recipes(base, tmp_path, capsys):
     from vislora import cli
 
