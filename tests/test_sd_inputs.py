@@ -171,6 +171,26 @@ def test_preset_counts_on_sd15_sd2_and_sdxl(preset):
         assert len(targets) == expected, (config.get("cross_attention_dim"), preset, len(targets))
 
 
+def test_lbw_blocks_of_sd15_and_sdxl_are_the_extension_s():
+    """The A1111 block ids vislora gives each adapted layer of a real-shaped UNet are exactly the ids of the
+    extension's lists: attention layers fill the 17-value (SD1.5) and 12-value (SDXL) LoRA lists, and every
+    layer of unet.all falls in the 26-value / 20-value LyCORIS lists."""
+    from diffusers import UNet2DConditionModel
+
+    from vislora.targets.blocks import LBW_LAYOUTS, ldm_block
+
+    for config, lora, lycoris in ((SD15, 17, 26), (SDXL, 12, 20)):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**config)
+        layers = unet.config.layers_per_block
+        for preset, n in (("unet.attn", lora), ("unet.all", lycoris)):
+            targets, _ = resolve(unet, [TargetRule(preset)])
+            ids = {ldm_block(t.path, layers) for t in targets} - {None}
+            assert ids <= set(LBW_LAYOUTS[n]) - {"BASE"}, (n, sorted(ids - set(LBW_LAYOUTS[n])))
+            if preset == "unet.attn":
+                assert ids == set(LBW_LAYOUTS[n]) - {"BASE"}, (n, sorted(ids))
+
+
 def test_the_architecture_is_read_from_the_pipeline(tmp_path):
     """SD 1.x / 2.x by the UNet's cross-attention width, SDXL by its second text encoder; and a single-file
     checkpoint's class from its header alone (SDXL's has the second encoder's `conditioner.embedders.1.`)."""
