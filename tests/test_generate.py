@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,10 @@ def test_generate_mix_and_settings_in_the_png(model_dir, tmp_path):
     assert text.startswith("a digit seven <lora:bold:0.7> <lora:italic:0.3>\nSteps: 2, Sampler: DDIMScheduler")
     settings = json.loads(image.text["vislora"])
     assert settings["seed"] == 0 and [a["strength"] for a in settings["adapters"]] == [0.7, 0.3]
+    assert (settings["model"], settings["prompt"], settings["steps"], settings["guidance"], settings["n"]) == (
+        str(model_dir / "pipe"), "a digit seven", 2, 5.0, 2)
+    assert [a["path"] for a in settings["adapters"]] == [str(model_dir / f"{k}/adapter.safetensors") for k in
+                                                         ("bold", "italic")]
     assert cli(args[:-1] + [str(tmp_path / "again.png")]) == 0  # same settings, same pixels
     assert _png(tmp_path / "again.png").tobytes() == image.tobytes()
 
@@ -145,3 +150,20 @@ def test_pickled_or_missing_model_is_one_error_line(model_dir, tmp_path, capsys)
         assert len(lines) == 1 and lines[0].startswith("error: "), err
         assert any(w in err for w in words.split("|")), err
     assert not out.exists()
+
+
+def test_generate_draws_the_asked_digit_on_the_digits_base(tmp_path, monkeypatch):
+    """The command on the shipped digits base: what it draws is read back as the digit asked for."""
+    base = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
+    if not (base / "model_index.json").is_file():
+        pytest.skip("samples/digits_sd is not there")
+    monkeypatch.syspath_prepend(str(base.parent))
+    from digit_scorer import classify
+
+    out = tmp_path / "sevens.png"
+    assert cli(["generate", "--model", str(base), "--prompt", "a handwritten digit seven", "--n", "4",
+                "--steps", "15", "--out", str(out)]) == 0
+    sheet = np.asarray(_png(out).convert("RGB"))
+    assert sheet.shape == (76, 76, 3)  # 2 x 2 samples of 32 x 32, 4 px apart
+    cells = [sheet[4 + 36 * r:36 + 36 * r, 4 + 36 * c:36 + 36 * c] for r in range(2) for c in range(2)]
+    assert (classify(np.stack(cells)) == 7).sum() >= 3
