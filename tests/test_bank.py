@@ -291,6 +291,37 @@ def test_vit_bank_blends_two_task_adapters(tmp_path):
         assert torch.allclose(vit(x), half, atol=1e-4)
 
 
+def test_the_stack_is_reused_until_the_set_or_a_strength_changes(unet_files):
+    """Unfused inference builds each layer's stacked factors once; later calls reuse them. A strength change
+    rebuilds only the layers whose strength changed (here the up blocks), and unloading an adapter only the
+    layers it was on."""
+    unet = tiny_unet()
+    bank = AdapterBank(unet)
+    bank.load("a", unet_files["a"], strength=0.5)
+    bank.load("b", unet_files["b"], strength=0.25)
+    inputs = unet_inputs()
+    names, layers = zip(*[(n, m) for n, m in unet.named_modules() if isinstance(m, AdapterLayer)])
+
+    def stacks() -> list:
+        run_unet(unet, inputs)
+        return [layer._stack if layer._stack_key is not None else None for layer in layers]
+
+    first = stacks()
+    built = [i for i, stack in enumerate(first) if stack is not None]
+    assert len(built) > len(layers) // 2
+    second = stacks()
+    assert all(second[i] is first[i] for i in built)  # reused, not rebuilt
+    bank.set_strengths({"a": {"*": 0.5, "up": 1.4}})  # a changes in the up blocks only (0.5 -> 0.7)
+    third = stacks()
+    up = {i for i in built if ".up_blocks." in f".{names[i]}"}
+    assert up and set(built) - up
+    assert all((third[i] is second[i]) == (i not in up) for i in built)
+    had_b = {i for i in built if "b" in layers[i].adapters}
+    bank.unload("b")
+    fourth = stacks()
+    assert all((fourth[i] is third[i]) == (i not in had_b) for i in built if "a" in layers[i].adapters)
+
+
 def test_training_step_invalidates_the_stack():
     vit = tiny_vit()
     vislora.inject(vit, "vit.attn", rank=4, init="random")
