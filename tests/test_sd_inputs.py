@@ -171,6 +171,32 @@ def test_preset_counts_on_sd15_sd2_and_sdxl(preset):
         assert len(targets) == expected, (config.get("cross_attention_dim"), preset, len(targets))
 
 
+def test_fused_originals_cost_on_sd15_in_fp16():
+    """The README's figure: fused, the bank keeps one original weight per merged layer, in the model's dtype. On
+    SD1.5 in fp16 that is 1,635 MiB for unet.all (857 M weights) and 178 MiB for unet.attn (94 M)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15).to(torch.float16)
+    for preset, weights, mib in (("unet.all", 857, 1635), ("unet.attn", 94, 178)):
+        targets, _ = resolve(unet, [TargetRule(preset)])
+        n = sum(t.module.weight.numel() for t in targets)
+        assert (round(n / 1e6), round(n * 2 / 2**20)) == (weights, mib), preset
+
+
+def test_fused_bank_keeps_exactly_one_original_per_merged_layer():
+    from conftest import tiny_unet
+
+    unet = tiny_unet().to(torch.float16)
+    vislora.inject(unet, "unet.all", rank=2, init="random", name="a")
+    bank = vislora.AdapterBank(unet)
+    bank.fuse()
+    layers = [m for m in unet.modules() if isinstance(m, vislora.AdapterLayer)]
+    assert layers and all(m._pristine is not None and m._pristine.dtype == torch.float16 for m in layers)
+    assert all(m._pristine.shape == m.base_layer.weight.shape for m in layers)
+    assert all(m._pristine.data_ptr() != m.base_layer.weight.data_ptr() for m in layers)
+
+
 def test_lbw_blocks_of_sd15_and_sdxl_are_the_extension_s():
     """The A1111 block ids vislora gives each adapted layer of a real-shaped UNet are exactly the ids of the
     extension's lists: attention layers fill the 17-value (SD1.5) and 12-value (SDXL) LoRA lists, and every
