@@ -248,7 +248,7 @@ def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, s
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
     # Min-SNR-gamma weighting (Hang et al. 2023): the easy, low-noise timesteps stop dominating the gradient.
-    weight = snr.clamp(max=snr_gamma) / snr
+    weight = snr.clamp(max=snr_gamma) / snr if snr_gamma > 0 else torch.ones_like(snr)
     averaged = [p.detach().clone() for p in params] if ema > 0 else None
     bar = tqdm(range(steps), desc="unet", disable=not progress)
     for step in bar:
@@ -264,10 +264,7 @@ def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, s
         # index_select, not text[caption]: the backward of advanced indexing accumulates in a thread-dependent
         # order on CPU, so with 2 threads the weights differed in the last bits from run to run (measured).
         prediction = unet(zt, t, encoder_hidden_states=text.index_select(0, caption)).sample
-        if snr_gamma > 0:
-            loss = ((prediction - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
-        else:
-            loss = F.mse_loss(prediction, noise)  # plain MSE, summed as the earlier recipe did
+        loss = ((prediction - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
