@@ -99,16 +99,34 @@ def _single_file_class(path: Path):
     return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
+def _from_single_file(path: Path, config: str | None) -> Any:
+    """diffusers' from_single_file, with its hub failures as one BaseModelError that says what to pass.
+
+    A single file holds weights only; diffusers takes the architecture's configs (and tokenizer) from `config`,
+    or else from the hub repo of the architecture it recognises, which fails offline."""
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+
+    kwargs = {"config": config} if config else {}
+    try:
+        return _single_file_class(path).from_single_file(str(path), **{_dtype_keyword(): torch.float32}, **kwargs)
+    except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, ConnectionError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if config:
+            raise BaseModelError(f"--model-config {config}: its configs do not load ({reason})") from None
+        raise BaseModelError(f"--model {path}: a single .safetensors checkpoint needs its architecture's diffusers "
+                             f"configs, and fetching them from the hub failed ({reason}). Offline, pass "
+                             "--model-config with a diffusers folder of the same architecture") from None
+
+
 def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
     from diffusers import DiffusionPipeline
 
     path = Path(model)
     if path.is_file():
         refuse_pickle(path)
-        cls = _single_file_class(path)
-        kwargs = {"config": config} if config else {}
-        pipe = cls.from_single_file(str(path), **{_dtype_keyword(): torch.float32}, **kwargs)
-        return pipe, {"source": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
+        pipe = _from_single_file(path, config)
+        return pipe, {"source": "file", "path": str(path.resolve()), "sha256": sha256_file(path),
+                      "config": config}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")

@@ -1,0 +1,98 @@
+"""Single-file bases, as A1111 and ComfyUI users have them: one original-layout (LDM) .safetensors checkpoint,
+loaded offline through diffusers' from_single_file with a local folder for the configs. The checkpoints are
+written from real weights (the shipped digits base) by tests/ldm_checkpoint.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ldm_checkpoint import write_ldm_checkpoint
+from PIL import Image
+from sd_tiny import save_pipeline
+
+from vislora.cli import main as cli
+from vislora.formats import container
+from vislora.recipes import dreambooth_sd
+from vislora.tasks.diffusion import BaseModelError, generate, load_pipeline
+from vislora.train.checkpoint import sha256_file
+
+DIGITS = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
+
+
+@pytest.fixture(scope="module")
+def digits_file(tmp_path_factory) -> Path:
+    if not (DIGITS / "model_index.json").is_file():
+        pytest.skip("samples/digits_sd is not there")
+    return write_ldm_checkpoint(load_pipeline(str(DIGITS)).pipe, tmp_path_factory.mktemp("ldm") / "digits.safetensors")
+
+
+def test_the_checkpoint_is_in_the_original_layout(digits_file):
+    """What A1111 reads: the three models under their LDM prefixes, with LDM names inside."""
+    from safetensors import safe_open
+
+    with safe_open(str(digits_file), "pt") as f:
+        keys = set(f.keys())
+    assert {k.split(".")[0] for k in keys} == {"model", "first_stage_model", "cond_stage_model"}
+    assert {"model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.middle_block.1.proj_in.weight",
+            "model.diffusion_model.out.2.weight", "first_stage_model.decoder.up.0.block.0.conv1.weight",
+            "first_stage_model.encoder.mid.attn_1.q.weight",
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight"} <= keys
+    assert not any(".down_blocks." in k or ".resnets." in k for k in keys)
+
+
+def test_a_single_file_loads_as_its_folder_does(digits_file):
+    folder, single = load_pipeline(str(DIGITS)), load_pipeline(str(digits_file), config=str(DIGITS))
+    assert single.record == {"source": "file", "path": str(digits_file.resolve()), "sha256": sha256_file(digits_file),
+                             "config": str(DIGITS), "arch": "custom", "prediction": "epsilon",
+                             "pipeline": "StableDiffusionPipeline"}
+    for part in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(folder.pipe, part).state_dict(), getattr(single.pipe, part).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    prompts, seeds = ["a handwritten digit four"], [0]
+    assert np.array_equal(np.asarray(generate(folder.pipe, prompts, seeds, steps=3, guidance=5, size=32)[0]),
+                          np.asarray(generate(single.pipe, prompts, seeds, steps=3, guidance=5, size=32)[0]))
+
+
+def test_generate_draws_the_same_png_from_the_file(digits_file, tmp_path):
+    common = ["--prompt", "a handwritten digit two", "--steps", "3", "--n", "2"]
+    assert cli(["generate", "--model", str(DIGITS), *common, "--out", str(tmp_path / "folder.png")]) == 0
+    assert cli(["generate", "--model", str(digits_file), "--model-config", str(DIGITS), *common,
+                "--out", str(tmp_path / "file.png")]) == 0
+    folder, file = Image.open(tmp_path / "folder.png"), Image.open(tmp_path / "file.png")
+    assert np.array_equal(np.asarray(folder), np.asarray(file))
+    assert json.loads(file.text["vislora"])["model_config"] == str(DIGITS)
+
+
+def test_dreambooth_trains_on_a_single_file_and_records_it(tmp_path):
+    base = save_pipeline(tmp_path)
+    file = write_ldm_checkpoint(load_pipeline(str(base)).pipe, tmp_path / "tiny.safetensors")
+    data = tmp_path / "instance"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    assert dreambooth_sd.main(["--model", str(file), "--model-config", str(base), "--instance-data", str(data),
+                               "--instance-prompt", "a sks digit", "--out", str(out), "--threads", "1",
+                               "--no-progress", "--sample-steps", "2", "--validation-seeds", "0",
+                               "--steps", "2"]) == 0
+    _, meta = container.read(out / "adapter.safetensors")
+    recorded = json.loads(meta[dreambooth_sd.METADATA_KEY])["base"]
+    assert recorded["source"] == "file" and recorded["sha256"] == sha256_file(file)
+    assert recorded["config"] == str(base)
+
+
+def test_offline_without_configs_is_one_clear_error(digits_file, tmp_path, monkeypatch, capsys):
+    """diffusers fetches a single file's configs from the hub; offline, the user is told to pass --model-config."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(BaseModelError, match=r"digits\.safetensors.*--model-config"):
+        load_pipeline(str(digits_file))
+    out = tmp_path / "x.png"
+    assert cli(["generate", "--model", str(digits_file), "--prompt", "a handwritten digit two", "--out", str(out)]) == 2
+    assert "--model-config" in capsys.readouterr().err and not out.exists()
