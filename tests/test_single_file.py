@@ -96,3 +96,25 @@ def test_offline_without_configs_is_one_clear_error(digits_file, tmp_path, monke
     out = tmp_path / "x.png"
     assert cli(["generate", "--model", str(digits_file), "--prompt", "a handwritten digit two", "--out", str(out)]) == 2
     assert "--model-config" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_studio_opens_a_single_file_and_exports_what_redraws_it(digits_file, tmp_path, monkeypatch):
+    """The page on a single file: its exported command and snippet carry --model-config and draw the same pixels."""
+    import shlex
+
+    from vislora.studio import export
+    from vislora.studio.mix import Request
+    from vislora.studio.state import Studio
+
+    (tmp_path / "adapters").mkdir()
+    studio = Studio(digits_file, tmp_path / "adapters", tmp_path / "out", model_config=str(DIGITS))
+    request = Request("a handwritten digit five", steps=3)
+    shown = np.asarray(studio.render(request).image.convert("RGB"))
+    words = shlex.split(export.command(request, str(digits_file), tmp_path / "adapters", [], {},
+                                       out=str(tmp_path / "cli.png"), config=str(DIGITS)))
+    assert words[words.index("--model-config") + 1] == str(DIGITS)
+    assert cli(words[1:]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png").convert("RGB")), shown)
+    monkeypatch.chdir(tmp_path)
+    exec(export.snippet(request, str(digits_file), tmp_path / "adapters", [], {}, {}, str(DIGITS)), {})
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png").convert("RGB")), shown)

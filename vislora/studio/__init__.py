@@ -59,7 +59,9 @@ def serve(studio: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vislora studio", description="A local page to mix adapters with sliders "
                                 "and a live preview.")
-    p.add_argument("--model", required=True, help="a diffusers pipeline folder, e.g. samples/digits_sd")
+    p.add_argument("--model", required=True, help="a diffusers pipeline folder (e.g. samples/digits_sd), a hub id, "
+                   "or one .safetensors checkpoint")
+    p.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
     p.add_argument("--adapters", required=True, help="folder of adapter files (.safetensors)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         check_port(args.host, args.port)
         from .state import Studio
 
-        studio = Studio(args.model, args.adapters, args.out, live_seconds=args.live_seconds)
+        studio = Studio(args.model, args.adapters, args.out, live_seconds=args.live_seconds,
+                        model_config=args.model_config)
         print(f"vislora studio on http://{args.host}:{args.port}  (Ctrl+C to stop)", file=sys.stderr)
         serve(studio, args.host, args.port)
     except VisloraError as e:

@@ -26,9 +26,9 @@ def lora_args(request: Request, folder: Path, order: list[str], names: dict[str,
 
 
 def command(request: Request, model: str, folder: Path, order: list[str], names: dict[str, str],
-            out: str = "out.png") -> str:
+            out: str = "out.png", config: str | None = None) -> str:
     """The shell command that draws the same image."""
-    words = ["vislora", "generate", "--model", model]
+    words = ["vislora", "generate", "--model", model] + (["--model-config", config] if config else [])
     for a in lora_args(request, folder, order, names):
         words += ["--lora", f"{a.path}:{a.strength:g}"]
     words += ["--prompt", request.prompt]
@@ -46,12 +46,13 @@ def command(request: Request, model: str, folder: Path, order: list[str], names:
 
 
 def snippet(request: Request, model: str, folder: Path, order: list[str], names: dict[str, str],
-            specs: dict[str, Any]) -> str:
+            specs: dict[str, Any], config: str | None = None) -> str:
     """Python that draws the same image with the library; `specs` are the bank's strength specs by name."""
-    s = settings(request, model, lora_args(request, folder, order, names))
+    s = settings(request, model, lora_args(request, folder, order, names), config)
     lines = ["import torch", "", "import vislora",
              "from vislora.tasks.generate import LoraArg, Settings, pipeline_on, png_info, run", "",
-             f"pipe = pipeline_on({model!r}, 'cpu', torch.float32)", "bank = vislora.AdapterBank(pipe)"]
+             f"pipe = pipeline_on({model!r}, 'cpu', torch.float32{f', {config!r}' if config else ''})",
+             "bank = vislora.AdapterBank(pipe)"]
     lines += [f"bank.load({a.name!r}, {a.path!r}, strength={specs[a.name]!r})" for a in s.adapters]
     if request.fused:
         lines.append("bank.fuse()")
@@ -61,9 +62,9 @@ def snippet(request: Request, model: str, folder: Path, order: list[str], names:
 
 
 def save_png(image: Any, path: Path, request: Request, model: str, adapters: list[cli.LoraArg],
-             sampler: str, specs: dict[str, Any]) -> Path:
+             sampler: str, specs: dict[str, Any], config: str | None = None) -> Path:
     """The image with `vislora generate`'s text chunks, plus the per-adapter specs and the fused switch."""
-    s = settings(request, model, adapters)
+    s = settings(request, model, adapters, config)
     image.save(path, format="PNG", pnginfo=cli.png_info(s, sampler, {"strength_specs": specs,
                                                                       "fused": request.fused}))
     return path
