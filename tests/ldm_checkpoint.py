@@ -1,7 +1,8 @@
-"""A diffusers Stable Diffusion 1.x pipeline written as one original-layout (LDM) checkpoint, as A1111 and
-ComfyUI users have their bases: `model.diffusion_model.*` (the UNet, in LDM naming), `first_stage_model.*`
-(the VAE) and `cond_stage_model.transformer.*` (the CLIP text encoder). Tests load it back with
-`from_single_file`, offline, to prove that path on real weights."""
+"""A diffusers Stable Diffusion pipeline written as one original-layout (LDM) checkpoint, as A1111 and ComfyUI
+users have their bases: `model.diffusion_model.*` (the UNet, in LDM naming), `first_stage_model.*` (the VAE),
+and `cond_stage_model.transformer.*` (SD 1.x's CLIP text encoder) or, for SDXL,
+`conditioner.embedders.0.transformer.*` and `conditioner.embedders.1.model.*` (the second in OpenCLIP naming).
+Tests load it back with `from_single_file`, offline, to prove that path on real weights."""
 
 from __future__ import annotations
 
@@ -65,13 +66,46 @@ def _vae(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _text(text: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"cond_stage_model.transformer.{te_path(text, name)}": tensor for name, tensor in text.state_dict().items()
+def _text(text: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """An HF CLIP text model under `prefix` (its own names, from `text_model.`)."""
+    return {f"{prefix}{te_path(text, name)}": tensor for name, tensor in text.state_dict().items()
             if not name.endswith("position_ids")}
 
 
+# HF CLIP -> OpenCLIP names inside a layer; q/k/v are fused into in_proj.
+_OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                    "self_attn.out_proj": "attn.out_proj"}
+
+
+def _open_clip(text: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder as its original checkpoints hold it: OpenCLIP names, fused q/k/v, and the
+    projection as a [hidden, projection] matrix."""
+    sd = {te_path(text, k): v for k, v in text.state_dict().items() if not k.endswith("position_ids")}
+    out = {"positional_embedding": sd.pop("text_model.embeddings.position_embedding.weight"),
+           "token_embedding.weight": sd.pop("text_model.embeddings.token_embedding.weight"),
+           "text_projection": sd.pop("text_projection.weight").T}
+    for part in ("weight", "bias"):
+        out[f"ln_final.{part}"] = sd.pop(f"text_model.final_layer_norm.{part}")
+    layers = text.config.num_hidden_layers
+    for n in range(layers):
+        head = f"text_model.encoder.layers.{n}."
+        for part in ("weight", "bias"):
+            out[f"transformer.resblocks.{n}.attn.in_proj_{part}"] = torch.cat(
+                [sd.pop(f"{head}self_attn.{x}_proj.{part}") for x in "qkv"])
+            for hf, oc in _OPEN_CLIP_LAYER.items():
+                out[f"transformer.resblocks.{n}.{oc}.{part}"] = sd.pop(f"{head}{hf}.{part}")
+    assert not sd, f"not written: {sorted(sd)}"
+    return {prefix + k: v for k, v in out.items()}
+
+
 def write_ldm_checkpoint(pipe, path: Path) -> Path:
-    """Save `pipe`'s UNet, VAE and text encoder as one LDM-layout .safetensors file."""
-    tensors = {**_unet(pipe.unet), **_vae(pipe.vae), **_text(pipe.text_encoder)}
+    """Save `pipe`'s UNet, VAE and text encoder(s) as one LDM-layout .safetensors file (SD 1.x, or SDXL's
+    `conditioner.embedders.0/1` when it has two encoders)."""
+    tensors = {**_unet(pipe.unet), **_vae(pipe.vae)}
+    if getattr(pipe, "text_encoder_2", None) is None:
+        tensors.update(_text(pipe.text_encoder, "cond_stage_model.transformer."))
+    else:
+        tensors.update(_text(pipe.text_encoder, "conditioner.embedders.0.transformer."))
+        tensors.update(_open_clip(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path

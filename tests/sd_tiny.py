@@ -49,8 +49,9 @@ def save_pipeline(root: Path, **kw) -> Path:
     return folder
 
 
-def save_sdxl_pipeline(root: Path, seed: int = 0) -> Path:
-    """A tiny SDXL pipeline: two text encoders (the second with a projection), micro-conditioned UNet."""
+def save_sdxl_pipeline(root: Path, seed: int = 0, width2: int = 32) -> Path:
+    """A tiny SDXL pipeline: two text encoders (the second with a projection, `width2` wide), micro-conditioned
+    UNet. Real SDXL's encoders differ in width (768 and 1280), which is how single-file loaders tell them apart."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -60,18 +61,19 @@ def save_sdxl_pipeline(root: Path, seed: int = 0) -> Path:
                           vocab_size=len(tokenizer), max_position_embeddings=32, projection_dim=32,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)
+    text2 = CLIPTextConfig(**{**text.to_dict(), "hidden_size": width2, "projection_dim": width2})
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=32 + 6 * 8,
-        cross_attention_dim=64, norm_num_groups=8)
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=width2 + 6 * 8, cross_attention_dim=32 + width2, norm_num_groups=8)
     vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         norm_num_groups=8)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text2),
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     folder = root / "sdxl"
     pipe.save_pretrained(folder, safe_serialization=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from ldm_checkpoint import write_ldm_checkpoint
 from PIL import Image
-from sd_tiny import save_pipeline
+from sd_tiny import save_pipeline, save_sdxl_pipeline
 
 from vislora.cli import main as cli
 from vislora.formats import container
@@ -56,6 +56,22 @@ def test_a_single_file_loads_as_its_folder_does(digits_file):
     prompts, seeds = ["a handwritten digit four"], [0]
     assert np.array_equal(np.asarray(generate(folder.pipe, prompts, seeds, steps=3, guidance=5, size=32)[0]),
                           np.asarray(generate(single.pipe, prompts, seeds, steps=3, guidance=5, size=32)[0]))
+
+
+def test_an_sdxl_single_file_loads_as_its_folder_does(tmp_path):
+    """Both text encoders (the second from OpenCLIP names with fused q/k/v) and the micro-conditioned UNet."""
+    folder_path = save_sdxl_pipeline(tmp_path, width2=48)
+    folder = load_pipeline(str(folder_path))
+    file = write_ldm_checkpoint(folder.pipe, tmp_path / "sdxl.safetensors")
+    single = load_pipeline(str(file), config=str(folder_path))
+    assert single.arch == "sdxl" and single.record["pipeline"] == "StableDiffusionXLPipeline"
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = getattr(folder.pipe, part).state_dict(), getattr(single.pipe, part).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    prompts, seeds = ["a digit"], [0]
+    assert np.array_equal(np.asarray(generate(folder.pipe, prompts, seeds, steps=2, guidance=5, size=32)[0]),
+                          np.asarray(generate(single.pipe, prompts, seeds, steps=2, guidance=5, size=32)[0]))
 
 
 def test_generate_draws_the_same_png_from_the_file(digits_file, tmp_path):
