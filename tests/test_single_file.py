@@ -44,18 +44,22 @@ def test_the_checkpoint_is_in_the_original_layout(digits_file):
     assert not any(".down_blocks." in k or ".resnets." in k for k in keys)
 
 
+def _same_models_and_pixels(folder, single, parts: tuple[str, ...], prompt: str) -> None:
+    """Every tensor of every model equal, and the same image from the same seed."""
+    for part in parts:
+        ours, theirs = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    drawn = [np.asarray(generate(p, [prompt], [0], steps=3, guidance=5, size=32)[0]) for p in (folder, single)]
+    assert np.array_equal(*drawn)
+
+
 def test_a_single_file_loads_as_its_folder_does(digits_file):
     folder, single = load_pipeline(str(DIGITS)), load_pipeline(str(digits_file), config=str(DIGITS))
     assert single.record == {"source": "file", "path": str(digits_file.resolve()), "sha256": sha256_file(digits_file),
                              "config": str(DIGITS), "arch": "custom", "prediction": "epsilon",
                              "pipeline": "StableDiffusionPipeline"}
-    for part in ("unet", "vae", "text_encoder"):
-        ours, theirs = getattr(folder.pipe, part).state_dict(), getattr(single.pipe, part).state_dict()
-        assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
-    prompts, seeds = ["a handwritten digit four"], [0]
-    assert np.array_equal(np.asarray(generate(folder.pipe, prompts, seeds, steps=3, guidance=5, size=32)[0]),
-                          np.asarray(generate(single.pipe, prompts, seeds, steps=3, guidance=5, size=32)[0]))
+    _same_models_and_pixels(folder.pipe, single.pipe, ("unet", "vae", "text_encoder"), "a handwritten digit four")
 
 
 def test_an_sdxl_single_file_loads_as_its_folder_does(tmp_path):
@@ -65,13 +69,7 @@ def test_an_sdxl_single_file_loads_as_its_folder_does(tmp_path):
     file = write_ldm_checkpoint(folder.pipe, tmp_path / "sdxl.safetensors")
     single = load_pipeline(str(file), config=str(folder_path))
     assert single.arch == "sdxl" and single.record["pipeline"] == "StableDiffusionXLPipeline"
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        ours, theirs = getattr(folder.pipe, part).state_dict(), getattr(single.pipe, part).state_dict()
-        assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
-    prompts, seeds = ["a digit"], [0]
-    assert np.array_equal(np.asarray(generate(folder.pipe, prompts, seeds, steps=2, guidance=5, size=32)[0]),
-                          np.asarray(generate(single.pipe, prompts, seeds, steps=2, guidance=5, size=32)[0]))
+    _same_models_and_pixels(folder.pipe, single.pipe, ("unet", "vae", "text_encoder", "text_encoder_2"), "a digit")
 
 
 def test_generate_draws_the_same_png_from_the_file(digits_file, tmp_path):
