@@ -209,11 +209,13 @@ def targets_of(base: DiffusionBase, args: argparse.Namespace) -> dict[str, dict]
 
 
 def describe(args: argparse.Namespace, base: DiffusionBase, resolution: int) -> dict[str, str]:
-    """The adapter file's provenance entry: base (path relative to OUT, or hub name, with sha256), prompts."""
+    """The adapter file's provenance entry: base (local paths relative to OUT, so no home folder leaks into a
+    shared file; or hub name), with sha256, and the prompts."""
     record = dict(base.record)
-    if "path" in record:
-        with contextlib.suppress(ValueError):  # another drive: keep the absolute path
-            record["path"] = os.path.relpath(record["path"], Path(args.out).resolve())
+    for key in ("path", "config"):  # config: a single file's configs, a local folder or a hub id
+        if record.get(key) and Path(record[key]).exists():
+            with contextlib.suppress(ValueError):  # another drive: keep the absolute path
+                record[key] = os.path.relpath(Path(record[key]).resolve(), Path(args.out).resolve())
     info = {"task": args.task, "base": record, "resolution": resolution, "steps": args.steps}
     if args.task == "dreambooth":
         info.update(instance_prompt=args.instance_prompt,
