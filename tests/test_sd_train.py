@@ -116,7 +116,7 @@ def test_dreambooth_outputs_and_metadata(dreambooth, world):
     info = json.loads(meta[dreambooth_sd.METADATA_KEY])
     assert info["instance_prompt"] == "a sks digit" and info["class_prompt"] == "a digit"
     assert info["base"]["source"] == "folder" and len(info["base"]["unet_sha256"]) == 64
-    assert not os.path.isabs(info["base"]["path"])
+    assert not os.path.isabs(info["base"]["path"]) and str(world["root"]) not in json.dumps(meta)
     metrics = json.loads((dreambooth / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["class_images"] == 4 and len(metrics["history"]) == 8
     assert all(r["prior_loss"] is not None for r in metrics["history"])
@@ -209,6 +209,7 @@ def test_style_with_captions_and_buckets(world, tmp_path):
     meta = container.read(out / "adapter.safetensors")[1]
     info = json.loads(meta[dreambooth_sd.METADATA_KEY])
     assert info["task"] == "style" and info["trigger"] == "zxy"
+    assert str(world["root"]) not in json.dumps(meta)  # the data folder's absolute path is not in a shared file
     data = scan_captioned(world["style"], trigger="zxy", warn=False)
     assert sorted(set(data.captions)) == ["zxy, a flat digit", "zxy, a tall digit"]
     sizes = bucket_sizes(32, 4)

@@ -97,7 +97,8 @@ def test_dreambooth_trains_on_a_single_file_and_records_it(tmp_path):
     _, meta = container.read(out / "adapter.safetensors")
     recorded = json.loads(meta[dreambooth_sd.METADATA_KEY])["base"]
     assert recorded["source"] == "file" and recorded["sha256"] == sha256_file(file)
-    assert recorded["path"] == "../tiny.safetensors" and recorded["config"] == "../base"  # no absolute paths
+    assert recorded["path"] == "../tiny.safetensors" and recorded["config"] == "../base"
+    assert str(tmp_path) not in json.dumps(meta)  # no absolute path (a home folder, the data) in a shared file
 
 
 def test_offline_without_configs_is_one_clear_error(digits_file, tmp_path, monkeypatch, capsys):
