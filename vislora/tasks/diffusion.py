@@ -13,6 +13,7 @@ first bytes, before any library can unpickle them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -99,6 +100,25 @@ def _single_file_class(path: Path):
     return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
+class _DropFp32CastWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_fp32_cast_warning() -> Iterator[None]:
+    """from_single_file casts each model with `.to(dtype)`, and diffusers then warns that modules "should be
+    kept in float32" (listing none, []). Bases load in float32 here, so nothing is cast below it and the
+    warning never applies; it is dropped for this call only."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    quiet = _DropFp32CastWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def _from_single_file(path: Path, config: str | None) -> Any:
     """diffusers' from_single_file, with its hub failures as one BaseModelError that says what to pass.
 
@@ -108,7 +128,8 @@ def _from_single_file(path: Path, config: str | None) -> Any:
 
     kwargs = {"config": config} if config else {}
     try:
-        return _single_file_class(path).from_single_file(str(path), **{_dtype_keyword(): torch.float32}, **kwargs)
+        with _quiet_fp32_cast_warning():
+            return _single_file_class(path).from_single_file(str(path), **{_dtype_keyword(): torch.float32}, **kwargs)
     except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, ConnectionError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if config:
