@@ -52,7 +52,7 @@ def sniff(path: Path, data: bytes) -> None:
     for magic, category, what in _SIGNATURES:
         if data.startswith(magic):
             cls = UnsafeFormatError if category == "pickle" else AdapterFormatError
-            raise cls(f"this is {what}; vislora reads adapters from .safetensors only", path=path, category=category)
+            raise cls(f"this is {what}; vislora reads weights from .safetensors only", path=path, category=category)
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise UnsafeFormatError("this is a raw pickle; vislora never unpickles adapter files (use .safetensors)",
                                 path=path, category="pickle")

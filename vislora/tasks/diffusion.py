@@ -100,6 +100,12 @@ def _single_file_class(path: Path):
     return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
+def _first_line(error: BaseException) -> str:
+    """The error's first line, without diffusers' pointer to a stack trace the user is not shown."""
+    text = str(error).replace(" Please check out the root cause in the stacktrace above.", "").strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class _DropFp32CastWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "should be kept in float32" not in record.getMessage()
@@ -131,7 +137,7 @@ def _from_single_file(path: Path, config: str | None) -> Any:
         with _quiet_fp32_cast_warning():
             return _single_file_class(path).from_single_file(str(path), **{_dtype_keyword(): torch.float32}, **kwargs)
     except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, ConnectionError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _first_line(e)
         if config:
             raise BaseModelError(f"--model-config {config}: its configs do not load ({reason})") from None
         raise BaseModelError(f"--model {path}: a single .safetensors checkpoint needs its architecture's diffusers "
@@ -158,10 +164,16 @@ def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
     if path.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) or not _HUB_ID.match(model):
         raise BaseModelError(f"--model {model}: no such file or folder (nor a hub id like 'owner/name')")
-    # The hub, for users who are online.
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **{_dtype_keyword(): torch.float32})
-    return pipe, {"source": "hub", "name": model,
-                  "commit": getattr(pipe, "_internal_dict", {}).get("_commit_hash")}
+    # The hub, for users who are online (or offline, from their cache): safetensors files only are fetched,
+    # then loaded from the snapshot folder, whose name is the commit they came from.
+    try:
+        snapshot = Path(DiffusionPipeline.download(model, use_safetensors=True))
+    except OSError as e:  # the hub's errors (not found, gated, offline, no connection) are OSErrors
+        raise BaseModelError(f"--model {model}: not a local file or folder, and the hub id does not load "
+                             f"({_first_line(e)})") from None
+    _check_folder(snapshot)
+    pipe = DiffusionPipeline.from_pretrained(str(snapshot), use_safetensors=True, **{_dtype_keyword(): torch.float32})
+    return pipe, {"source": "hub", "name": model, "commit": snapshot.name}
 
 
 def architecture(pipe: Any) -> str:

@@ -1,10 +1,14 @@
-"""Single-file bases, as A1111 and ComfyUI users have them: one original-layout (LDM) .safetensors checkpoint,
-loaded offline through diffusers' from_single_file with a local folder for the configs. The checkpoints are
-written from real weights (the shipped digits base) by tests/ldm_checkpoint.py."""
+"""Bases where users have them, on real weights and offline.
+
+Single files, as A1111 and ComfyUI users have them: one original-layout (LDM) .safetensors checkpoint, loaded
+through diffusers' from_single_file with a local folder for the configs; tests/ldm_checkpoint.py writes them
+from the shipped digits base. Hub ids: the digits base placed in a Hugging Face cache folder, read offline
+through the same calls that download it online."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from ldm_checkpoint import write_ldm_checkpoint
 from PIL import Image
 from sd_tiny import save_pipeline, save_sdxl_pipeline
 
+import vislora
 from vislora.cli import main as cli
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd
@@ -150,3 +155,41 @@ def test_loading_a_single_file_says_nothing_a_user_cannot_act_on(digits_file):
         logger.removeHandler(catch)
     assert len(seen) == 1 and "should be kept in float32" in seen[0]
     assert not [f for f in logger.filters if "Fp32" in type(f).__name__]  # dropped for the single-file load only
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An offline Hugging Face cache holding the digits base as `vislora/digits-sd` at COMMIT."""
+    import huggingface_hub.constants
+
+    if not (DIGITS / "model_index.json").is_file():
+        pytest.skip("samples/digits_sd is not there")
+    repo = tmp_path / "hub" / "models--vislora--digits-sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(DIGITS, repo / "snapshots" / COMMIT)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return repo / "snapshots" / COMMIT
+
+
+def test_a_hub_id_loads_and_records_its_commit(hub_cache):
+    hub = load_pipeline("vislora/digits-sd")
+    assert hub.record == {"source": "hub", "name": "vislora/digits-sd", "commit": COMMIT, "arch": "custom",
+                          "prediction": "epsilon", "pipeline": "StableDiffusionPipeline"}
+    _same_models_and_pixels(load_pipeline(str(DIGITS)).pipe, hub.pipe, ("unet", "vae", "text_encoder"),
+                            "a handwritten digit one")
+
+
+def test_a_hub_repo_with_pickled_weights_or_none_is_one_clear_error(hub_cache):
+    unet = hub_cache / "unet"
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    (unet / "diffusion_pytorch_model.bin").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # torch.save's zip
+    with pytest.raises(vislora.UnsafeFormatError, match=r"unet/diffusion_pytorch_model\.bin"):
+        load_pipeline("vislora/digits-sd")
+    with pytest.raises(BaseModelError, match=r"--model vislora/elsewhere: .*hub id does not load") as e:
+        load_pipeline("vislora/elsewhere")
+    assert "stacktrace" not in str(e.value)
