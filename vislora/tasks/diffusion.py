@@ -152,8 +152,9 @@ def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
     if path.is_file():
         refuse_pickle(path)
         pipe = _from_single_file(path, config)
+        local = config and Path(config).exists()  # a folder (made absolute, as the path is) or a hub id
         return pipe, {"source": "file", "path": str(path.resolve()), "sha256": sha256_file(path),
-                      "config": config}
+                      "config": str(Path(config).resolve()) if local else config}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
