@@ -44,7 +44,7 @@ from vislora.train.trainstate import resume_training, save_training
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
                   "validation_prompt", "validation_seeds", "sample_steps", "guidance", "class_data", "model",
-                  "model_config", "eval_images"}
+                  "model_config", "revision", "eval_images"}  # the base itself is hashed by its record
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
 
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
     model.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
+    model.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main); the "
+                       "commit is recorded in the adapter file")
     model.add_argument("--resolution", type=int, help="training size in pixels (default: the model's)")
     data = p.add_argument_group("data")
     if task == "dreambooth":
@@ -260,7 +262,8 @@ def run(args: argparse.Namespace) -> dict:
     accelerator = make_accelerator(args.mixed_precision, args.cpu)
     main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     run_dir = Path(args.out) / "checkpoints"
-    base = load_pipeline(args.model, config=args.model_config, progress=main and args.progress)
+    base = load_pipeline(args.model, config=args.model_config, revision=args.revision,
+                         progress=main and args.progress)
     pipe = base.pipe
     pipe.to(device)
     targets = targets_of(base, args)

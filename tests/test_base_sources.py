@@ -184,6 +184,34 @@ def test_a_hub_id_loads_and_records_its_commit(hub_cache):
                             "a handwritten digit one")
 
 
+def test_revision_picks_the_commit_and_the_adapter_records_it(hub_cache, tmp_path):
+    """--revision OTHER loads that snapshot (here its UNet differs) and DreamBooth records OTHER in the file."""
+    from safetensors.torch import load_file, save_file
+
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    shutil.copytree(hub_cache, hub_cache.parent / other)
+    weights = hub_cache.parent / other / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 1 if k == "conv_in.bias" else v for k, v in load_file(str(weights)).items()}, str(weights))
+    main, pinned = load_pipeline("vislora/digits-sd"), load_pipeline("vislora/digits-sd", revision=other)
+    assert (main.record["commit"], pinned.record["commit"]) == (COMMIT, other)
+    shift = pinned.pipe.unet.conv_in.bias - main.pipe.unet.conv_in.bias
+    assert torch.allclose(shift, torch.ones_like(shift), atol=1e-3)  # the file is fp16: +1 rounds
+    data = tmp_path / "instance"
+    data.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(data / "0.png")
+    out = tmp_path / "run"
+    assert dreambooth_sd.main(["--model", "vislora/digits-sd", "--revision", other, "--instance-data", str(data),
+                               "--instance-prompt", "a sks digit", "--out", str(out), "--threads", "1",
+                               "--no-progress", "--sample-steps", "2", "--validation-seeds", "0",
+                               "--steps", "1"]) == 0
+    _, meta = container.read(out / "adapter.safetensors")
+    assert json.loads(meta[dreambooth_sd.METADATA_KEY])["base"] == {
+        "source": "hub", "name": "vislora/digits-sd", "commit": other, "arch": "custom", "prediction": "epsilon",
+        "pipeline": "StableDiffusionPipeline"}
+    with pytest.raises(BaseModelError, match=r"--revision main: .*--model .*digits_sd is a local folder"):
+        load_pipeline(str(DIGITS), revision="main")
+
+
 def test_a_hub_repo_with_pickled_weights_or_none_is_one_clear_error(hub_cache):
     unet = hub_cache / "unet"
     (unet / "diffusion_pytorch_model.safetensors").unlink()

@@ -145,10 +145,13 @@ def _from_single_file(path: Path, config: str | None) -> Any:
                              "--model-config with a diffusers folder of the same architecture") from None
 
 
-def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
+def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, dict[str, Any]]:
     from diffusers import DiffusionPipeline
 
     path = Path(model)
+    if revision and path.exists():
+        raise BaseModelError(f"--revision {revision}: it picks a hub commit, and --model {model} is a local "
+                             f"{'file' if path.is_file() else 'folder'}")
     if path.is_file():
         refuse_pickle(path)
         pipe = _from_single_file(path, config)
@@ -165,10 +168,11 @@ def _load(model: str, config: str | None) -> tuple[Any, dict[str, Any]]:
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
     if path.suffix.lower() in PICKLE_SUFFIXES + (".safetensors",) or not _HUB_ID.match(model):
         raise BaseModelError(f"--model {model}: no such file or folder (nor a hub id like 'owner/name')")
-    # The hub, for users who are online (or offline, from their cache): safetensors files only are fetched,
-    # then loaded from the snapshot folder, whose name is the commit they came from.
+    # The hub, for users who are online (or offline, from their cache): safetensors files only are fetched, at
+    # `revision` (a branch, tag or commit; main by default), then loaded from the snapshot folder, whose name
+    # is the commit they came from.
     try:
-        snapshot = Path(DiffusionPipeline.download(model, use_safetensors=True))
+        snapshot = Path(DiffusionPipeline.download(model, use_safetensors=True, revision=revision))
     except OSError as e:  # the hub's errors (not found, gated, offline, no connection) are OSErrors
         raise BaseModelError(f"--model {model}: not a local file or folder, and the hub id does not load "
                              f"({_first_line(e)})") from None
@@ -201,11 +205,13 @@ def _loading_bars(show: bool) -> Iterator[None]:
             lib.enable_progress_bar() if on else lib.disable_progress_bar()
 
 
-def load_pipeline(model: str, *, config: str | None = None, progress: bool = False) -> DiffusionBase:
-    """A Stable Diffusion pipeline from a diffusers folder, a hub id, or one .safetensors checkpoint
-    (`config`: a local diffusers folder or hub id giving its configs, for offline use), in fp32."""
+def load_pipeline(model: str, *, config: str | None = None, revision: str | None = None,
+                  progress: bool = False) -> DiffusionBase:
+    """A Stable Diffusion pipeline from a diffusers folder, a hub id (at `revision`: a branch, tag or commit),
+    or one .safetensors checkpoint (`config`: a local diffusers folder or hub id giving its configs, for
+    offline use), in fp32."""
     with _loading_bars(progress):
-        pipe, record = _load(model, config)
+        pipe, record = _load(model, config, revision)
     if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
         raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet and vae to train on")
     pipe.set_progress_bar_config(disable=True)

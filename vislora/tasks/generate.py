@@ -52,6 +52,7 @@ class Settings:
     adapters: list[LoraArg] = field(default_factory=list)
     grid: list[tuple[str, list[float]]] = field(default_factory=list)
     model_config: str | None = None  # the configs of a single-file --model
+    revision: str | None = None  # a hub id's branch, tag or commit
 
 
 def parse_lora(text: str) -> LoraArg:
@@ -96,10 +97,12 @@ def parse_grid(items: list[str], names: list[str]) -> list[tuple[str, list[float
     return axes
 
 
-def pipeline_on(model: str, device: str, dtype: torch.dtype, config: str | None = None) -> Any:
-    """The pipeline of vislora.tasks.diffusion.load_pipeline (a diffusers folder, a hub id or one .safetensors
-    file with its `config`; pickles refused with UnsafeFormatError) moved to `device` in `dtype`, ready to sample."""
-    pipe = load_pipeline(model, config=config).pipe
+def pipeline_on(model: str, device: str, dtype: torch.dtype, config: str | None = None,
+                revision: str | None = None) -> Any:
+    """The pipeline of vislora.tasks.diffusion.load_pipeline (a diffusers folder, a hub id at `revision`, or
+    one .safetensors file with its `config`; pickles refused with UnsafeFormatError) moved to `device` in
+    `dtype`, ready to sample."""
+    pipe = load_pipeline(model, config=config, revision=revision).pipe
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it blacks out images of digits as readily as anything else
     pipe.to(device)
@@ -212,6 +215,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", required=True,
                    help="a diffusers pipeline folder, a hub id, or one .safetensors checkpoint (A1111/ComfyUI layout)")
     p.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
+    p.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main)")
     p.add_argument("--lora", action="append", default=[], metavar="[NAME=]FILE[:STRENGTH]",
                    help="an adapter file and its strength (1 if left out); repeat to mix")
     p.add_argument("--prompt", required=True)
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--lora: two adapters share a name {[a.name for a in adapters]}; write NAME=FILE")
         grid = parse_grid(args.grid, [a.name for a in adapters]) if args.grid else []
         s = Settings(args.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
-                     args.height, args.width, adapters, grid, args.model_config)
-        pipe = pipeline_on(args.model, args.device, getattr(torch, args.dtype), args.model_config)
+                     args.height, args.width, adapters, grid, args.model_config, args.revision)
+        pipe = pipeline_on(args.model, args.device, getattr(torch, args.dtype), args.model_config, args.revision)
         image = generate(pipe, s)
     except (VisloraError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
