@@ -29,7 +29,7 @@ from vislora.data.buckets import bucket_sizes  # noqa: E402
 from vislora.data.captions import scan_captioned  # noqa: E402
 from vislora.data.latents import TextCache, cache_latents, load_items  # noqa: E402
 from vislora.recipes import dreambooth_sd  # noqa: E402
-from vislora.tasks.diffusion import load_pipeline  # noqa: E402
+from vislora.tasks.bases import load_pipeline  # noqa: E402
 from vislora.train import denoise  # noqa: E402
 from vislora.train.diffusion_batches import draw_seeds  # noqa: E402
 

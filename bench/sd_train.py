@@ -35,7 +35,8 @@ from train_step import shallow_copy  # noqa: E402
 
 import vislora  # noqa: E402
 from vislora.data.latents import Items, TextCache  # noqa: E402
-from vislora.tasks.diffusion import DiffusionBase, PromptEmbeds  # noqa: E402
+from vislora.tasks.bases import DiffusionBase  # noqa: E402
+from vislora.tasks.diffusion import PromptEmbeds  # noqa: E402
 from vislora.train import denoise  # noqa: E402
 from vislora.train.diffusion_batches import draw_seeds  # noqa: E402
 

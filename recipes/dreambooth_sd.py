@@ -32,7 +32,8 @@ from vislora.data.buckets import bucket_sizes
 from vislora.data.captions import Captioned, image_files, scan_captioned
 from vislora.data.folders import IMAGE_SUFFIXES, DatasetError
 from vislora.data.latents import Items, TextCache, cache_latents, load_items
-from vislora.tasks.diffusion import DiffusionBase, check_presets, check_prompts, generate, load_pipeline
+from vislora.tasks.bases import DiffusionBase, load_pipeline
+from vislora.tasks.diffusion import check_presets, check_prompts, generate
 from vislora.train import denoise
 from vislora.train.diffusion_batches import Batches, draw_seeds
 from vislora.train.metrics import peak_rss_mb, write_metrics

@@ -22,7 +22,8 @@ import vislora
 from vislora.cli import main as cli
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd
-from vislora.tasks.diffusion import BaseModelError, generate, load_pipeline
+from vislora.tasks.bases import BaseModelError, load_pipeline
+from vislora.tasks.diffusion import generate
 from vislora.train.checkpoint import sha256_file
 
 DIGITS = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"

@@ -16,7 +16,7 @@ from vislora.data.buckets import bucket_sizes
 from vislora.data.captions import scan_captioned
 from vislora.data.latents import TextCache, cache_latents, load_items
 from vislora.recipes import dreambooth_sd
-from vislora.tasks.diffusion import load_pipeline
+from vislora.tasks.bases import load_pipeline
 from vislora.train import denoise
 from vislora.train.diffusion_batches import draw_seeds
 

@@ -25,7 +25,7 @@ from vislora.data.captions import scan_captioned
 from vislora.data.latents import TextCache, cache_latents, load_items
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
-from vislora.tasks.diffusion import load_pipeline
+from vislora.tasks.bases import load_pipeline
 from vislora.train import denoise
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..tasks.diffusion import DiffusionBase, PromptEmbeds, encode_prompts
+from ..tasks.bases import DiffusionBase
+from ..tasks.diffusion import PromptEmbeds, encode_prompts
 from .buckets import assign, fit
 from .captions import Captioned
 from .images import decode_image

@@ -23,7 +23,7 @@ import torch
 
 from ..bank import AdapterBank
 from ..errors import VisloraError
-from .diffusion import load_pipeline
+from .bases import load_pipeline
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -99,7 +99,7 @@ def parse_grid(items: list[str], names: list[str]) -> list[tuple[str, list[float
 
 def pipeline_on(model: str, device: str, dtype: torch.dtype, config: str | None = None,
                 revision: str | None = None) -> Any:
-    """The pipeline of vislora.tasks.diffusion.load_pipeline (a diffusers folder, a hub id at `revision`, or
+    """The pipeline of vislora.tasks.bases.load_pipeline (a diffusers folder, a hub id at `revision`, or
     one .safetensors file with its `config`; pickles refused with UnsafeFormatError) moved to `device` in
     `dtype`, ready to sample."""
     pipe = load_pipeline(model, config=config, revision=revision).pipe

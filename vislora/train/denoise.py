@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..data.latents import Items, TextCache, latent_params
-from ..tasks.diffusion import DiffusionBase, sdxl_time_ids
+from ..tasks.bases import DiffusionBase
+from ..tasks.diffusion import sdxl_time_ids
 from . import diffusion_loss as dl
 from .sampling import derive_seed
 
