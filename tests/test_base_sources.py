@@ -24,6 +24,7 @@ from vislora.formats import container
 from vislora.recipes import dreambooth_sd
 from vislora.tasks.bases import BaseModelError, load_pipeline
 from vislora.tasks.diffusion import generate
+from vislora.tasks.generate import Source
 from vislora.train.checkpoint import sha256_file
 
 DIGITS = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
@@ -131,13 +132,14 @@ def test_the_studio_opens_a_single_file_and_exports_what_redraws_it(digits_file,
     studio = Studio(digits_file, tmp_path / "adapters", tmp_path / "out", model_config=str(DIGITS))
     request = Request("a handwritten digit five", steps=3)
     shown = np.asarray(studio.render(request).image.convert("RGB"))
-    words = shlex.split(export.command(request, str(digits_file), tmp_path / "adapters", [], {},
-                                       out=str(tmp_path / "cli.png"), config=str(DIGITS)))
+    assert studio.source == Source(str(digits_file), str(DIGITS))
+    words = shlex.split(export.command(request, studio.source, tmp_path / "adapters", [], {},
+                                       out=str(tmp_path / "cli.png")))
     assert words[words.index("--model-config") + 1] == str(DIGITS)
     assert cli(words[1:]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png").convert("RGB")), shown)
     monkeypatch.chdir(tmp_path)
-    exec(export.snippet(request, str(digits_file), tmp_path / "adapters", [], {}, {}, str(DIGITS)), {})
+    exec(export.snippet(request, studio.source, tmp_path / "adapters", [], {}, {}), {})
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png").convert("RGB")), shown)
 
 
@@ -222,3 +224,29 @@ def test_a_hub_repo_with_pickled_weights_or_none_is_one_clear_error(hub_cache):
     with pytest.raises(BaseModelError, match=r"--model vislora/elsewhere: .*hub id does not load") as e:
         load_pipeline("vislora/elsewhere")
     assert "stacktrace" not in str(e.value)
+
+
+def test_images_from_a_hub_id_record_the_commit_they_were_drawn_with(hub_cache, tmp_path):
+    """--revision left at main is written as the commit main resolved to (by generate and by the studio's
+    exports), so the settings load the same weights after the branch moves on."""
+    import shlex
+
+    from vislora.studio import export
+    from vislora.studio.mix import Request
+    from vislora.studio.state import Studio
+
+    out = tmp_path / "hub.png"
+    assert cli(["generate", "--model", "vislora/digits-sd", "--prompt", "a handwritten digit two", "--steps", "3",
+                "--out", str(out)]) == 0
+    assert json.loads(Image.open(out).text["vislora"])["revision"] == COMMIT
+    (tmp_path / "adapters").mkdir()
+    studio = Studio("vislora/digits-sd", tmp_path / "adapters", tmp_path / "out")
+    assert studio.source == Source("vislora/digits-sd", None, COMMIT)
+    request = Request("a handwritten digit two", steps=3)
+    shown = np.asarray(studio.render(request).image.convert("RGB"))
+    words = shlex.split(export.command(request, studio.source, tmp_path / "adapters", [], {},
+                                       out=str(tmp_path / "again.png")))
+    assert words[words.index("--revision") + 1] == COMMIT
+    assert cli(words[1:]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png").convert("RGB")), shown)
+    assert f"revision={COMMIT!r}" in export.snippet(request, studio.source, tmp_path / "adapters", [], {}, {})

@@ -330,7 +330,7 @@ def test_export_writes_the_mix_as_one_adapter(studio_server):
     assert set(merged) == set(ranks["bold.safetensors"]) | set(ranks["italic.safetensors"])
     for p, w in merged.items():  # factors concatenated along the rank: rank r_bold + r_italic
         assert w.rank == sum(m[p].rank for m in ranks.values() if p in m)
-    pipe = load_pipeline(studio.model_dir)
+    pipe, _ = load_pipeline(studio.source)
     AdapterBank(pipe).load("mix", path)
     alone = generate_image(pipe, replace(request, mixes={}))
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(shot.image, np.int16)).max() <= 2

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a diffusers pipeline folder (e.g. samples/digits_sd), a hub id, "
                    "or one .safetensors checkpoint")
     p.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
+    p.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main)")
     p.add_argument("--adapters", required=True, help="folder of adapter files (.safetensors)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from .state import Studio
 
         studio = Studio(args.model, args.adapters, args.out, live_seconds=args.live_seconds,
-                        model_config=args.model_config)
+                        model_config=args.model_config, revision=args.revision)
         print(f"vislora studio on http://{args.host}:{args.port}  (Ctrl+C to stop)", file=sys.stderr)
         serve(studio, args.host, args.port)
     except VisloraError as e:

@@ -25,10 +25,10 @@ def lora_args(request: Request, folder: Path, order: list[str], names: dict[str,
     return [cli.LoraArg(names[key], str(folder / key), active[key].strength) for key in order if key in active]
 
 
-def command(request: Request, model: str, folder: Path, order: list[str], names: dict[str, str],
-            out: str = "out.png", config: str | None = None) -> str:
+def command(request: Request, source: cli.Source, folder: Path, order: list[str], names: dict[str, str],
+            out: str = "out.png") -> str:
     """The shell command that draws the same image."""
-    words = ["vislora", "generate", "--model", model] + (["--model-config", config] if config else [])
+    words = ["vislora", "generate", *source.flags()]
     for a in lora_args(request, folder, order, names):
         words += ["--lora", f"{a.path}:{a.strength:g}"]
     words += ["--prompt", request.prompt]
@@ -45,13 +45,18 @@ def command(request: Request, model: str, folder: Path, order: list[str], names:
     return "\n".join(lines)
 
 
-def snippet(request: Request, model: str, folder: Path, order: list[str], names: dict[str, str],
-            specs: dict[str, Any], config: str | None = None) -> str:
+def _keywords(source: cli.Source) -> str:
+    """`, config=..., revision=...` for pipeline_on, where the source has them."""
+    return "".join(f", {k}={v!r}" for k, v in (("config", source.config), ("revision", source.revision)) if v)
+
+
+def snippet(request: Request, source: cli.Source, folder: Path, order: list[str], names: dict[str, str],
+            specs: dict[str, Any]) -> str:
     """Python that draws the same image with the library; `specs` are the bank's strength specs by name."""
-    s = settings(request, model, lora_args(request, folder, order, names), config)
+    s = settings(request, source, lora_args(request, folder, order, names))
     lines = ["import torch", "", "import vislora",
              "from vislora.tasks.generate import LoraArg, Settings, pipeline_on, png_info, run", "",
-             f"pipe = pipeline_on({model!r}, 'cpu', torch.float32{f', {config!r}' if config else ''})",
+             f"pipe = pipeline_on({source.model!r}, 'cpu', torch.float32{_keywords(source)})",
              "bank = vislora.AdapterBank(pipe)"]
     lines += [f"bank.load({a.name!r}, {a.path!r}, strength={specs[a.name]!r})" for a in s.adapters]
     if request.fused:
@@ -61,10 +66,10 @@ def snippet(request: Request, model: str, folder: Path, order: list[str], names:
     return "\n".join(lines)
 
 
-def save_png(image: Any, path: Path, request: Request, model: str, adapters: list[cli.LoraArg],
-             sampler: str, specs: dict[str, Any], config: str | None = None) -> Path:
+def save_png(image: Any, path: Path, request: Request, source: cli.Source, adapters: list[cli.LoraArg],
+             sampler: str, specs: dict[str, Any]) -> Path:
     """The image with `vislora generate`'s text chunks, plus the per-adapter specs and the fused switch."""
-    s = settings(request, model, adapters, config)
+    s = settings(request, source, adapters)
     image.save(path, format="PNG", pnginfo=cli.png_info(s, sampler, {"strength_specs": specs,
                                                                       "fused": request.fused}))
     return path

@@ -17,22 +17,23 @@ class ModelLoadError(VisloraError):
     """The --model folder is not a diffusers pipeline that loads."""
 
 
-def load_pipeline(model_dir: str, config: str | None = None) -> Any:
-    """`vislora generate`'s loader (float32, CPU unless CUDA), with any failure as one ModelLoadError line."""
+def load_pipeline(source: cli.Source) -> tuple[Any, cli.Source]:
+    """`vislora generate`'s loader (float32, CPU unless CUDA) and the pinned source, with any failure as one
+    ModelLoadError line."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return cli.pipeline_on(model_dir, device, torch.float32, config)
+        return cli.source_pipeline(source, device, torch.float32)
     except VisloraError:
         raise  # already one line naming the flag (a pickle refused, configs missing offline)
     except Exception as e:  # diffusers and transformers raise many kinds; the user needs the folder and why
-        raise ModelLoadError(f"--model {model_dir}: the pipeline does not load: {type(e).__name__}: {e}") from None
+        raise ModelLoadError(f"--model {source.model}: the pipeline does not load: {type(e).__name__}: {e}") from None
 
 
-def settings(request: Request, model: str, adapters: list[cli.LoraArg] = (), config: str | None = None) -> cli.Settings:
+def settings(request: Request, source: cli.Source, adapters: list[cli.LoraArg] = ()) -> cli.Settings:
     """The request as `vislora generate`'s Settings (one image; explicit width and height)."""
-    return cli.Settings(model, request.prompt, request.negative, int(request.seed), int(request.steps),
+    return cli.Settings(source.model, request.prompt, request.negative, int(request.seed), int(request.steps),
                         float(request.guidance), 1, int(request.height), int(request.width), list(adapters),
-                        model_config=config)
+                        model_config=source.config, revision=source.revision)
 
 
 def generate_image(pipe: Any, request: Request, on_step: Callable[[int, int], None] | None = None,
@@ -50,5 +51,5 @@ def generate_image(pipe: Any, request: Request, on_step: Callable[[int, int], No
         return kwargs
 
     with torch.no_grad():
-        (image,) = cli.run(pipe, settings(request, ""), 1, "denoising", on_step_end=step_end)
+        (image,) = cli.run(pipe, settings(request, cli.Source("")), 1, "denoising", on_step_end=step_end)
     return None if stopped else image

@@ -107,12 +107,12 @@ class Handlers:
         shot = studio.last
         if shot is None:
             return gr.skip(), gr.skip(), gr.skip(), "**error:** nothing to export yet; press Generate first"
-        request, model, config, folder = shot.request, studio.model_dir, studio.model_config, studio.folder.root
+        request, source, folder = shot.request, studio.source, studio.folder.root
         order, names = list(studio.facts), studio.names
         specs = {names[k]: studio.spec(k, m) for k, m in request.active().items()}
         adapters = export.lora_args(request, folder, order, names)
-        png = export.save_png(shot.image, studio.outputs.new("image", ".png"), request, model, adapters,
-                              type(studio.pipe.scheduler).__name__, specs, config)
+        png = export.save_png(shot.image, studio.outputs.new("image", ".png"), request, source, adapters,
+                              type(studio.pipe.scheduler).__name__, specs)
         files, note = [str(png)], "PNG with the settings in its text chunks"
         try:
             merged = studio.merged(request)
@@ -122,5 +122,5 @@ class Handlers:
             if merged is not None:
                 files.append(str(merged))
                 note += f"; the mix as one adapter file: {merged.name}"
-        return (export.command(request, model, folder, order, names, config=config),
-                export.snippet(request, model, folder, order, names, specs, config), files, note)
+        return (export.command(request, source, folder, order, names),
+                export.snippet(request, source, folder, order, names, specs), files, note)

@@ -54,16 +54,18 @@ class Studio:
     """The pipeline at `model_dir`, every adapter in `adapters_dir`, exports under `out_dir`."""
 
     def __init__(self, model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path, *,
-                 live_seconds: float = LIVE_SECONDS, model_config: str | None = None) -> None:
+                 live_seconds: float = LIVE_SECONDS, model_config: str | None = None,
+                 revision: str | None = None) -> None:
         from .. import AdapterBank
+        from ..tasks.generate import Source
         from .generation import load_pipeline
 
         self.model_dir = str(model_dir)
-        self.model_config = model_config  # the configs of a single-file model_dir
         self.live_seconds = live_seconds  # previews follow the sliders while an image takes less than this
         self.folder = AdapterFolder(adapters_dir)
         self.outputs = OutputFolder(out_dir)
-        self.pipe = load_pipeline(self.model_dir, model_config)
+        # source: what exports name to load the same weights (a hub id pinned to its commit)
+        self.pipe, self.source = load_pipeline(Source(self.model_dir, model_config, revision))
         self.bank = AdapterBank(self.pipe)
         self.facts: dict[str, AdapterFacts] = {}
         self.names: dict[str, str] = {}  # file key -> bank name

@@ -15,7 +15,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class Settings:
     adapters: list[LoraArg] = field(default_factory=list)
     grid: list[tuple[str, list[float]]] = field(default_factory=list)
     model_config: str | None = None  # the configs of a single-file --model
-    revision: str | None = None  # a hub id's branch, tag or commit
+    revision: str | None = None  # a hub id's commit (the one --revision, or main, resolved to)
 
 
 def parse_lora(text: str) -> LoraArg:
@@ -97,17 +97,38 @@ def parse_grid(items: list[str], names: list[str]) -> list[tuple[str, list[float
     return axes
 
 
-def pipeline_on(model: str, device: str, dtype: torch.dtype, config: str | None = None,
-                revision: str | None = None) -> Any:
-    """The pipeline of vislora.tasks.bases.load_pipeline (a diffusers folder, a hub id at `revision`, or
-    one .safetensors file with its `config`; pickles refused with UnsafeFormatError) moved to `device` in
-    `dtype`, ready to sample."""
-    pipe = load_pipeline(model, config=config, revision=revision).pipe
+@dataclass(frozen=True)
+class Source:
+    """Where a pipeline comes from, as the flags that load it: --model, --model-config, --revision."""
+
+    model: str
+    config: str | None = None
+    revision: str | None = None
+
+    def flags(self) -> list[str]:
+        return (["--model", self.model] + (["--model-config", self.config] if self.config else [])
+                + (["--revision", self.revision] if self.revision else []))
+
+
+def source_pipeline(source: Source, device: str, dtype: torch.dtype) -> tuple[Any, Source]:
+    """The pipeline of vislora.tasks.bases.load_pipeline (a diffusers folder, a hub id, or one .safetensors
+    file with its configs; pickles refused with UnsafeFormatError) moved to `device` in `dtype`, ready to
+    sample, and its source pinned: a hub id's revision becomes the commit it resolved to, so the settings
+    written with an image load the same weights later, whatever the branch has become."""
+    base = load_pipeline(source.model, config=source.config, revision=source.revision)
+    pipe = base.pipe
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it blacks out images of digits as readily as anything else
     pipe.to(device)
     # load_pipeline gives fp32; casting to fp32 again only makes diffusers warn about it.
-    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
+    pipe = pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
+    return pipe, replace(source, revision=base.record.get("commit") or source.revision)
+
+
+def pipeline_on(model: str, device: str, dtype: torch.dtype, config: str | None = None,
+                revision: str | None = None) -> Any:
+    """source_pipeline's pipeline, for `model` (with its `config`, at `revision`)."""
+    return source_pipeline(Source(model, config, revision), device, dtype)[0]
 
 
 def run(pipe, s: Settings, n: int, desc: str, on_step_end: Any = None):
@@ -240,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         if len({a.name for a in adapters}) != len(adapters):
             raise ValueError(f"--lora: two adapters share a name {[a.name for a in adapters]}; write NAME=FILE")
         grid = parse_grid(args.grid, [a.name for a in adapters]) if args.grid else []
-        s = Settings(args.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
-                     args.height, args.width, adapters, grid, args.model_config, args.revision)
-        pipe = pipeline_on(args.model, args.device, getattr(torch, args.dtype), args.model_config, args.revision)
+        pipe, source = source_pipeline(Source(args.model, args.model_config, args.revision), args.device,
+                                       getattr(torch, args.dtype))
+        s = Settings(source.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
+                     args.height, args.width, adapters, grid, source.config, source.revision)
         image = generate(pipe, s)
     except (VisloraError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
