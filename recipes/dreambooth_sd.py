@@ -32,7 +32,7 @@ from vislora.data.buckets import bucket_sizes
 from vislora.data.captions import Captioned, image_files, scan_captioned
 from vislora.data.folders import IMAGE_SUFFIXES, DatasetError
 from vislora.data.latents import Items, TextCache, cache_latents, load_items
-from vislora.tasks.bases import DiffusionBase, load_pipeline
+from vislora.tasks.bases import DiffusionBase, add_source_options, load_pipeline
 from vislora.tasks.diffusion import check_presets, check_prompts, generate
 from vislora.train import denoise
 from vislora.train.diffusion_batches import Batches, draw_seeds
@@ -56,9 +56,7 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
                                 prog=f"vislora {task}")
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
-    model.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
-    model.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main); the "
-                       "commit is recorded in the adapter file")
+    add_source_options(model)
     model.add_argument("--resolution", type=int, help="training size in pixels (default: the model's)")
     data = p.add_argument_group("data")
     if task == "dreambooth":

@@ -57,12 +57,13 @@ def serve(studio: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..tasks.bases import add_source_options
+
     p = argparse.ArgumentParser(prog="vislora studio", description="A local page to mix adapters with sliders "
                                 "and a live preview.")
     p.add_argument("--model", required=True, help="a diffusers pipeline folder (e.g. samples/digits_sd), a hub id, "
                    "or one .safetensors checkpoint")
-    p.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
-    p.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main)")
+    add_source_options(p)
     p.add_argument("--adapters", required=True, help="folder of adapter files (.safetensors)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")

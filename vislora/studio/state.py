@@ -60,12 +60,11 @@ class Studio:
         from ..tasks.generate import Source
         from .generation import load_pipeline
 
-        self.model_dir = str(model_dir)
         self.live_seconds = live_seconds  # previews follow the sliders while an image takes less than this
         self.folder = AdapterFolder(adapters_dir)
         self.outputs = OutputFolder(out_dir)
         # source: what exports name to load the same weights (a hub id pinned to its commit)
-        self.pipe, self.source = load_pipeline(Source(self.model_dir, model_config, revision))
+        self.pipe, self.source = load_pipeline(Source(str(model_dir), model_config, revision))
         self.bank = AdapterBank(self.pipe)
         self.facts: dict[str, AdapterFacts] = {}
         self.names: dict[str, str] = {}  # file key -> bank name

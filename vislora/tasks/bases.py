@@ -179,6 +179,14 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
     return pipe, {"source": "hub", "name": model, "commit": snapshot.name}
 
 
+def add_source_options(parser: Any) -> None:
+    """load_pipeline's `config` and `revision` as --model-config and --revision, on an argparse parser or
+    group (every command that takes --model has them)."""
+    parser.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
+    parser.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main); the "
+                        "commit it resolves to is recorded")
+
+
 def architecture(pipe: Any) -> str:
     """"sdxl" (two text encoders), "sd1"/"sd2" by cross-attention width, else "custom"."""
     if getattr(pipe, "text_encoder_2", None) is not None:

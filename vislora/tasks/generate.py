@@ -23,7 +23,7 @@ import torch
 
 from ..bank import AdapterBank
 from ..errors import VisloraError
-from .bases import load_pipeline
+from .bases import add_source_options, load_pipeline
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -235,8 +235,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="a diffusers pipeline folder, a hub id, or one .safetensors checkpoint (A1111/ComfyUI layout)")
-    p.add_argument("--model-config", help="for a single file: a diffusers folder or hub id with its configs")
-    p.add_argument("--revision", help="for a hub id: the branch, tag or commit to use (default: main)")
+    add_source_options(p)
     p.add_argument("--lora", action="append", default=[], metavar="[NAME=]FILE[:STRENGTH]",
                    help="an adapter file and its strength (1 if left out); repeat to mix")
     p.add_argument("--prompt", required=True)
