@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import interleaved, ratio  # noqa: E402
 
 import vislora  # noqa: E402
-from vislora.data.buckets import bucket_sizes  # noqa: E402
-from vislora.data.captions import scan_captioned  # noqa: E402
-from vislora.data.latents import TextCache, cache_latents, load_items  # noqa: E402
+from vislora.diffusion.buckets import bucket_sizes  # noqa: E402
+from vislora.diffusion.captions import scan_captioned  # noqa: E402
+from vislora.diffusion.latents import TextCache, cache_latents, load_items  # noqa: E402
 from vislora.recipes import dreambooth_sd  # noqa: E402
-from vislora.tasks.bases import load_pipeline  # noqa: E402
+from vislora.diffusion.bases import load_pipeline  # noqa: E402
 from vislora.train import denoise  # noqa: E402
-from vislora.train.diffusion_batches import draw_seeds  # noqa: E402
+from vislora.diffusion.batches import draw_seeds  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
 

@@ -4,7 +4,7 @@ A config-built SD1.5-architecture pipeline (UNet, VAE and CLIP ViT-L text encode
 images, batch 1, LoRA rank 4 on the UNet attention. Three steps share the same base tensors and alternate
 in one process; each ratio is the median over rounds of (time / reference time in the same round):
 
-    vislora          the recipe's own step (vislora.train.denoise): latents and the prompt embedding
+    vislora          the recipe's own step (vislora.diffusion.denoise): latents and the prompt embedding
                      cached once, LoRA by vislora.inject("unet.attn")
     diffusers        the step as train_dreambooth_lora.py takes it: PEFT on to_q/to_k/to_v/to_out.0
                      (unet.add_adapter), the VAE encodes the image and the text encoder the prompt every step
@@ -34,11 +34,11 @@ from harness import in_subprocess, interleaved, ratio, step_peak_mib, table  # n
 from train_step import shallow_copy  # noqa: E402
 
 import vislora  # noqa: E402
-from vislora.data.latents import Items, TextCache  # noqa: E402
-from vislora.tasks.bases import DiffusionBase  # noqa: E402
-from vislora.tasks.diffusion import PromptEmbeds  # noqa: E402
+from vislora.diffusion.latents import Items, TextCache  # noqa: E402
+from vislora.diffusion.bases import DiffusionBase  # noqa: E402
+from vislora.diffusion.pipeline import PromptEmbeds  # noqa: E402
 from vislora.train import denoise  # noqa: E402
-from vislora.train.diffusion_batches import draw_seeds  # noqa: E402
+from vislora.diffusion.batches import draw_seeds  # noqa: E402
 
 SIZE, RANK = 128, 4
 PEFT_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # what train_dreambooth_lora.py adapts

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import vislora
-from vislora.tasks.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
-from vislora.data.folders import DatasetError, Samples, scan, split
-from vislora.data.dataset import ImageDataset, Preprocess
+from vislora.classify.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
+from vislora.classify.folders import DatasetError, Samples, scan, split
+from vislora.classify.dataset import ImageDataset, Preprocess
 from vislora.train.metrics import correct_at, peak_rss_mb, plot_history, write_metrics
 from vislora.train.sampling import EpochBatches
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,

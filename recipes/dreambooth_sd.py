@@ -28,14 +28,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import vislora
-from vislora.data.buckets import bucket_sizes
-from vislora.data.captions import Captioned, image_files, scan_captioned
-from vislora.data.folders import IMAGE_SUFFIXES, DatasetError
-from vislora.data.latents import Items, TextCache, cache_latents, load_items
-from vislora.tasks.bases import DiffusionBase, add_source_options, load_pipeline
-from vislora.tasks.diffusion import check_presets, check_prompts, generate
-from vislora.train import denoise
-from vislora.train.diffusion_batches import Batches, draw_seeds
+from vislora.diffusion.buckets import bucket_sizes
+from vislora.diffusion.captions import Captioned, image_files, scan_captioned
+from vislora.images import IMAGE_SUFFIXES, DatasetError
+from vislora.diffusion.latents import Items, TextCache, cache_latents, load_items
+from vislora.diffusion.bases import DiffusionBase, add_source_options, load_pipeline
+from vislora.diffusion.pipeline import check_presets, check_prompts, generate
+from vislora.diffusion import denoise
+from vislora.diffusion.batches import Batches, draw_seeds
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "samples"))
 
 from digits import write_digits  # noqa: E402
 
-from vislora.tasks.classifier import load_classifier, predict  # noqa: E402
+from vislora.classify.classifier import load_classifier, predict  # noqa: E402
 from vislora.recipes import classify_vit  # noqa: E402
 
 BASE = ROOT / "samples" / "digits_base.safetensors"

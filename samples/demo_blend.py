@@ -18,7 +18,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from vislora.tasks.generate import LoraArg, Settings, contact_sheet, pipeline_on, png_info, prepare, sweep  # noqa: E402
+from vislora.diffusion.generate import LoraArg, Settings, contact_sheet, pipeline_on, png_info, prepare, sweep  # noqa: E402
 
 STYLE_RUNS = Path("runs/demo/style")
 

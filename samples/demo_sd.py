@@ -33,8 +33,8 @@ from digits import DIGIT_WORDS, paper_digits, to_rgb_uint8  # noqa: E402
 
 import vislora  # noqa: E402
 from vislora.recipes import dreambooth_sd, style_sd  # noqa: E402
-from vislora.tasks.bases import load_pipeline  # noqa: E402
-from vislora.tasks.diffusion import generate  # noqa: E402
+from vislora.diffusion.bases import load_pipeline  # noqa: E402
+from vislora.diffusion.pipeline import generate  # noqa: E402
 from vislora.train.plots import save_grid  # noqa: E402
 
 BASE = ROOT / "samples" / "digits_sd"

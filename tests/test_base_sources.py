@@ -22,10 +22,10 @@ import vislora
 from vislora.cli import main as cli
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd
-from vislora.tasks.bases import BaseModelError, load_pipeline
-from vislora.tasks.diffusion import generate
-from vislora.tasks.generate import Source
-from vislora.train.checkpoint import sha256_file
+from vislora.diffusion.bases import BaseModelError, load_pipeline
+from vislora.diffusion.pipeline import generate
+from vislora.diffusion.generate import Source
+from vislora.basics import sha256_file
 
 DIGITS = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
 

@@ -9,8 +9,8 @@ import torch
 from images_corpus import pattern, png_bytes, write_corpus
 from PIL import Image
 
-from vislora.data.folders import DatasetError, SkippedImageWarning, scan, split
-from vislora.data.dataset import ImageDataset, Preprocess
+from vislora.classify.folders import DatasetError, SkippedImageWarning, scan, split
+from vislora.classify.dataset import ImageDataset, Preprocess
 from vislora.train.sampling import EpochBatches
 
 

@@ -1,4 +1,4 @@
-"""One denoising batch (vislora.train.denoise): instance and class samples in one UNet call compute what two
+"""One denoising batch (vislora.diffusion.denoise): instance and class samples in one UNet call compute what two
 calls compute, and the evaluation loss is fixed noise at fixed timesteps."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from PIL import Image
 from sd_tiny import save_pipeline
 
 import vislora
-from vislora.data.buckets import bucket_sizes
-from vislora.data.captions import scan_captioned
-from vislora.data.latents import TextCache, cache_latents, load_items
+from vislora.diffusion.buckets import bucket_sizes
+from vislora.diffusion.captions import scan_captioned
+from vislora.diffusion.latents import TextCache, cache_latents, load_items
 from vislora.recipes import dreambooth_sd
-from vislora.tasks.bases import load_pipeline
-from vislora.train import denoise
-from vislora.train.diffusion_batches import draw_seeds
+from vislora.diffusion.bases import load_pipeline
+from vislora.diffusion import denoise
+from vislora.diffusion.batches import draw_seeds
 
 DIGITS_SD = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vislora.data.buckets import MAX_RATIO, assign, bucket_batches, bucket_sizes, fit
-from vislora.train import diffusion_loss as dl
+from vislora.diffusion.buckets import MAX_RATIO, assign, bucket_batches, bucket_sizes, fit
+from vislora.diffusion import loss as dl
 
 
 @pytest.fixture(scope="module")

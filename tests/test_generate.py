@@ -11,7 +11,7 @@ import torch
 
 import vislora
 from vislora.cli import main as cli
-from vislora.tasks.generate import parse_lora
+from vislora.diffusion.generate import parse_lora
 
 from conftest import tiny_pipeline
 from test_bank import one_thread  # noqa: F401  (autouse: one thread for tiny models)
@@ -134,7 +134,7 @@ def test_blend_demo_grid_and_measures(model_dir, tmp_path, capsys):
 
 
 def test_pickled_or_missing_model_is_one_error_line(model_dir, tmp_path, capsys):
-    """--model goes through vislora.tasks.bases.load_pipeline: a pickle is refused by its bytes (never
+    """--model goes through vislora.diffusion.bases.load_pipeline: a pickle is refused by its bytes (never
     unpickled), a missing file is named; each is one `error:` line, exit 2, and no PNG."""
     import pickle
 

@@ -5,7 +5,7 @@ import pytest
 from images_corpus import bomb_png, pattern, png_bytes, rgb16_png, with_exif_orientation, write_corpus
 from PIL import Image
 
-from vislora.data.images import ImageDecodeError, decode_image
+from vislora.images import ImageDecodeError, decode_image
 
 
 def _decoded(path) -> np.ndarray:

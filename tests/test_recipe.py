@@ -23,8 +23,8 @@ from PIL import Image
 
 from vislora import cli, read_adapter
 from vislora.train.checkpoint import CheckpointWarning
-from vislora.tasks.classifier import METADATA_KEY, load_classifier, predict
-from vislora.data.folders import SkippedImageWarning
+from vislora.classify.classifier import METADATA_KEY, load_classifier, predict
+from vislora.classify.folders import SkippedImageWarning
 from vislora.formats import container
 from vislora.recipes import classify_vit
 

@@ -15,12 +15,12 @@ from PIL import Image
 from sd_tiny import build_pipeline, save_pipeline
 
 import vislora
-from vislora.data.captions import SmallImageWarning, scan_captioned
-from vislora.data.folders import DatasetError, SkippedImageWarning
+from vislora.diffusion.captions import SmallImageWarning, scan_captioned
+from vislora.images import DatasetError, SkippedImageWarning
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
-from vislora.tasks.bases import BaseModelError, load_pipeline
-from vislora.tasks.diffusion import check_prompts
+from vislora.diffusion.bases import BaseModelError, load_pipeline
+from vislora.diffusion.pipeline import check_prompts
 from vislora.targets import TargetRule, resolve
 
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--steps", "2"]
@@ -226,7 +226,7 @@ def test_the_architecture_is_read_from_the_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
 
-    from vislora.tasks.bases import _single_file_class, architecture
+    from vislora.diffusion.bases import _single_file_class, architecture
 
     for config, arch in ((SD15, "sd1"), (SD2, "sd2"), (SDXL, "custom")):
         with torch.device("meta"):

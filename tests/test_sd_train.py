@@ -20,13 +20,13 @@ from PIL import Image
 from sd_tiny import save_pipeline
 
 import vislora
-from vislora.data.buckets import bucket_sizes
-from vislora.data.captions import scan_captioned
-from vislora.data.latents import TextCache, cache_latents, load_items
+from vislora.diffusion.buckets import bucket_sizes
+from vislora.diffusion.captions import scan_captioned
+from vislora.diffusion.latents import TextCache, cache_latents, load_items
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd, style_sd
-from vislora.tasks.bases import load_pipeline
-from vislora.train import denoise
+from vislora.diffusion.bases import load_pipeline
+from vislora.diffusion import denoise
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SD = ROOT / "samples" / "digits_sd"

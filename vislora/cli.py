@@ -54,8 +54,8 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
 
-    from .tasks.classifier import load_classifier, predict
-    from .data.images import ImageDecodeError
+    from .classify.classifier import load_classifier, predict
+    from .images import ImageDecodeError
 
     try:
         classifier = load_classifier(args.adapter, weights=args.weights)
@@ -78,7 +78,7 @@ def _predict(argv: list[str]) -> int:
 
 
 def _generate(argv: list[str]) -> int:
-    from .tasks import generate
+    from .diffusion import generate
 
     return generate.main(argv)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..basics import fsync_dir, write_bytes  # noqa: F401  (write_bytes: the writer below)
 
 from ..errors import AdapterFormatError, UnsafeFormatError
 
@@ -171,33 +172,3 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None 
 def write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Write atomically: a unique temp file beside the target, fsync, then rename over it."""
     return write_bytes(path, serialize(tensors, metadata))
-
-
-def write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
-    """Replace `path` with `payload` atomically: a unique temp file beside it, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the renames and new files in `folder` durable, where the platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the rename is still atomic there
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,7 @@ import torch
 
 from ..components import ADAPTABLE
 from ..errors import AdapterFormatError, UnsafeFormatError
+from ..basics import write_bytes
 from . import container, peft_diffusers
 from .adapter import AdapterFile
 
@@ -53,7 +54,7 @@ def _write_one(folder: Path, modules: dict, extra: dict[str, torch.Tensor]) -> N
     container.write(folder / "adapter_model.safetensors", tensors, {"format": "pt"})
     dora = bool(peft_diffusers.dora_components(AdapterFile("", "", modules)))
     payload = json.dumps(config(entries, saved, timm, dora), indent=2, sort_keys=True)
-    container.write_bytes(folder / "adapter_config.json", payload.encode())
+    write_bytes(folder / "adapter_config.json", payload.encode())
 
 
 def write_folder(path: str | os.PathLike, adapter: AdapterFile) -> Path:

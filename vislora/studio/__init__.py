@@ -57,7 +57,7 @@ def serve(studio: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..tasks.bases import add_source_options
+    from ..diffusion.bases import add_source_options
 
     p = argparse.ArgumentParser(prog="vislora studio", description="A local page to mix adapters with sliders "
                                 "and a live preview.")

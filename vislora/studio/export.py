@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..tasks import generate as cli
+from ..diffusion import generate as cli
 from .generation import settings
 from .mix import Request
 
@@ -55,7 +55,7 @@ def snippet(request: Request, source: cli.Source, folder: Path, order: list[str]
     """Python that draws the same image with the library; `specs` are the bank's strength specs by name."""
     s = settings(request, source, lora_args(request, folder, order, names))
     lines = ["import torch", "", "import vislora",
-             "from vislora.tasks.generate import LoraArg, Settings, pipeline_on, png_info, run", "",
+             "from vislora.diffusion.generate import LoraArg, Settings, pipeline_on, png_info, run", "",
              f"pipe = pipeline_on({source.model!r}, 'cpu', torch.float32{_keywords(source)})",
              "bank = vislora.AdapterBank(pipe)"]
     lines += [f"bank.load({a.name!r}, {a.path!r}, strength={specs[a.name]!r})" for a in s.adapters]

@@ -1,4 +1,4 @@
-"""The studio's link to `vislora generate` (vislora.tasks.generate): the same pipeline loader, the same
+"""The studio's link to `vislora generate` (vislora.diffusion.generate): the same pipeline loader, the same
 sampling call and the same PNG text chunks, so the page's image equals the command's pixel for pixel.
 """
 
@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import VisloraError
-from ..tasks import generate as cli
+from ..diffusion import generate as cli
 from .mix import Request
 
 

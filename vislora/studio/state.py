@@ -57,7 +57,7 @@ class Studio:
                  live_seconds: float = LIVE_SECONDS, model_config: str | None = None,
                  revision: str | None = None) -> None:
         from .. import AdapterBank
-        from ..tasks.generate import Source
+        from ..diffusion.generate import Source
         from .generation import load_pipeline
 
         self.live_seconds = live_seconds  # previews follow the sliders while an image takes less than this
@@ -151,7 +151,7 @@ class Studio:
              on_step: OnStep | None = None) -> Any:
         """One labelled sheet (`vislora generate --grid`'s layout): the request with adapter x (and y) switched
         on at each listed strength, every cell from the same seed. The shown image (`last`) stays as it was."""
-        from ..tasks.generate import contact_sheet
+        from ..diffusion.generate import contact_sheet
 
         axes = [x] + ([y] if y else [])
         for key, values in axes:

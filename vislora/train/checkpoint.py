@@ -26,7 +26,7 @@ import torch
 
 from ..errors import VisloraError
 from ..formats import container
-from ..formats.container import fsync_dir
+from ..basics import fsync_dir, sha256_file
 from ..version import __version__
 
 FORMAT = "vislora-checkpoint"
@@ -54,14 +54,6 @@ class Checkpoint:
 
     def json(self, name: str) -> Any:
         return json.loads((self.path / f"{name}.json").read_text(encoding="utf-8"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..formats.container import write_bytes
+from ..basics import write_bytes
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s",
                    "elapsed_s")

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..formats.container import write_bytes
+from ..basics import write_bytes
 
 LABEL_HEIGHT = 14
 

@@ -14,14 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-_AUGMENT, _ORDER = 0, 1  # keep the two uses of the seed apart
-
-
-def derive_seed(seed: int, epoch: int, index: int = 0, purpose: int = _AUGMENT) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (torch.manual_seed takes < 2**63)."""
-    state = np.random.SeedSequence([seed, epoch, index, purpose]).generate_state(1, np.uint64)[0]
-    return int(state) >> 1
-
+from ..basics import _ORDER, derive_seed  # noqa: F401  (derive_seed: re-exported for the epoch order's users)
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The visiting order of epoch `epoch` over n images."""

@@ -21,12 +21,22 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import VisloraError
+from .errors import VisloraError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 # Pillow's own warning threshold (about 89 MP): 0.27 GB of RGB pixels is already far beyond a training image.
 MAX_PIXELS = 89_478_485
 # White: what a transparent web image is usually seen against.
 BACKGROUND = (255, 255, 255)
+
+
+class DatasetError(VisloraError):
+    """The data cannot be used as given; the message names the path and what to change."""
+
+
+class SkippedImageWarning(UserWarning):
+    """An image was left out of the data set (unreadable, not an image, too large, outside the root)."""
 
 
 class ImageDecodeError(VisloraError):
@@ -96,3 +106,11 @@ def decode_image(
         raise ImageDecodeError(path, f"refused as a decompression bomb: {e}", "too-large") from None
     except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many types on bad input; each file is data
         raise ImageDecodeError(path, f"cannot decode ({type(e).__name__}: {e})") from None
+
+
+def warn_skipped(skipped: list[tuple[str, str]], source: object) -> None:
+    """One warning per left-out file, naming it, then one with the count."""
+    for path, reason in skipped:
+        warnings.warn(f"skipped {path}: {reason}", SkippedImageWarning, stacklevel=3)
+    if skipped:
+        warnings.warn(f"{source}: {len(skipped)} files skipped", SkippedImageWarning, stacklevel=3)

@@ -111,7 +111,7 @@ class Source:
 
 
 def source_pipeline(source: Source, device: str, dtype: torch.dtype) -> tuple[Any, Source]:
-    """The pipeline of vislora.tasks.bases.load_pipeline (a diffusers folder, a hub id, or one .safetensors
+    """The pipeline of vislora.diffusion.bases.load_pipeline (a diffusers folder, a hub id, or one .safetensors
     file with its configs; pickles refused with UnsafeFormatError) moved to `device` in `dtype`, ready to
     sample, and its source pinned: a hub id's revision becomes the commit it resolved to, so the settings
     written with an image load the same weights later, whatever the branch has become."""

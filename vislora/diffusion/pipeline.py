@@ -1,5 +1,5 @@
 """Stable Diffusion pipelines for training and sampling: encode prompts, and draw images with fixed seeds.
-Bases are loaded by vislora.tasks.bases.
+Bases are loaded by vislora.diffusion.bases.
 
     emb = encode_prompts(base.pipe, ["a sks digit"])            # hidden [B, L, D], pooled [B, D] (SDXL) or None
     images = generate(base.pipe, ["a sks digit"], seeds=[0, 1], steps=20, size=512)

@@ -25,11 +25,11 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from ..data.latents import Items, TextCache, latent_params
-from ..tasks.bases import DiffusionBase
-from ..tasks.diffusion import sdxl_time_ids
-from . import diffusion_loss as dl
-from .sampling import derive_seed
+from .latents import Items, TextCache, latent_params
+from .bases import DiffusionBase
+from .pipeline import sdxl_time_ids
+from . import loss as dl
+from ..basics import derive_seed
 
 EVAL_STEPS = 8
 _EVAL = 5  # derive_seed purpose of the evaluation noise (sampling, buckets and the recipes use 0-4)

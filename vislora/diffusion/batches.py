@@ -9,10 +9,11 @@ of (seed, n): a resumed run, and any number of processes, see the same pictures 
 
 from __future__ import annotations
 
-from ..data.buckets import bucket_batches
-from ..data.folders import DatasetError
-from ..data.latents import Items
-from .sampling import derive_seed, epoch_order
+from .buckets import bucket_batches
+from ..images import DatasetError
+from .latents import Items
+from ..basics import derive_seed
+from ..train.sampling import epoch_order
 
 _DRAWS, _CLASS_ORDER = 3, 4  # derive_seed purposes (sampling, buckets: 0-2; denoise's evaluation: 5)
 

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UnsafeFormatError, VisloraError
 from ..formats.container import sniff
-from ..train.checkpoint import sha256_file
+from ..basics import sha256_file
 
 # Cross-attention width -> architecture (SD1.x: CLIP ViT-L; SD2.x: OpenCLIP ViT-H). SDXL has text_encoder_2.
 ARCH_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2"}

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from .folders import Samples, SkippedImageWarning
-from .images import ImageDecodeError, decode_image
-from ..train.sampling import derive_seed
+from ..images import ImageDecodeError, decode_image
+from ..basics import derive_seed
 
 _INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
                   "nearest": T.InterpolationMode.NEAREST}

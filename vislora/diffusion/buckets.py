@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..train.sampling import derive_seed
+from ..basics import derive_seed
 
 MAX_RATIO = 2.0  # the longest side at most twice the shortest: beyond this a subject is mostly crop
 _ORDER = 2       # a derive_seed purpose of its own (sampling uses 0 and 1)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.dataset import Preprocess
+from .dataset import Preprocess
 from ..errors import VisloraError
 from ..formats import container
 from ..io import load_adapter
@@ -203,7 +203,7 @@ def load_classifier(path: str | os.PathLike, *, weights: str | os.PathLike | Non
 @torch.no_grad()
 def predict(classifier: Classifier, images: list[str | os.PathLike], top_k: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (label, probability) per image, most likely first. Images decode as in training."""
-    from ..data.images import decode_image
+    from ..images import decode_image
 
     transform = classifier.preprocess.eval_transform()
     batch = torch.stack([transform(decode_image(p)) for p in images])  # [N, 3, S, S]

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..tasks.bases import DiffusionBase
-from ..tasks.diffusion import PromptEmbeds, encode_prompts
+from .bases import DiffusionBase
+from .pipeline import PromptEmbeds, encode_prompts
 from .buckets import assign, fit
 from .captions import Captioned
-from .images import decode_image
+from ..images import decode_image
 
 
 @dataclass

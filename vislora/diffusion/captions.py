@@ -19,8 +19,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .folders import IMAGE_SUFFIXES, DatasetError, warn_skipped
-from .images import ImageDecodeError, decode_image
+from ..images import IMAGE_SUFFIXES, DatasetError, warn_skipped
+from ..images import ImageDecodeError, decode_image
 
 METADATA_FILE = "metadata.jsonl"
 CAPTION_FIELDS = ("text", "caption")

@@ -3,7 +3,7 @@
     root/<class name>/**/<image>        one subfolder per class; class index = sorted folder names
     file.csv with rows path,label       paths relative to the CSV's folder; an optional header row
 
-`scan(source)` decodes every file once (see `vislora.data.images`): bad files are skipped with one warning each,
+`scan(source)` decodes every file once (see `vislora.images`): bad files are skipped with one warning each,
 naming the file, and a summary count; what cannot be trained on at all (a missing path, no class folders,
 an empty class, images loose in the root, no usable image) raises DatasetError before any work starts.
 """
@@ -19,18 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import VisloraError
-from .images import MAX_PIXELS, ImageDecodeError, decode_image
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-
-
-class DatasetError(VisloraError):
-    """The data cannot be used as given; the message names the path and what to change."""
-
-
-class SkippedImageWarning(UserWarning):
-    """An image was left out of the data set (unreadable, not an image, too large, outside the root)."""
+from ..images import IMAGE_SUFFIXES, MAX_PIXELS, DatasetError, ImageDecodeError, SkippedImageWarning, decode_image, warn_skipped
 
 
 @dataclass
@@ -151,14 +140,6 @@ def scan(
     if not samples.paths:
         raise DatasetError(f"{source}: none of its {len(candidates)} files is a usable image")
     return samples
-
-
-def warn_skipped(skipped: list[tuple[str, str]], source: object) -> None:
-    """One warning per left-out file, naming it, then one with the count."""
-    for path, reason in skipped:
-        warnings.warn(f"skipped {path}: {reason}", SkippedImageWarning, stacklevel=3)
-    if skipped:
-        warnings.warn(f"{source}: {len(skipped)} files skipped", SkippedImageWarning, stacklevel=3)
 
 
 def split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
