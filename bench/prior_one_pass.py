@@ -30,7 +30,7 @@ from vislora.diffusion.captions import scan_captioned  # noqa: E402
 from vislora.diffusion.latents import TextCache, cache_latents, load_items  # noqa: E402
 from vislora.recipes import dreambooth_sd  # noqa: E402
 from vislora.diffusion.bases import load_pipeline  # noqa: E402
-from vislora.train import denoise  # noqa: E402
+from vislora.diffusion import denoise  # noqa: E402
 from vislora.diffusion.batches import draw_seeds  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"

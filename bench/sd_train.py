@@ -37,7 +37,7 @@ import vislora  # noqa: E402
 from vislora.diffusion.latents import Items, TextCache  # noqa: E402
 from vislora.diffusion.bases import DiffusionBase  # noqa: E402
 from vislora.diffusion.pipeline import PromptEmbeds  # noqa: E402
-from vislora.train import denoise  # noqa: E402
+from vislora.diffusion import denoise  # noqa: E402
 from vislora.diffusion.batches import draw_seeds  # noqa: E402
 
 SIZE, RANK = 128, 4
