@@ -14,8 +14,9 @@ from torch import nn
 
 from .targets import PRESETS, TargetRule
 
-ADAPTABLE = ("unet", "transformer", "text_encoder", "text_encoder_2")
-FAMILY_COMPONENT = {"unet": "unet", "text": "text_encoder", "text2": "text_encoder_2"}
+ADAPTABLE = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+FAMILY_COMPONENT = {"unet": "unet", "transformer": "transformer", "text": "text_encoder", "text2": "text_encoder_2",
+                    "text3": "text_encoder_3"}
 
 
 def components(model: Any) -> dict[str, nn.Module]:

@@ -1,7 +1,7 @@
 """Which modules an adapter goes into: presets as data, plus user globs and regexes.
 
 A target string is one of
-    a preset name        "vit.attn", "unet.cross_attn", "text.attn"   (see `PRESETS`)
+    a preset name        "vit.attn", "unet.cross_attn", "transformer.attn", "text.attn"   (see `PRESETS`)
     a glob               "blocks.*.attn.qkv"          (fnmatch over dotted module paths)
     a regex              "re:blocks\\.(0|1)\\.attn\\.qkv" (full match)
 and a glob or regex may end in a slice list for fused qkv layers: "blocks.*.attn.qkv[q,v]".
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import AdapterCompatError
-from . import clip_text, sd_unet, timm_vit
+from . import clip_text, sd_unet, timm_vit, transformer
 from .presets import Pattern, Preset
 
-PRESETS: dict[str, Preset] = {**timm_vit.PRESETS, **sd_unet.PRESETS, **clip_text.PRESETS}
+PRESETS: dict[str, Preset] = {**timm_vit.PRESETS, **sd_unet.PRESETS, **transformer.PRESETS, **clip_text.PRESETS}
 
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 _SLICE_SUFFIX = re.compile(r"^(?P<body>.*)\[(?P<parts>[qkv](?:\s*,\s*[qkv])*)\]$")
