@@ -18,6 +18,7 @@ import torch
 
 from ..components import ADAPTABLE
 from ..errors import AdapterFormatError
+from ..targets.families import family_of
 from .adapter import AdapterFile, ModuleWeights
 
 FORMAT = "peft_diffusers"
@@ -205,12 +206,23 @@ def write(adapter: AdapterFile) -> tuple[dict[str, torch.Tensor], dict[str, str]
     """The PEFT/diffusers layout: lora_A/lora_B(/lora_mid) tensors, scales in lora_adapter_metadata."""
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, tuple[str, int, float]] = {}
+    prefix = denoiser_prefix(adapter)
     for path, w in adapter.modules.items():
+        path = prefix + path
         found, rank, alpha = module_tensors(path, w)
         tensors.update(found)
         entries[path] = (component(path), rank, alpha)
     tensors.update(adapter.extra)
     return tensors, {"format": "pt", METADATA_KEY: lora_adapter_metadata(entries, dora_components(adapter))}
+
+
+def denoiser_prefix(adapter: AdapterFile) -> str:
+    """"transformer." for an adapter of a bare diffusion transformer (no component prefix), which diffusers'
+    Flux / Flux.2 / SD3 loaders only read under that prefix; "" otherwise (bare UNet files load as they are)."""
+    if any(component(p) for p in adapter.modules) or adapter.extra:
+        return ""
+    family = family_of(adapter.modules)
+    return f"{family.component}." if family is not None and family.component == "transformer" else ""
 
 
 def dora_components(adapter: AdapterFile) -> set[str]:
