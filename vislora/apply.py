@@ -70,7 +70,7 @@ def _mismatches(full: str, w: ModuleWeights, layer: Any) -> list[tuple[str, str,
 def component_of(name: str) -> str:
     """The component a file or model module name belongs to: kohya prefixes (lora_unet, lora_te1, ...), a
     pipeline prefix (unet, text_encoder, ...), else "model"."""
-    for prefix in ("lora_unet", "lora_te1", "lora_te2", "lora_te", "lycoris"):
+    for prefix in ("lora_unet", "lora_transformer", "lora_te1", "lora_te2", "lora_te3", "lora_te", "lycoris"):
         if name.startswith(prefix + "_"):
             return prefix
     head = name.partition(".")[0]

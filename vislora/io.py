@@ -17,10 +17,11 @@ from . import formats
 from .apply import AdapterWarning, apply
 from .components import components, prefixed
 from .errors import AdapterStateError
-from .formats import AdapterFile, ModuleWeights
+from .formats import AdapterFile, ModuleWeights, arch
 from .functional import RowLayout
 from .inject import adapter_layers, adapter_names, check_new_name, configs, resolve_saved
 from .slot import AdapterSlot
+from .targets.families import FAMILIES, MODELSPEC_KEY
 
 __all__ = ["AdapterWarning", "LoadReport", "load_adapter", "read_adapter", "save_adapter", "adapter_file"]
 
@@ -68,7 +69,12 @@ def adapter_file(model: Any, name: str = "default", *, metadata: dict[str, str] 
     for comp, local in resolve_saved(model, config.modules_to_save if config else ()):
         module = components(model)[comp].get_submodule(local)
         extra.update({f"{prefixed(comp, local)}.{k}": v.detach().to("cpu") for k, v in module.state_dict().items()})
-    return AdapterFile("", formats.native.FORMAT, modules, extra, config, dict(metadata or {}))
+    metadata = dict(metadata or {})
+    family = arch.of_model(model).family
+    spec = next((f.modelspec for f in FAMILIES if f.name == family and f.modelspec), None)
+    if spec:  # which transformer family, for files whose names alone do not say (q/v of Flux.1 or SD3)
+        metadata.setdefault(MODELSPEC_KEY, f"{spec}/lora")
+    return AdapterFile("", formats.native.FORMAT, modules, extra, config, metadata)
 
 
 def save_adapter(

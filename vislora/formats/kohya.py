@@ -23,7 +23,7 @@ import torch
 
 from ..errors import AdapterFormatError
 from ..functional import lokr
-from . import container, kohya_names
+from . import container, kohya_dit, kohya_names
 from .adapter import AdapterFile, ModuleWeights
 from .arch import of_file
 from .kohya_names import KOHYA_PREFIXES
@@ -129,6 +129,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str, 
         raise AdapterFormatError(f"{len(leftovers)} keys are not kohya/LyCORIS tensors, e.g. {leftovers[:5]} "
                                  "(a file mixing naming schemes?)", path=path, category="unknown-keys")
     modules = {name: _module(name, parts, path) for name, parts in sorted(grouped.items())}
+    modules = kohya_dit.read(modules, path)  # Flux / SD3 original names onto diffusers' split modules
     return AdapterFile(path, FORMAT, modules, {}, None, metadata)
 
 
@@ -153,7 +154,8 @@ def write(adapter: AdapterFile, naming: str = "auto") -> tuple[dict[str, torch.T
     has_te2 = any(p.startswith(("text_encoder_2.", "lora_te2_")) for p in adapter.modules)
     tensors: dict[str, torch.Tensor] = {}
     named: dict[str, ModuleWeights] = {}
-    for path, w in adapter.modules.items():
+    original = kohya_dit.write(adapter.modules, adapter.metadata)  # Flux / SD3: original names, fused qkv
+    for path, w in (original or adapter.modules).items():
         name = path if split(path + ".x") else kohya_names.name_for(path, has_te2, ldm)
         if name in named:
             raise ValueError(f"two modules would both be written as {name!r}")
@@ -162,7 +164,7 @@ def write(adapter: AdapterFile, naming: str = "auto") -> tuple[dict[str, torch.T
         plain.magnitude = w.magnitude
         named[name] = plain
         tensors.update(file_tensors(name, plain))
-    meta = ss_metadata(named, arch.name)
+    meta = ss_metadata(named, arch.name) | kohya_dit.modelspec(adapter.modules, adapter.metadata)
     meta.update(addnet_hashes(tensors, meta))
     return tensors, meta
 

@@ -7,7 +7,9 @@ the map is built from the model: every adaptable module of every component, unde
     lora_unet_<diffusers path>     SD1.x/SD2.x kohya files, and diffusers-named SDXL files
     lora_unet_<LDM/SGM path>       A1111-style SD1 files and kohya's SDXL files (input_blocks, middle_block, ...)
     lycoris_<path>                 LyCORIS' standalone wrapper (any model, path relative to the wrapped root)
-    lora_te_<path>                 the single text encoder; lora_te1_ / lora_te2_ with two (SDXL)
+    lora_te_<path>                 the single text encoder; lora_te1_ / lora_te2_ (/ lora_te3_) with two (three)
+    lora_transformer_<path>        a diffusion transformer's diffusers path (OneTrainer's naming; kohya's own
+                                   original-layout Flux / SD3 names are mapped onto these by kohya_dit)
 
 The LDM paths come from walking the UNet's own blocks (resnets, attentions and samplers per block, counted
 from the model), not from a table written for one architecture.
@@ -23,7 +25,8 @@ from torch import nn
 from ..components import components
 from ..targets import adaptable_modules
 
-KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_", "lycoris_")
+ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 # ResnetBlock2D child -> its LDM name inside a ResBlock.
 _RESNET_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -133,8 +136,9 @@ def ldm_path(path: str, prefixes: dict[str, str]) -> str | None:
 
 def te_path(root: nn.Module, path: str) -> str:
     """A text-encoder path as files name it: HF CLIP paths start at `text_model.`, which transformers 5's
-    CLIPTextModel no longer has (diffusers strips it on load for the same reason)."""
-    return path if hasattr(root, "text_model") else f"text_model.{path}"
+    CLIPTextModel no longer has (diffusers strips it on load for the same reason); T5's are its own."""
+    clip = type(root).__name__.startswith("CLIP")
+    return path if hasattr(root, "text_model") or not clip else f"text_model.{path}"
 
 
 def is_unet(module: nn.Module) -> bool:
@@ -145,11 +149,13 @@ def component_prefixes(model: Any) -> dict[str, str]:
     """kohya prefix of each component: UNet lora_unet; text encoders lora_te (one) or lora_te1/lora_te2
     (two); any other model (a bare ViT, say) the LyCORIS wrapper's lycoris."""
     parts = components(model)
-    encoders = [c for c in ("text_encoder", "text_encoder_2") if c in parts]
+    encoders = [c for c in ENCODERS if c in parts]
     prefixes = {}
     for comp, root in parts.items():
         if comp in ("unet", "") and is_unet(root):
             prefixes[comp] = "lora_unet"
+        elif comp in ("transformer", "") and hasattr(root, "transformer_blocks"):
+            prefixes[comp] = "lora_transformer"
         elif comp in encoders:
             prefixes[comp] = "lora_te" if len(encoders) == 1 else f"lora_te{encoders.index(comp) + 1}"
         elif comp == "" and (hasattr(root, "text_model") or type(root).__name__.startswith("CLIPText")):
@@ -221,13 +227,17 @@ def name_for(full: str, has_te2: bool, ldm: dict[str, str] | None = None) -> str
     naming (or LDM/SGM naming when `ldm`, the UNet's `ldm_prefixes`, is given), text encoders with HF CLIP
     paths under lora_te / lora_te1 / lora_te2, anything else under the LyCORIS wrapper's `lycoris_`."""
     comp, _, local = full.partition(".")
-    if comp not in ("unet", "text_encoder", "text_encoder_2"):
+    if comp == "transformer":
+        return mangle("lora_transformer", local)
+    if comp not in ("unet", *ENCODERS):
         root = full.split(".")[0]
         comp, local = ("unet" if root in UNET_ROOTS else "text_encoder" if root in TE_ROOTS else ""), full
     if comp == "unet":
         path = ldm_path(local, ldm) if ldm is not None else local
         return mangle("lora_unet", path or local)
     if comp.startswith("text_encoder"):
+        if comp == "text_encoder_3":  # SD3's T5: its own paths
+            return mangle("lora_te3", local)
         prefix = "lora_te2" if comp == "text_encoder_2" else ("lora_te1" if has_te2 else "lora_te")
         return mangle(prefix, local if local.startswith(("text_model.", "text_projection")) else f"text_model.{local}")
     return mangle("lycoris", full)

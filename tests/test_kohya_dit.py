@@ -1,0 +1,106 @@
+"""kohya files of Flux.1 and SD3 in their original layouts: fused qkv / linear1 read exactly onto diffusers'
+split modules and written back bit for bit, the outputs of tiny transformers unchanged, and diffusers' own
+converter reading our Flux file to the same delta weights on the full-size Flux.1-dev (meta device for the
+shapes, real tensors for the adapters)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vislora
+from dit_models import full_size, run, tiny
+from vislora.formats import AdapterFile, ModuleWeights, container, kohya
+
+
+def _saved(tmp_path, family):
+    model = tiny(family)
+    vislora.inject(model, "transformer.all", rank=2, alpha=3, init="random")
+    vislora.inject(model, ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_v"], rank=1, alpha=2,
+                   init="random", name="qv")  # q and v of a fused qkv, k left out
+    return model
+
+
+@pytest.mark.parametrize("family", ["Flux.1", "SD3"])
+@pytest.mark.parametrize("adapter", ["default", "qv"])
+def test_kohya_file_loads_with_the_same_output_and_round_trips_bit_exactly(tmp_path, family, adapter):
+    model = _saved(tmp_path, family)
+    vislora.set_strength(model, "qv" if adapter == "default" else "default", 0.0)
+    ours = run(model, family)
+    assert (ours - run(tiny(family), family)).abs().max() > 1e-3
+    path = vislora.save_adapter(model, tmp_path / "k.safetensors", name=adapter, format="kohya")
+    tensors, meta = container.read(path)
+    prefix = "lora_unet_double_blocks_0_img_attn_qkv" if family == "Flux.1" else \
+        "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    assert f"{prefix}.lora_down.weight" in tensors  # fused, original names
+    fresh = tiny(family)
+    vislora.load_adapter(fresh, path)
+    assert (run(fresh, family) - ours).abs().max() < 1e-5
+    # split -> fused -> split -> fused: the same tensors, bit for bit, and the split factors are ours
+    parsed = kohya.read(tensors, meta, str(path))
+    again, _ = kohya.write(parsed)
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+    mine = vislora.io.adapter_file(model, adapter).modules
+    assert len(parsed.modules) == len(mine)
+    for name, w in parsed.modules.items():
+        local = name[len("lora_transformer_"):]
+        (path_,) = [p for p in mine if p.replace(".", "_") == local]
+        assert torch.equal(w.factors["down"], mine[path_].factors["down"])
+        if "norm_out" not in path_ and not (family == "SD3" and "transformer_blocks_2_norm1_context" in local):
+            assert torch.equal(w.factors["up"], mine[path_].factors["up"])  # (adaLN halves swapped back)
+        assert w.scale == mine[path_].scale
+
+
+def _delta(w: ModuleWeights) -> torch.Tensor:
+    return w.scale * w.factors["up"].double() @ w.factors["down"].double()
+
+
+def test_our_flux_file_reads_as_diffusers_converter_reads_it_at_full_size():
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    model = full_size("Flux.1-dev")
+    picks = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
+             "transformer_blocks.18.attn.add_q_proj", "transformer_blocks.18.attn.add_v_proj",
+             "transformer_blocks.5.attn.to_out.0", "transformer_blocks.5.ff_context.net.0.proj",
+             "transformer_blocks.7.norm1.linear", "single_transformer_blocks.0.attn.to_q",
+             "single_transformer_blocks.0.attn.to_k", "single_transformer_blocks.0.attn.to_v",
+             "single_transformer_blocks.0.proj_mlp", "single_transformer_blocks.37.proj_mlp",
+             "single_transformer_blocks.37.proj_out", "norm_out.linear", "proj_out"]
+    g = torch.Generator().manual_seed(0)
+    modules = {}
+    for i, p in enumerate(picks):
+        out, inp = model.get_submodule(p).weight.shape
+        rank = 1 + i % 4
+        modules[f"transformer.{p}"] = ModuleWeights("lora", {"down": torch.randn(rank, inp, generator=g),
+                                                             "up": torch.randn(out, rank, generator=g)}, rank, 2.0 * rank)
+    for p in picks[8:12]:  # one scale across the parts of single block 0's linear1, another elsewhere
+        modules[f"transformer.{p}"].alpha = 0.5 * modules[f"transformer.{p}"].rank
+    for p in picks[-2:]:  # diffusers reads final_layer_* without their alpha ("TODO: alphas"): scale 1 there
+        modules[f"transformer.{p}"].alpha = float(modules[f"transformer.{p}"].rank)
+    tensors, _ = kohya.write(AdapterFile("", "vislora", modules))
+    assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in tensors
+    theirs = _convert_kohya_flux_lora_to_diffusers(dict(tensors))
+    ours = kohya.read(tensors, {}, "x").modules
+    for p in picks:
+        key = f"transformer.{p}" if f"transformer.{p}.lora_A.weight" in theirs else p  # final_layer: no prefix
+        a, b = theirs[f"{key}.lora_A.weight"], theirs[f"{key}.lora_B.weight"]
+        want = _delta(modules[f"transformer.{p}"])
+        torch.testing.assert_close(b.double() @ a.double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_delta(ours[f"lora_transformer_{p.replace('.', '_')}"]), want, rtol=1e-5,
+                                   atol=1e-5)
+    # the k of add_qkv was not adapted: diffusers gives it a zero delta, vislora no module
+    k = theirs["transformer.transformer_blocks.18.attn.add_k_proj.lora_B.weight"]
+    assert not k.any() and "lora_transformer_transformer_blocks_18_attn_add_k_proj" not in ours
+
+
+def test_a_dense_fused_lora_splits_with_a_shared_down():
+    """A LoRA trained on the fused layer (dense up) gives each part the whole down and its rows of up."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, 8, generator=g),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(24, 4, generator=g),
+               "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(2.0)}
+    parts = kohya.read(tensors, {}, "x").modules
+    up = tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"]
+    for j, part in enumerate(("to_q", "to_k", "to_v")):
+        w = parts[f"lora_transformer_transformer_blocks_0_attn_{part}"]
+        assert w.rank == 4 and w.alpha == 2.0 and torch.equal(w.factors["up"], up[8 * j:8 * (j + 1)])
