@@ -104,3 +104,46 @@ def test_a_dense_fused_lora_splits_with_a_shared_down():
     for j, part in enumerate(("to_q", "to_k", "to_v")):
         w = parts[f"lora_transformer_transformer_blocks_0_attn_{part}"]
         assert w.rank == 4 and w.alpha == 2.0 and torch.equal(w.factors["up"], up[8 * j:8 * (j + 1)])
+
+
+def _sd3_pipeline():
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip = lambda: CLIPTextModelWithProjection(CLIPTextConfig(  # noqa: E731
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        projection_dim=16)).eval()
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                                 feed_forward_proj="gated-gelu")).eval()
+    return StableDiffusion3Pipeline(transformer=tiny("SD3"), scheduler=FlowMatchEulerDiscreteScheduler(),
+                                    vae=None, text_encoder=clip(), tokenizer=None, text_encoder_2=clip(),
+                                    tokenizer_2=None, text_encoder_3=t5, tokenizer_3=None)
+
+
+def _encoders(pipe) -> list[torch.Tensor]:
+    ids = torch.arange(6)[None]
+    with torch.no_grad():
+        return [pipe.text_encoder(ids)[0], pipe.text_encoder_2(ids)[0], pipe.text_encoder_3(ids)[0]]
+
+
+def test_kohya_sd3_pipeline_with_three_text_encoders(tmp_path):
+    pipe = _sd3_pipeline()
+    vislora.inject(pipe, ["transformer.blocks", "text.all", "text2.attn", "text3.all"], rank=2, alpha=4,
+                   init="random")
+    ours, encoded = run(pipe.transformer, "SD3"), _encoders(pipe)
+    path = vislora.save_adapter(pipe, tmp_path / "sd3.safetensors", format="kohya")
+    tensors, meta = container.read(path)
+    names = {k.partition(".")[0] for k in tensors}
+    assert {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj", "lora_te2_text_model_encoder_layers_1_self_attn_out_proj",
+            "lora_te3_encoder_block_0_layer_0_SelfAttention_q", "lora_te3_encoder_block_1_layer_1_DenseReluDense_wi_0",
+            "lora_unet_joint_blocks_0_x_block_attn2_qkv", "lora_unet_joint_blocks_2_context_block_attn_qkv"} <= names
+    assert meta["modelspec.architecture"] == "stable-diffusion-3/lora"
+    fresh = _sd3_pipeline()
+    report = vislora.load_adapter(fresh, path)
+    assert not report.unmatched
+    assert (run(fresh.transformer, "SD3") - ours).abs().max() < 1e-5
+    for a, b in zip(_encoders(fresh), encoded):
+        assert (a - b).abs().max() < 1e-5
+    again, _ = kohya.write(kohya.read(tensors, meta, str(path)))
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
