@@ -47,7 +47,9 @@ LBW_PRESETS: dict[str, str] = {
 
 # Section words users may write for the diffusers sections.
 SECTION_ALIASES = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks",
-                   "down_blocks": "down_blocks", "mid_block": "mid_block", "up_blocks": "up_blocks"}
+                   "down_blocks": "down_blocks", "mid_block": "mid_block", "up_blocks": "up_blocks",
+                   # diffusion transformers (Flux double / single blocks, SD3 joint blocks), by index: "single.10"
+                   "double": "transformer_blocks", "joint": "transformer_blocks", "single": "single_transformer_blocks"}
 
 # diffusers UNet path -> LDM block, with L = layers_per_block (2 in SD1.x, SD2.x and SDXL):
 #   down_blocks.i.{resnets,attentions}.j -> IN{(L+1)i + j + 1}; down_blocks.i.downsamplers -> IN{(L+1)i + L + 1}
