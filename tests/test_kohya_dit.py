@@ -147,3 +147,21 @@ def test_kohya_sd3_pipeline_with_three_text_encoders(tmp_path):
         assert (a - b).abs().max() < 1e-5
     again, _ = kohya.write(kohya.read(tensors, meta, str(path)))
     assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+
+def test_inspect_shows_family_and_block_coverage(tmp_path):
+    from vislora.tools.inspect import _text, describe
+
+    model = tiny("Flux.1")
+    vislora.inject(model, "transformer.all", rank=2, init="random")
+    for fmt in ("kohya", "diffusers"):
+        info = describe(vislora.save_adapter(model, tmp_path / f"{fmt}.safetensors", format=fmt))
+        assert info["base"]["name"] == info["base"]["family"] == "Flux.1"
+        assert info["components"] == {"transformer": info["modules"]}
+        # per double block: 8 attention + 4 feed-forward + 2 modulation; per single block 5 + 1; norm_out
+        assert info["blocks"] == {"double.0": 14, "double.1": 14, "single.0": 6, "single.1": 6, "other": 1}
+        assert "base: Flux.1" in _text(info)
+    sd3 = tiny("SD3")
+    vislora.inject(sd3, "transformer.attn", rank=2, init="random")
+    info = describe(vislora.save_adapter(sd3, tmp_path / "sd3.safetensors", format="kohya"))
+    assert info["base"]["family"] == "SD3" and info["blocks"] == {"joint.0": 12, "joint.1": 8, "joint.2": 7}

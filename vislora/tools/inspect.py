@@ -60,7 +60,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         "alphas": {f"{k:g}": v for k, v in count(w.alpha for w in modules.values()).items()},
         "dora": sum(1 for w in modules.values() if getattr(w, "magnitude", None) is not None),
         "full_tensors": len(adapter.extra),
-        "base": {"name": arch.name, "cross_attention_width": arch.cross_width,
+        "base": {"name": arch.name, "family": arch.family, "cross_attention_width": arch.cross_width,
                  "text_encoders": arch.text_encoders},
         "components": per_comp,
         "blocks": per_block,
