@@ -64,3 +64,16 @@ def test_we_read_what_diffusers_saves(tmp_path, family, cls_name):
     assert len(report.matched) == sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
     assert (run(fresh, family) - theirs).abs().max() < 1e-5
     assert (theirs - run(tiny(family), family)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("cls_name", ["Flux2Pipeline", "Flux2KleinPipeline"])
+def test_diffusers_reads_our_flux2_kohya_file(tmp_path, cls_name):
+    """Flux.2's original names (fused qkv, linear1 = to_qkv_mlp_proj): diffusers' kohya converter gives our output."""
+    model = tiny("Flux.2")
+    vislora.inject(model, "transformer.blocks", rank=2, alpha=3, init="random")
+    ours = run(model, "Flux.2")
+    path = vislora.save_adapter(model, tmp_path / "k.safetensors", format="kohya")
+    pipe = pipeline(cls_name, tiny("Flux.2"))
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    pipe.load_lora_weights(str(path))
+    assert (run(pipe.transformer, "Flux.2") - ours).abs().max() < 1e-5

@@ -21,7 +21,7 @@ def _saved(tmp_path, family):
     return model
 
 
-@pytest.mark.parametrize("family", ["Flux.1", "SD3"])
+@pytest.mark.parametrize("family", ["Flux.1", "Flux.2", "SD3"])
 @pytest.mark.parametrize("adapter", ["default", "qv"])
 def test_kohya_file_loads_with_the_same_output_and_round_trips_bit_exactly(tmp_path, family, adapter):
     model = _saved(tmp_path, family)
@@ -30,8 +30,8 @@ def test_kohya_file_loads_with_the_same_output_and_round_trips_bit_exactly(tmp_p
     assert (ours - run(tiny(family), family)).abs().max() > 1e-3
     path = vislora.save_adapter(model, tmp_path / "k.safetensors", name=adapter, format="kohya")
     tensors, meta = container.read(path)
-    prefix = "lora_unet_double_blocks_0_img_attn_qkv" if family == "Flux.1" else \
-        "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    prefix = "lora_unet_joint_blocks_0_x_block_attn_qkv" if family == "SD3" else \
+        "lora_unet_double_blocks_0_img_attn_qkv"
     assert f"{prefix}.lora_down.weight" in tensors  # fused, original names
     fresh = tiny(family)
     vislora.load_adapter(fresh, path)

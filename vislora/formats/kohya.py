@@ -129,7 +129,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str, 
         raise AdapterFormatError(f"{len(leftovers)} keys are not kohya/LyCORIS tensors, e.g. {leftovers[:5]} "
                                  "(a file mixing naming schemes?)", path=path, category="unknown-keys")
     modules = {name: _module(name, parts, path) for name, parts in sorted(grouped.items())}
-    modules = kohya_dit.read(modules, path)  # Flux / SD3 original names onto diffusers' split modules
+    modules = kohya_dit.read(modules, path, metadata)  # Flux / SD3 original names onto diffusers' split modules
     return AdapterFile(path, FORMAT, modules, {}, None, metadata)
 
 

@@ -3,23 +3,47 @@ family), and the two entry points kohya.py calls. The maths is kohya_fused; the 
 
 from __future__ import annotations
 
+import re
+
 from ..targets.families import MODELSPEC_KEY, family_named, family_of
 from . import kohya_flux, kohya_fused, kohya_sd3
 from .adapter import ModuleWeights
 
-# family (targets.families) -> its kohya name map. Flux.2's original names (diffusers'
-# _convert_kohya_flux2_lora_to_diffusers) are not mapped yet: its files keep lora_transformer_ names.
+# family (targets.families) -> its kohya name map.
 NAME_MAPS: dict[str, tuple[kohya_fused.Section, ...]] = {
     "Flux.1": kohya_flux.SECTIONS,
+    "Flux.2": kohya_flux.SECTIONS_2,
     "SD3": kohya_sd3.SECTIONS,
 }
 
 
-def read(modules: dict[str, ModuleWeights], path: str) -> dict[str, ModuleWeights]:
+# Flux.2 files share Flux.1's original names; its MLPs are wider, in rows per input width
+_FLUX2_WIDE = ((re.compile(r"^lora_unet_single_blocks_\d+_linear1$"), 9),  # q, k, v + 2 x 3 gated (Flux.1: 3 + 4)
+               (re.compile(r"^lora_unet_double_blocks_\d+_(?:img|txt)_mlp_0$"), 6))  # 2 x 3 gated (Flux.1: 4)
+
+
+def is_flux2(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> bool:
+    """Whether a file with Flux's original names is for Flux.2: by a wide MLP layer's shape, else by its
+    `modelspec.architecture`."""
+    for name, w in modules.items():
+        for rx, ratio in _FLUX2_WIDE:
+            if rx.match(name) and w.kind == "lora":
+                return w.factors["up"].shape[0] == ratio * w.factors["down"].shape[1]
+    named = family_named(metadata)
+    return named is not None and named.name == "Flux.2"
+
+
+def _family(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> str | None:
+    family = family_of(modules) or family_named(metadata)
+    if family is not None and family.name == "Flux.1" and is_flux2(modules, metadata):
+        return "Flux.2"
+    return family.name if family else None
+
+
+def read(modules: dict[str, ModuleWeights], path: str, metadata: dict[str, str]) -> dict[str, ModuleWeights]:
     """A kohya file's modules with original-layout names split onto diffusers paths (lora_transformer_ names,
     which kohya_names resolves against the model); files of other families unchanged."""
-    family = family_of(modules)
-    sections = NAME_MAPS.get(family.name) if family else None
+    sections = NAME_MAPS.get(_family(modules, metadata))
     return kohya_fused.to_diffusers(modules, sections, path) if sections else modules
 
 
@@ -27,8 +51,7 @@ def write(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> dict[s
     """Transformer modules under their original-layout kohya names (fused where the original is), or None
     when the adapter is not of a mapped family (by its names, else by its `modelspec.architecture`, which
     adapter files taken from a model carry: q/v alone do not tell Flux.1 from SD3)."""
-    family = family_of(modules) or family_named(metadata)
-    sections = NAME_MAPS.get(family.name) if family else None
+    sections = NAME_MAPS.get(_family(modules, metadata))
     if not sections:
         return None
     transformer = {p: w for p, w in modules.items() if not p.startswith(("text_encoder", "lora_te"))}

@@ -40,3 +40,15 @@ SECTIONS = (
     Section("lora_unet_single_blocks_{i}_", "single_transformer_blocks.{i}.", SINGLE),
     Section("lora_unet_", "", TOP),
 )
+
+# Flux.2 keeps BFL's names for its blocks (diffusers' _convert_kohya_flux2_lora_to_diffusers): the same fused
+# qkv, its own feed-forward names, and a single block's linear1 / linear2 are diffusers' fused
+# to_qkv_mlp_proj / to_out as they are. Told from Flux.1 by shapes (kohya_dit.is_flux2).
+DOUBLE_2 = {**{k: v for k, v in DOUBLE.items() if "_mod_" not in k},
+            "img_mlp_0": Layer(("ff.linear_in",)), "img_mlp_2": Layer(("ff.linear_out",)),
+            "txt_mlp_0": Layer(("ff_context.linear_in",)), "txt_mlp_2": Layer(("ff_context.linear_out",))}
+SINGLE_2 = {"linear1": Layer(("attn.to_qkv_mlp_proj",)), "linear2": Layer(("attn.to_out",))}
+SECTIONS_2 = (
+    Section("lora_unet_double_blocks_{i}_", "transformer_blocks.{i}.", DOUBLE_2),
+    Section("lora_unet_single_blocks_{i}_", "single_transformer_blocks.{i}.", SINGLE_2),
+)
