@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..bank import AdapterBank
 from ..errors import VisloraError
 from .bases import add_source_options, load_pipeline
@@ -231,7 +232,7 @@ def sweep(pipe, bank: AdapterBank, s: Settings, n: int) -> tuple[list[list[list[
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vislora generate", description=__doc__,
+    p = checks.Parser(prog="vislora generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="a diffusers pipeline folder, a hub id, or one .safetensors checkpoint (A1111/ComfyUI layout)")
@@ -253,9 +254,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# Every flag's constraint, checked in one step before the pipeline loads (vislora.checks).
+RULES = {
+    "seed": checks.count(0), "steps": checks.count(1), "guidance": checks.number(0, example="5"),
+    "n": checks.count(1), "height": checks.count(8), "width": checks.count(8), "device": checks.device_present(),
+    "out": checks.new_file((".png",)),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        checks.check(args, RULES)
         adapters = [parse_lora(t) for t in args.lora]
         if len({a.name for a in adapters}) != len(adapters):
             raise ValueError(f"--lora: two adapters share a name {[a.name for a in adapters]}; write NAME=FILE")
