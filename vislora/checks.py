@@ -54,6 +54,8 @@ def _shown(value: Any) -> str:
         return " ".join(_shown(v) for v in value)
     if isinstance(value, dict):
         return json.dumps(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # as typed: --lr -1, not -1.0
     return str(value)
 
 

@@ -90,17 +90,13 @@ def _generate(argv: list[str]) -> int:
 
 
 def _tool(name: str) -> Callable[[list[str]], int]:
-    """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2)."""
+    """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2) by
+    main's guard."""
 
     def run(argv: list[str]) -> int:
         import importlib
 
-        module = importlib.import_module(f".tools.{name}", __package__)
-        try:
-            return module.main(argv)
-        except VisloraError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return importlib.import_module(f".tools.{name}", __package__).main(argv)  # main() guards it
 
     return run
 

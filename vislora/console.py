@@ -67,7 +67,9 @@ def guarded(call: Callable[[], int]) -> int:
     if debugging():
         return call()
     try:
-        return call()
+        status = call()
+        sys.stdout.flush()  # a reader that has gone shows here, not in Python's flush at exit
+        return status
     except VisloraError as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return USAGE

@@ -152,7 +152,7 @@ def _from_folder(path: Path, flag: str) -> Any:
         return DiffusionPipeline.from_pretrained(str(path), use_safetensors=True,
                                                  **{_dtype_keyword(): torch.float32})
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise BaseModelError(f"{flag}: a component of {path} does not load ({_first_line(e)}); the folder is "
+        raise BaseModelError(f"{flag}: a component does not load ({_first_line(e)}); the folder is "
                              "damaged or incomplete: copy or download it again") from None
 
 

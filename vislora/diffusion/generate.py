@@ -23,7 +23,7 @@ import torch
 
 from .. import checks
 from ..bank import AdapterBank
-from ..errors import VisloraError
+from ..console import guarded
 from .bases import add_source_options, load_pipeline
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
@@ -263,9 +263,14 @@ RULES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Draw; every refusal or failure is one line on stderr (vislora.console.guarded), usage errors exit 2."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: draw(args))
+
+
+def draw(args: argparse.Namespace) -> int:
+    checks.check(args, RULES)  # every flag, before the pipeline loads
     try:
-        checks.check(args, RULES)
         adapters = [parse_lora(t) for t in args.lora]
         if len({a.name for a in adapters}) != len(adapters):
             raise ValueError(f"--lora: two adapters share a name {[a.name for a in adapters]}; write NAME=FILE")
@@ -275,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(source.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
                      args.height, args.width, adapters, grid, source.config, source.revision)
         image = generate(pipe, s)
-    except (VisloraError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # ours (--lora, --grid) and the pipeline's (a size it cannot draw)
+        raise checks.UsageError(str(e)) from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, pnginfo=png_info(s, type(pipe.scheduler).__name__))
