@@ -376,6 +376,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_adapter(data, tmp_path):
         _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
     assert not (killed / "adapter.safetensors").exists()
+    # Another run (another seed) into the killed run's folder is refused, and changes nothing there.
+    before = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file() and ".tmp-" not in str(p)}
+    assert classify_vit.main(_args(data, killed, *args, "--seed", "1")) == 2
+    assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file() and ".tmp-" not in str(p)} == before
 
     resumed = _recipe_process(_args(data, killed, *args, "--resume"))
     reference = _recipe_process(_args(data, whole, *args))
