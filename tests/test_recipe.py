@@ -48,13 +48,18 @@ def _write_images(root: Path, per_class: int, seed: int) -> Path:
 def data(tmp_path_factory) -> dict[str, Path]:
     """Train (3 classes x 6) and validation (3 x 2) folders and a base weights file recording its model."""
     root = tmp_path_factory.mktemp("recipe")
+    return {"train": _write_images(root / "train", 6, 0), "val": _write_images(root / "val", 2, 1),
+            "weights": base_weights(root), "root": root}
+
+
+def base_weights(root: Path) -> Path:
+    """A tiny ViT's weights file (seed 0) that records its timm model and kwargs, as --weights takes it."""
     torch.manual_seed(0)
     base = timm.create_model(MODEL, pretrained=False, num_classes=7, **KWARGS)
     weights = root / "base.safetensors"
     container.write(weights, base.state_dict(), {"format": "pt", "timm_model": MODEL,
                                                  "timm_model_kwargs": json.dumps(KWARGS)})
-    return {"train": _write_images(root / "train", 6, 0), "val": _write_images(root / "val", 2, 1),
-            "weights": weights, "root": root}
+    return weights
 
 
 def _args(data, out, *extra) -> list[str]:

@@ -12,9 +12,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import timm
 import torch
-from test_recipe import KWARGS, MODEL, _write_images
+from test_recipe import _write_images, base_weights
 
 from vislora.checks import UsageError
 from vislora.formats import container
@@ -133,12 +132,7 @@ def test_the_newest_good_checkpoint_survives_any_keep(tmp_path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runfolder")
-    torch.manual_seed(0)
-    base = timm.create_model(MODEL, pretrained=False, num_classes=7, **KWARGS)
-    weights = root / "base.safetensors"
-    container.write(weights, base.state_dict(), {"format": "pt", "timm_model": MODEL,
-                                                 "timm_model_kwargs": json.dumps(KWARGS)})
-    return {"train": _write_images(root / "train", 4, 0), "weights": weights, "root": root}
+    return {"train": _write_images(root / "train", 4, 0), "weights": base_weights(root), "root": root}
 
 
 def _run(data, out: Path, *extra: str) -> int:
