@@ -101,7 +101,8 @@ def known_model(name: str) -> str | None:
 # Every flag's constraint, checked in one step before anything is loaded (vislora.checks).
 RULES = {
     "val_split": checks.share(example="0.2"), "model": known_model, "img_size": checks.count(1),
-    "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"), "dropout": checks.share(example="0.1"),
+    "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"),
+    "dropout": checks.share(example="0.1"),
     "epochs": checks.count(1), "max_steps": checks.count(1), "batch_size": checks.count(1),
     "grad_accum": checks.count(1), "lr": checks.positive("1e-3"), "weight_decay": checks.number(0),
     "warmup": checks.share(example="0.1"), "clip_grad": checks.number(0),
@@ -226,14 +227,16 @@ def run(args: argparse.Namespace) -> dict:
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=train.paths, labels=train.labels)
-    if main:  # the folder becomes this run's (--overwrite: the previous run's files go now, not before)
-        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
-    accelerator.wait_for_everyone()
 
     state = {"step": 0, "history": [], "epoch_loss": 0.0, "epoch_images": 0, "epoch_seconds": 0.0,
              "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0}
     if args.resume:
         state = resume_training(run_dir, model, optimizer, state, config_hash=digest, say=accelerator.print)
+    # The folder becomes this run's, once its model, data and checkpoint loaded (--overwrite: the previous
+    # run's files go now, not before).
+    if main:
+        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(model, optimizer)
     bare = accelerator.unwrap_model(model)
     accelerator.print(f"{mode}: {n_trainable:,} of {n_total:,} parameters train ({100 * n_trainable / n_total:.2f}%); "

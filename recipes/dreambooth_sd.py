@@ -290,9 +290,6 @@ def run(args: argparse.Namespace) -> dict:
     pipe.to(device)
     targets = targets_of(base, args)
     items, classes, resolution = load_data(args, base, accelerator)
-    if main:  # the folder becomes this run's (--overwrite: the previous run's files go now, not before)
-        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
-    accelerator.wait_for_everyone()
     torch.manual_seed(args.seed)  # the adapters' initial factors: the same in every run with this seed
     report = vislora.inject(pipe, targets, rank=args.rank, dropout=args.dropout, dora=args.dora)
     if args.gradient_checkpointing:
@@ -318,6 +315,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.resume:
         state = resume_training(run_dir, holder, optimizer, state, config_hash=digest, say=accelerator.print)
         state.setdefault("evals", [])  # checkpoints from before the evaluation loss
+    # The folder becomes this run's, once its model, data and checkpoint loaded (--overwrite: the previous
+    # run's files go now, not before).
+    if main:
+        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
 
     def evaluation() -> dict:  # main process only: the trained modules unwrapped, no DDP hooks
         return {"step": state["step"], "eval_loss": evaluate(base, trained, accelerator, text, items, cached, alphas,

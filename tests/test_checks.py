@@ -19,7 +19,8 @@ from PIL import Image
 from vislora import checks, cli, console
 from vislora.recipes import classify_vit, dreambooth_sd, style_sd
 
-MISSING_MODEL = "/nonexistent-vislora-model"  # loading it fails at once (no hub id): a refusal naming a flag proves nothing loaded
+# Loading it fails at once (not a hub id either): a refusal naming another flag proves nothing was loaded.
+MISSING_MODEL = "/nonexistent-vislora-model"
 
 
 def _one_line(capsys) -> str:

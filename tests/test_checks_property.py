@@ -21,7 +21,8 @@ VALUES = st.one_of(NUMBERS, NUMBERS, NUMBERS, TEXT)  # mostly numbers: most flag
 COMMANDS = {
     "dreambooth": (lambda argv: dreambooth_sd.parse_args(argv, "dreambooth"), dreambooth_sd.RULES,
                    ["--model", "m", "--instance-data", "d", "--instance-prompt", "p"]),
-    "style": (lambda argv: dreambooth_sd.parse_args(argv, "style"), dreambooth_sd.RULES, ["--model", "m", "--data", "d"]),
+    "style": (lambda argv: dreambooth_sd.parse_args(argv, "style"), dreambooth_sd.RULES,
+              ["--model", "m", "--data", "d"]),
     "classify": (classify_vit.parse_args, classify_vit.RULES, ["--data", "d"]),
     "generate": (generate.parse_args, generate.RULES, ["--model", "m", "--prompt", "p"]),
 }

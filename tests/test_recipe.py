@@ -220,6 +220,7 @@ def test_other_settings_do_not_resume(trained, data, tmp_path, capsys):
     shutil.copytree(trained / "checkpoints", out / "checkpoints")
     assert classify_vit.main(_args(data, out, "--epochs", "2", "--lr", "1e-2", "--resume")) == 2
     assert "different training settings" in _one_error_line(capsys)
+    assert not (out / "run.json").exists()  # the refused run did not make the folder its own
 
 
 @pytest.mark.parametrize("mode", ["--head-only", "--full"])
