@@ -279,3 +279,12 @@ def test_json_object_type():
     for text in ("[1,2]", "3", "nope"):
         with pytest.raises(argparse.ArgumentTypeError):
             checks.json_object(text)
+
+
+def test_device_rule_on_a_machine_with_one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    rule = checks.device_present()
+    assert rule("cuda") is None and rule("cuda:0") is None and rule("cpu") is None
+    assert rule("cuda:1") == "this machine has 1 CUDA device(s)"
+    assert rule("gpu") == "is not a device; use cpu, cuda, cuda:1 or mps"
