@@ -41,6 +41,7 @@ from vislora.train.plots import plot_loss, save_grid, save_png
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
                                 run_main)
 from vislora.train.trainstate import resume_training, save_training
+from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
@@ -53,7 +54,7 @@ METADATA_KEY = "vislora.diffusion"
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
                                 "Train a style LoRA for Stable Diffusion from a folder of captioned images.",
-                                prog=f"vislora {task}")
+                                prog=f"vislora {task}", formatter_class=HelpFormatter)
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
     add_source_options(model)

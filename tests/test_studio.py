@@ -53,7 +53,7 @@ def test_model_folder_that_does_not_load(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--port", "99999"], "'99999' is not a port; give a number from 1 to 65535"),
     (["--port", "0"], "'0' is not a port"),
-    (["--threads", "0"], "--threads 0: give 1 or more"),
+    (["--threads", "0"], "'0': give a whole number of CPU threads, 1 or more"),
     (["--out", "{tmp}/file"], "--out {tmp}/file: a file is there, not a folder"),
     (["--out", "{tmp}/file/sub"], "--out {tmp}/file/sub: cannot make the folder"),
     (["--out", "{tmp}/readonly"], "--out {tmp}/readonly: cannot write in the folder"),

@@ -28,6 +28,7 @@ from vislora.studio.mix import Mix, Request, StudioInputError
 browser = pytest.mark.skipif(not CHROMIUM.exists(),
                              reason="Debian's chromium is not installed (.ci/run installs it)")
 SHOTS = os.environ.get("VISLORA_STUDIO_SCREENSHOTS")
+SHOTS_DIR = Path(SHOTS).resolve() if SHOTS else None  # named before the fixture moves into a clean folder
 WAIT_MS = 60_000
 
 
@@ -43,13 +44,19 @@ def studio_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("studio")
     base = base_folder(root)
     folder = adapter_folder(root, base)
-    threads = torch.get_num_threads()
+    threads, cwd = torch.get_num_threads(), os.getcwd()
     torch.set_num_threads(1)
+    if SHOTS:  # the screenshots show the page as `vislora studio --model samples/digits_sd --adapters adapters`
+        SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+        (root / "samples").symlink_to(base.parent, target_is_directory=True)
+        os.chdir(root)
+        base, folder = Path("samples") / base.name, folder.relative_to(root)
     studio = Studio(base, folder, root / "out", live_seconds=60.0)  # previews whatever the machine's load
     port = free_port()
     page = serve(studio, "127.0.0.1", port, block=False)
     yield studio, f"http://127.0.0.1:{port}"
     page.close()
+    os.chdir(cwd)
     torch.set_num_threads(threads)
 
 
@@ -128,8 +135,7 @@ def _shot(tab, name: str, studio) -> None:
             if not studio._lock.locked():
                 break
         tab.wait_for_timeout(1000)
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(Path(SHOTS) / name), full_page=True)
+        tab.screenshot(path=str(SHOTS_DIR / name), full_page=True)
 
 
 @browser

@@ -73,7 +73,7 @@ def port_number(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..diffusion.bases import add_source_options
+    from ..diffusion.bases import add_source_options, add_threads_option
     from ..helpformat import HelpFormatter
 
     p = argparse.ArgumentParser(prog="vislora studio", formatter_class=HelpFormatter,
@@ -91,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-seconds", type=float, default=1.0, help="previews follow the sliders while one image "
                    "takes less than this many seconds; slower bases wait for Generate")
     p.add_argument("--out", default="studio_out", help="where exports (PNG, merged adapter) are written")
-    p.add_argument("--threads", type=int, help="CPU threads for drawing (torch's choice when left out)")
+    add_threads_option(p)
     args = p.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads {args.threads}: give 1 or more")
     try:
         # Cheap checks first, so a bad --out, a busy port or a missing gradio is said before the model loads.
         from .paths import OutputFolder
@@ -111,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         studio = Studio(args.model, args.adapters, args.out, live_seconds=args.live_seconds,
                         model_config=args.model_config, revision=args.revision)
         print(f"vislora studio on http://{args.host}:{args.port}  (Ctrl+C to stop)", file=sys.stderr)
+        from .guard import accepted_hosts, is_loopback
+
+        if not is_loopback(args.host) and not args.allow_host:
+            print(f"note: it answers only the names {' '.join(accepted_hosts(args.host))}; a remote browser's "
+                  "name needs --allow-host NAME (docs/studio.md)", file=sys.stderr)
         serve(studio, args.host, args.port, allow_hosts=args.allow_host)
     except VisloraError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 from .. import formats
 from ..formats.arch import of_file
 from .blocks import coverage
+from ..helpformat import HelpFormatter
 
 MAX_VALUE_CHARS = 160
 SHOWN_METADATA = ("ss_", "sshs_", "modelspec.", "vislora.", "format", "lora_adapter_metadata")
@@ -96,7 +97,8 @@ def _text(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("file", help="adapter .safetensors file or PEFT adapter folder")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = p.parse_args(argv)
