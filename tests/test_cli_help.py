@@ -20,7 +20,7 @@ def test_vislora_help_is_on_stdout_and_exits_0(capsys):
     assert main(["--help"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and all(name in out for name in COMMANDS)
-    assert main([]) == 2 and "usage: vislora COMMAND" in capsys.readouterr().err  # no command: a usage error
+    assert main([]) == 2 and "usage: vislora [--debug] COMMAND" in capsys.readouterr().err  # no command: a usage error
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
