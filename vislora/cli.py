@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
         asked = bool(argv) and argv[0] in ("-h", "--help")  # asked: stdout and 0, as argparse does; else usage error
         print("usage: vislora [--debug] COMMAND [options]    (vislora COMMAND --help: its options and defaults)\n\n"
-              "commands:\n" + "\n".join(lines) + "\n\n--debug: show the traceback of an error instead of its one line",
-              file=sys.stdout if asked else sys.stderr)
+              "commands:\n" + "\n".join(lines)
+              + "\n\n--debug: show the traceback of an error instead of its one line", file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     command, _ = COMMANDS[argv[0]]
     before = os.environ.get(DEBUG_ENV)

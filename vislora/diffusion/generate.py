@@ -24,8 +24,8 @@ import torch
 from .. import checks
 from ..bank import AdapterBank
 from ..console import guarded
-from ..helpformat import HelpFormatter
 from .bases import add_source_options, add_threads_option, load_pipeline
+from ..helpformat import HelpFormatter
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -266,13 +266,13 @@ RULES = {
 def main(argv: list[str] | None = None) -> int:
     """Draw; every refusal or failure is one line on stderr (vislora.console.guarded), usage errors exit 2."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     return guarded(lambda: draw(args))
 
 
 def draw(args: argparse.Namespace) -> int:
     checks.check(args, RULES)  # every flag, before the pipeline loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         adapters = [parse_lora(t) for t in args.lora]
         if len({a.name for a in adapters}) != len(adapters):
