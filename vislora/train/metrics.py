@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,15 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     if any(row.get("val_loss") is not None for row in history):
         left.plot(epochs, [row.get("val_loss") for row in history], marker="o", label="validation")
         right.plot(epochs, [row.get("val_top1") for row in history], marker="o", label="top-1")
-        right.plot(epochs, [row.get("val_top5") for row in history], marker="o", label="top-5")
+        if any(row.get("val_top5") is not None for row in history):  # None: at most 5 classes
+            right.plot(epochs, [row.get("val_top5") for row in history], marker="o", label="top-5")
     left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
