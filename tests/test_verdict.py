@@ -106,3 +106,10 @@ def test_classify_verdicts():
     assert _classify(val_loss=math.nan).outcome == DIVERGED
     no_val = _classify(val_loss=None, val_top1=None, last_loss=0.5)
     assert no_val.outcome == LEARNED and "top-1" not in no_val.reason
+
+
+def test_diffusion_without_an_eval_loss_judges_by_the_samples():
+    v = _diffusion(eval_before=None, eval_after=None)
+    assert v.outcome == LEARNED and v.reason.startswith("samples moved 0.2700")
+    still = _diffusion(eval_before=None, eval_after=None, moved=0.001)
+    assert still.flag == "--lr" and still.reason.startswith("samples moved 0.0010")

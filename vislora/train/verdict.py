@@ -103,6 +103,10 @@ def stopped_verdict(reason: str, kept_step: int | None, numbers: dict | None = N
                    {"kept_step": kept_step, **(numbers or {})}, "--lr")
 
 
+def _join(*parts: str, sep: str = ", ") -> str:
+    return sep.join(p for p in parts if p)
+
+
 def _finite(*values: float | None) -> bool:
     return all(v is None or math.isfinite(v) for v in values)
 
@@ -116,16 +120,18 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
     numbers = {"eval_loss_before": eval_before, "eval_loss_after": eval_after, "eval_loss_change": change,
                "moved": moved, "drift": drift, "spread_ratio": spread_ratio, "toward": toward, "lr": lr,
                "steps": steps}
-    loss_text = (f"eval loss {eval_before:.4f} -> {eval_after:.4f} ({100 * change:+.1f}%)"
-                 if change is not None and _finite(change) else f"eval loss {eval_before} -> {eval_after}")
+    if change is not None and _finite(change):
+        loss_text = f"eval loss {eval_before:.4f} -> {eval_after:.4f} ({100 * change:+.1f}%)"
+    else:  # no evaluation pictures (--eval-images 0), or NaN/inf
+        loss_text = f"eval loss {eval_before} -> {eval_after}" if eval_before is not None else ""
     if not _finite(eval_after, moved, spread_ratio):
-        return Verdict(DIVERGED, f"NaN/inf at the end ({loss_text}, samples moved {moved}); lower --lr", numbers,
-                       "--lr")
+        return Verdict(DIVERGED, f"NaN/inf at the end ({_join(loss_text, f'samples moved {moved}')}); lower --lr",
+                       numbers, "--lr")
     if change is not None and change > EVAL_RISE:
         return Verdict(DIVERGED, f"{loss_text}: the loss rose; lower --lr", numbers, "--lr")
     if spread_ratio is not None and spread_ratio < COLLAPSE:
         return Verdict(DIVERGED, f"the samples collapsed: their spread across seeds is {spread_ratio:.2f} of the "
-                       f"base's ({loss_text}); lower --lr", numbers, "--lr")
+                       f"base's{f' ({loss_text})' if loss_text else ''}; lower --lr", numbers, "--lr")
     moved_text = f"samples moved {moved:.4f} (mean |pixel difference| at strength 1 vs 0)" if moved is not None else ""
     if toward is not None:
         moved_text += f", {100 * toward:.0f}% closer to the training pictures"
@@ -133,7 +139,7 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
     small += [f"closer by under {100 * TOWARD:.0f}%"] if toward is not None and toward < TOWARD else []
     if small:
         flag, now = ("--lr", f"{lr:g}") if change is None or -change < LOSS_MOVED else ("--steps", str(steps))
-        return Verdict(BARELY_CHANGED, f"{loss_text}, {moved_text} ({' and '.join(small)}): raise {flag} "
+        return Verdict(BARELY_CHANGED, f"{_join(loss_text, moved_text)} ({' and '.join(small)}): raise {flag} "
                        f"(now {now})", numbers, flag)
     parts = [loss_text, moved_text]
     if drift is not None:
@@ -141,7 +147,7 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
         if moved and drift > 0.5 * moved:
             note += " (over half the subject's: other prompts change too)"
         parts.append(note)
-    return Verdict(LEARNED, "; ".join(p for p in parts if p), numbers)
+    return Verdict(LEARNED, _join(*parts, sep="; "), numbers)
 
 
 def classify_verdict(*, classes: int, first_loss: float | None, last_loss: float | None,
