@@ -70,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     for set_name, (train, val) in image_sets(OUT / "data").items():
         if set_name not in args.sets:
             continue
-        for i, name in enumerate(chosen):
+        for name in chosen:
             key = f"{set_name} | {name}"
             if key in results and name != "defaults":  # the defaults are re-measured: they are what changes
                 continue
-            results[key] = run(name, SETTINGS[name], train, val, OUT / f"{set_name}-{i}")
+            results[key] = run(name, SETTINGS[name], train, val, OUT / f"{set_name}-{list(SETTINGS).index(name)}")
+            # Merged with what another sweep may have written meanwhile.
+            results = {**(json.loads(results_path.read_text()) if results_path.exists() else {}), key: results[key]}
             results_path.write_text(json.dumps(results, indent=1))
             r = results[key]
             print(f"{key:<50} top-1 {100 * r['top1']:5.1f}%  {r['steps']:4d} steps  {r['seconds']:4.0f} s", flush=True)

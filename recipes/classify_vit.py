@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--warmup", type=float, default=0.1, help="share of the steps with linear warm-up")
     train.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     train.add_argument("--crop-scale", type=float, default=0.7, help="smallest area of the random crop")
-    train.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (0 for text, digits)")
+    train.add_argument("--hflip", type=float, default=0.0,
+                       help="horizontal flip probability (default 0: a flip changes what digits, text and many "
+                       "objects are; 0.5 suits photos of things that look the same mirrored)")
     train.add_argument("--crop-pct", type=float, help="eval centre-crop share (default: the model's)")
     train.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto")
     train.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")

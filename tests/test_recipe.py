@@ -434,3 +434,23 @@ def test_a_killed_run_resumes_to_the_uninterrupted_adapter(data, tmp_path):
     a, b = _tensors(whole / "adapter.safetensors"), _tensors(killed / "adapter.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in killed.rglob("*") if p.name.startswith(".")]  # the torn write was cleaned up
+
+
+def test_the_defaults_learn_a_small_digits_folder(tmp_path):
+    """Only data and --out given (plus workers/threads, which do not change the result), on the shipped digits
+    base: 20 scans of each of the digits 5-9 it never saw. The defaults' step budget and learning rate reach the
+    accuracy the tuned settings reach (docs/classify.md)."""
+    sys.path.insert(0, str(ROOT / "samples"))
+    from digits import write_digits
+
+    train, val = write_digits(tmp_path / "digits", range(5, 10), val_fraction=0.89)  # ~20 train, ~160 val each
+    for folder in val.iterdir():  # 40 validation scans a digit are enough to tell 90% from chance
+        for extra in sorted(folder.iterdir())[40:]:
+            extra.unlink()
+    out = tmp_path / "run"
+    assert classify_vit.main(["--data", str(train), "--val-data", str(val), "--weights",
+                              str(ROOT / "samples" / "digits_base.safetensors"), "--out", str(out), "--workers", "0",
+                              "--threads", "1", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == classify_vit.LEAST_STEPS and metrics["verdict"]["outcome"] == "learned"
+    assert metrics["val_top1"] >= 0.90, metrics["val_top1"]

@@ -32,7 +32,7 @@ EVAL_RISE = 0.1         # eval loss this share above its value before training: 
 MOVED = 0.02            # samples move less than this (mean |pixel difference|, 0..1): barely changed
 TOWARD = 0.15           # or come less than this share of the way closer to the training pictures
 COLLAPSE = 0.25         # samples' spread across seeds below this share of the base's: collapsed
-LOSS_MOVED = 0.02       # eval loss fell less than this share: the step size is the problem (--lr), else --steps
+LOSS_MOVED = 0.05       # eval loss fell less than this share: the step size is the problem (--lr), else --steps
 # At the end, classification.
 GAIN = 0.1              # loss at least this share below ln(classes), or
 TOP1_GAIN = 0.2         # top-1 at least this share of the way from chance to 100%: learned
