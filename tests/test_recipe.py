@@ -454,3 +454,16 @@ def test_the_defaults_learn_a_small_digits_folder(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == classify_vit.LEAST_STEPS and metrics["verdict"]["outcome"] == "learned"
     assert metrics["val_top1"] >= 0.90, metrics["val_top1"]
+
+
+def test_default_learning_rates_follow_the_adapter_scale():
+    """The adapter adds (alpha / rank) x up @ down and AdamW steps each factor by about lr, so the default
+    adapter lr is LR x rank / alpha; the new head's is LR; --lr sets both; --full has its own."""
+    lrs = classify_vit.peak_lrs
+    parse = classify_vit.parse_args
+    assert lrs("lora", parse(["--data", "d", "--out", "o"])) == {"adapter": 1e-2, "head": 1e-2}
+    assert lrs("lora", parse(["--data", "d", "--out", "o", "--alpha", "1"])) == {"adapter": 8e-2, "head": 1e-2}
+    assert lrs("lora", parse(["--data", "d", "--out", "o", "--lr", "3e-3"])) == {"adapter": 3e-3, "head": 3e-3}
+    assert lrs("full", parse(["--data", "d", "--out", "o", "--full"])) == {"adapter": 1e-3, "head": 1e-3}
+    budget = classify_vit.step_budget
+    assert (budget(4, None, None), budget(50, None, None), budget(4, 3, None), budget(4, None, 100)) == (300, 500, 12, 100)
