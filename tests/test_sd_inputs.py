@@ -173,7 +173,7 @@ def test_preset_counts_on_sd15_sd2_and_sdxl(preset):
 
 
 def test_fused_originals_cost_on_sd15_in_fp16():
-    """The README's figure: fused, the bank keeps one original weight per merged layer, in the model's dtype. On
+    """docs/blending.md's figure: fused, the bank keeps one original weight per merged layer, in the model's dtype. On
     SD1.5 in fp16 that is 1,635 MiB for unet.all (857 M weights) and 178 MiB for unet.attn (94 M)."""
     from diffusers import UNet2DConditionModel
 
