@@ -36,8 +36,12 @@ SETTINGS: dict[str, list[str]] = {
     "old defaults": OLD_DEFAULTS,
     "demo (40 epochs, lr 1e-2, batch 16)": ["--epochs", "40", "--lr", "1e-2", "--batch-size", "16"],
     **{f"{steps} steps, lr {lr}{', no flip' if not flip else ''}":
-       ["--max-steps", str(steps), "--epochs", "10000", "--lr", lr, *([] if flip else ["--hflip", "0"])]
+       ["--max-steps", str(steps), "--epochs", "10000", "--lr", lr, "--hflip", "0.5" if flip else "0"]
        for steps in (150, 300, 600) for lr in ("1e-3", "3e-3", "1e-2", "3e-2") for flip in (True, False)},
+    "300 steps, lr 1e-2, rank 16": ["--max-steps", "300", "--epochs", "10000", "--lr", "1e-2", "--hflip", "0.5",
+                                    "--rank", "16"],
+    "300 steps, lr 1e-2, batch 16": ["--max-steps", "300", "--epochs", "10000", "--lr", "1e-2", "--hflip", "0.5",
+                                     "--batch-size", "16"],
 }
 
 

@@ -37,6 +37,7 @@ LOSS_MOVED = 0.05       # eval loss fell less than this share: the step size is 
 GAIN = 0.1              # loss at least this share below ln(classes), or
 TOP1_GAIN = 0.2         # top-1 at least this share of the way from chance to 100%: learned
 WORSE_THAN_GUESSING = 1.5  # final training loss above this times ln(classes): diverged
+SPREAD = 0.02           # step losses spread over this share of ln(classes) while not falling: lr too high
 
 
 @dataclass
@@ -152,16 +153,18 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
 
 def classify_verdict(*, classes: int, first_loss: float | None, last_loss: float | None,
                      val_loss: float | None, val_top1: float | None, lr: float, steps: int,
-                     steps_flag: str = "--steps") -> Verdict:
+                     loss_spread: float = 0.0, steps_flag: str = "--steps") -> Verdict:
     """learned / barely changed / diverged for a classifier with a new head: its loss (validation, else the
-    last epoch's training loss) against ln(classes), a uniform guess; top-1 against chance."""
+    last epoch's training loss) against ln(classes), a uniform guess; top-1 against chance. `first_loss` and
+    `last_loss` are mean training losses at the start and the end, `loss_spread` the standard deviation of
+    the step losses at the end: a head that stays a uniform guess scores ln(classes) on every batch."""
     guess, chance = math.log(classes), 1.0 / classes
     loss = val_loss if val_loss is not None else last_loss
     fall = 1.0 - loss / guess if loss is not None and _finite(loss) else None
     top1_gain = (val_top1 - chance) / (1.0 - chance) if val_top1 is not None else None
     numbers = {"classes": classes, "chance_loss": guess, "chance_top1": chance, "first_train_loss": first_loss,
                "last_train_loss": last_loss, "val_loss": val_loss, "val_top1": val_top1, "loss_fall": fall,
-               "top1_gain": top1_gain, "lr": lr, "steps": steps}
+               "top1_gain": top1_gain, "loss_spread": loss_spread, "lr": lr, "steps": steps}
     top1_text = f", val top-1 {100 * val_top1:.1f}% (chance {100 * chance:.1f}%)" if val_top1 is not None else ""
     loss_text = f"loss {loss:.4f} (a uniform guess: {guess:.4f}){top1_text}"
     if not _finite(loss, last_loss):
@@ -174,8 +177,16 @@ def classify_verdict(*, classes: int, first_loss: float | None, last_loss: float
     if last_loss is not None and last_loss > WORSE_THAN_GUESSING * guess:
         return Verdict(DIVERGED, f"training loss {last_loss:.4f} is worse than guessing ({loss_text}); lower --lr",
                        numbers, "--lr")
-    if not (changed and shown):
-        falling = first_loss is not None and last_loss is not None and last_loss < (1 - GAIN) * first_loss
-        flag, now = (steps_flag, str(steps)) if falling else ("--lr", f"{lr:g}")
-        return Verdict(BARELY_CHANGED, f"{loss_text}: raise {flag} (now {now})", numbers, flag)
+    if changed and not shown:  # the training pictures are learned, the validation pictures are not
+        return Verdict(BARELY_CHANGED, f"{loss_text}: the training loss fell to {last_loss:.4f} but validation "
+                       "did not follow; add pictures, or augment more (--hflip, --crop-scale)", numbers, None)
+    if not changed:
+        falling = first_loss is not None and last_loss < (1 - GAIN / 2) * first_loss
+        if falling:  # on its way down: more of the same
+            flag, advice = steps_flag, f"raise {steps_flag} (now {steps})"
+        elif loss_spread > SPREAD * guess:  # it moves, but not down: the steps overshoot
+            flag, advice = "--lr", f"lower --lr (now {lr:g}): the loss moves without falling"
+        else:  # still the uniform guess on every batch: the steps are too small
+            flag, advice = "--lr", f"raise --lr (now {lr:g})"
+        return Verdict(BARELY_CHANGED, f"{loss_text}: {advice}", numbers, flag)
     return Verdict(LEARNED, loss_text, numbers)
