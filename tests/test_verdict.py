@@ -100,10 +100,11 @@ def test_classify_verdicts():
     assert _classify(val_loss=2.0).outcome == LEARNED  # over-confident but right: top-1 decides
     still = _classify(last_loss=1.60, val_loss=1.60, val_top1=0.22, loss_spread=0.001)
     assert still.outcome == BARELY_CHANGED and still.reason.endswith("raise --lr (now 0.001)")
-    slow = _classify(last_loss=1.5, val_loss=1.55, val_top1=0.3)
+    slow = _classify(last_loss=1.5, previous_loss=1.6, val_loss=1.55, val_top1=0.3)
     assert slow.outcome == BARELY_CHANGED and slow.flag == "--steps" and slow.reason.endswith("raise --steps (now 300)")
     # lr 3e-2 on the shapes: the loss swings around the guess (step losses 1.5-1.9) without falling
-    swings = _classify(first_loss=1.62, last_loss=1.58, val_loss=1.62, val_top1=0.21, lr=3e-2, loss_spread=0.12)
+    swings = _classify(first_loss=1.75, previous_loss=1.59, last_loss=1.58, val_loss=1.62, val_top1=0.21, lr=3e-2,
+                       loss_spread=0.12)
     assert swings.flag == "--lr" and "lower --lr (now 0.03)" in swings.reason
     # the defaults on the shapes: the training pictures are learned (0.34), the validation ones are not
     memorised = _classify(first_loss=2.0, last_loss=0.34, val_loss=2.33, val_top1=0.356)

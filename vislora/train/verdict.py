@@ -153,18 +153,22 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
 
 def classify_verdict(*, classes: int, first_loss: float | None, last_loss: float | None,
                      val_loss: float | None, val_top1: float | None, lr: float, steps: int,
-                     loss_spread: float = 0.0, steps_flag: str = "--steps") -> Verdict:
+                     previous_loss: float | None = None, loss_spread: float = 0.0,
+                     steps_flag: str = "--steps") -> Verdict:
     """learned / barely changed / diverged for a classifier with a new head: its loss (validation, else the
-    last epoch's training loss) against ln(classes), a uniform guess; top-1 against chance. `first_loss` and
-    `last_loss` are mean training losses at the start and the end, `loss_spread` the standard deviation of
-    the step losses at the end: a head that stays a uniform guess scores ln(classes) on every batch."""
+    last epoch's training loss) against ln(classes), a uniform guess; top-1 against chance. `first_loss`,
+    `previous_loss` and `last_loss` are mean training losses over the first, the last but one and the last
+    stretch of steps; `loss_spread` is the batch-to-batch noise of the step losses (the standard deviation of
+    their step-to-step differences over sqrt 2): a head that is still a uniform guess scores ln(classes) on
+    every batch, so its noise is near 0."""
     guess, chance = math.log(classes), 1.0 / classes
     loss = val_loss if val_loss is not None else last_loss
     fall = 1.0 - loss / guess if loss is not None and _finite(loss) else None
     top1_gain = (val_top1 - chance) / (1.0 - chance) if val_top1 is not None else None
     numbers = {"classes": classes, "chance_loss": guess, "chance_top1": chance, "first_train_loss": first_loss,
                "last_train_loss": last_loss, "val_loss": val_loss, "val_top1": val_top1, "loss_fall": fall,
-               "top1_gain": top1_gain, "loss_spread": loss_spread, "lr": lr, "steps": steps}
+               "top1_gain": top1_gain, "previous_train_loss": previous_loss, "loss_spread": loss_spread, "lr": lr,
+               "steps": steps}
     top1_text = f", val top-1 {100 * val_top1:.1f}% (chance {100 * chance:.1f}%)" if val_top1 is not None else ""
     loss_text = f"loss {loss:.4f} (a uniform guess: {guess:.4f}){top1_text}"
     if not _finite(loss, last_loss):
@@ -181,7 +185,8 @@ def classify_verdict(*, classes: int, first_loss: float | None, last_loss: float
         return Verdict(BARELY_CHANGED, f"{loss_text}: the training loss fell to {last_loss:.4f} but validation "
                        "did not follow; add pictures, or augment more (--hflip, --crop-scale)", numbers, None)
     if not changed:
-        falling = first_loss is not None and last_loss < (1 - GAIN / 2) * first_loss
+        before = previous_loss if previous_loss is not None else first_loss
+        falling = before is not None and last_loss < (1 - GAIN / 2) * before
         if falling:  # on its way down: more of the same
             flag, advice = steps_flag, f"raise {steps_flag} (now {steps})"
         elif loss_spread > SPREAD * guess:  # it moves, but not down: the steps overshoot
