@@ -376,16 +376,9 @@ def judge(args, mode: str, state: dict, classes: int, last: dict) -> verdict.Ver
     if state.get("stopped"):
         return verdict.stopped_verdict(state["stopped"]["reason"], state["stopped"]["kept_step"],
                                        {"lr": peak_lrs(mode, args)["adapter"], "steps": state["step"]})
-    losses = state["losses"]
-    window = verdict.watch_window(len(losses), least=1)
-    first, previous, end = (sum(part) / len(part) if part else None
-                            for part in (losses[:window], losses[-2 * window:-window], losses[-window:]))
-    later = torch.tensor(losses[window:], dtype=torch.float64)  # after the fresh head's first drop
-    spread = float(later.diff().std() / math.sqrt(2)) if len(later) > 2 else 0.0
-    return verdict.classify_verdict(classes=classes, first_loss=first, last_loss=end, val_loss=last.get("val_loss"),
+    return verdict.classify_verdict(classes=classes, losses=state["losses"], val_loss=last.get("val_loss"),
                                     val_top1=last.get("val_top1"), lr=peak_lrs(mode, args)["adapter"],
-                                    steps=state["step"], previous_loss=previous, loss_spread=spread,
-                                    steps_flag="--epochs")
+                                    steps=state["step"], steps_flag="--epochs")
 
 
 def report(summary: dict) -> None:

@@ -90,28 +90,41 @@ def test_a_stopped_run_says_which_weights_it_kept():
                            "of step 5; lower --lr", "flag": "--lr", "kept_step": 5, "lr": 1.0}
 
 
-def _classify(**kw):
-    numbers = dict(classes=5, first_loss=1.62, last_loss=0.4, val_loss=0.6, val_top1=0.8, lr=1e-3, steps=300)
-    return verdict.classify_verdict(**{**numbers, **kw})
+def _classify(losses, **kw):
+    numbers = dict(classes=5, val_loss=0.6, val_top1=0.8, lr=1e-3, steps=len(losses))
+    return verdict.classify_verdict(losses=losses, **{**numbers, **kw})
+
+
+FALLING = [2.0 - 0.01 * i for i in range(40)]                   # 2.0 -> 1.61: on its way down
+AT_GUESS = [1.6094 + 0.001 * (-1) ** i for i in range(40)]      # a uniform head: ln 5 on every batch
+SWINGING = [1.7] * 4 + [1.6, 1.9] * 18                          # lr too high: worse than it started
+LEARNING = [2.0 * 0.95 ** i for i in range(40)]                  # 2.0 -> 0.28
+
+
+def test_loss_trend_numbers():
+    t = verdict.loss_trend(FALLING)
+    assert t["first_train_loss"] == pytest.approx(2.0 - 0.01 * 1.5) and t["late_fall"] == pytest.approx(
+        1 - (2.0 - 0.01 * 34.5) / (2.0 - 0.01 * 14.5))
+    assert t["worst_rise"] < 0  # every later window lower than the first
+    assert verdict.loss_trend(SWINGING)["worst_rise"] == pytest.approx(1.75 / 1.7 - 1)
 
 
 def test_classify_verdicts():
-    assert _classify().outcome == LEARNED
-    assert _classify(val_loss=2.0).outcome == LEARNED  # over-confident but right: top-1 decides
-    still = _classify(last_loss=1.60, val_loss=1.60, val_top1=0.22, loss_spread=0.001)
+    assert _classify(LEARNING).outcome == LEARNED
+    assert _classify(LEARNING, val_loss=2.0).outcome == LEARNED  # over-confident but right: top-1 decides
+    still = _classify(AT_GUESS, val_loss=1.61, val_top1=0.22)
     assert still.outcome == BARELY_CHANGED and still.reason.endswith("raise --lr (now 0.001)")
-    slow = _classify(last_loss=1.5, previous_loss=1.6, val_loss=1.55, val_top1=0.3)
-    assert slow.outcome == BARELY_CHANGED and slow.flag == "--steps" and slow.reason.endswith("raise --steps (now 300)")
-    # lr 3e-2 on the shapes: the loss swings around the guess (step losses 1.5-1.9) without falling
-    swings = _classify(first_loss=1.75, previous_loss=1.59, last_loss=1.58, val_loss=1.62, val_top1=0.21, lr=3e-2,
-                       loss_spread=0.12)
-    assert swings.flag == "--lr" and "lower --lr (now 0.03)" in swings.reason
-    # the defaults on the shapes: the training pictures are learned (0.34), the validation ones are not
-    memorised = _classify(first_loss=2.0, last_loss=0.34, val_loss=2.33, val_top1=0.356)
+    slow = _classify(FALLING, val_loss=1.7, val_top1=0.3, steps_flag="--epochs")
+    assert slow.flag == "--epochs" and slow.reason.endswith("raise --epochs (now 40): the loss was still falling")
+    swings = _classify(SWINGING, val_loss=1.62, val_top1=0.21, lr=3e-2)
+    assert swings.flag == "--lr" and swings.reason.endswith("lower --lr (now 0.03): the loss rose above where it "
+                                                            "started")
+    # the training pictures are learned, the validation ones are not (the defaults on the shapes)
+    memorised = _classify(LEARNING, val_loss=2.33, val_top1=0.356)
     assert memorised.outcome == BARELY_CHANGED and memorised.flag is None and "did not follow" in memorised.reason
-    assert _classify(last_loss=5.0, val_loss=9.0, val_top1=0.2).outcome == DIVERGED
-    assert _classify(val_loss=math.nan).outcome == DIVERGED
-    no_val = _classify(val_loss=None, val_top1=None, last_loss=0.5)
+    assert _classify([1.6] * 10 + [9.0] * 10, val_loss=9.0, val_top1=0.2).outcome == DIVERGED
+    assert _classify(LEARNING, val_loss=math.nan).outcome == DIVERGED
+    no_val = _classify(LEARNING, val_loss=None, val_top1=None)
     assert no_val.outcome == LEARNED and "top-1" not in no_val.reason
 
 

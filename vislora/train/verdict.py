@@ -37,7 +37,6 @@ LOSS_MOVED = 0.05       # eval loss fell less than this share: the step size is 
 GAIN = 0.1              # loss at least this share below ln(classes), or
 TOP1_GAIN = 0.2         # top-1 at least this share of the way from chance to 100%: learned
 WORSE_THAN_GUESSING = 1.5  # final training loss above this times ln(classes): diverged
-SPREAD = 0.02           # step losses spread over this share of ln(classes) while not falling: lr too high
 
 
 @dataclass
@@ -151,46 +150,55 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
     return Verdict(LEARNED, _join(*parts, sep="; "), numbers)
 
 
-def classify_verdict(*, classes: int, first_loss: float | None, last_loss: float | None,
-                     val_loss: float | None, val_top1: float | None, lr: float, steps: int,
-                     previous_loss: float | None = None, loss_spread: float = 0.0,
-                     steps_flag: str = "--steps") -> Verdict:
-    """learned / barely changed / diverged for a classifier with a new head: its loss (validation, else the
-    last epoch's training loss) against ln(classes), a uniform guess; top-1 against chance. `first_loss`,
-    `previous_loss` and `last_loss` are mean training losses over the first, the last but one and the last
-    stretch of steps; `loss_spread` is the batch-to-batch noise of the step losses (the standard deviation of
-    their step-to-step differences over sqrt 2): a head that is still a uniform guess scores ln(classes) on
-    every batch, so its noise is near 0."""
+def loss_trend(losses: list[float]) -> dict[str, float | None]:
+    """Numbers of a run's per-step training losses: the mean of its first and last `watch_window` steps, the
+    fall from its second quarter to its last (how much it was still learning), and the highest mean of a
+    later window of steps over the first's, less 1 (above 0: the loss got worse than it started)."""
+    n = len(losses)
+    if n == 0:
+        return {"first_train_loss": None, "last_train_loss": None, "late_fall": None, "worst_rise": None}
+    w = watch_window(n, least=1)
+    first = _mean(losses[:w])
+    later = [_mean(losses[i:i + w]) for i in range(w, n - w + 1, w)]
+    second, last = losses[n // 4:max(n // 2, n // 4 + 1)], losses[3 * n // 4:]
+    return {"first_train_loss": first, "last_train_loss": _mean(losses[-w:]),
+            "late_fall": 1.0 - _mean(last) / _mean(second) if n >= 4 else None,
+            "worst_rise": max(later) / first - 1.0 if later else None}
+
+
+def classify_verdict(*, classes: int, losses: list[float], val_loss: float | None, val_top1: float | None,
+                     lr: float, steps: int, steps_flag: str = "--steps") -> Verdict:
+    """learned / barely changed / diverged for a classifier with a new head, from its per-step training
+    losses (see loss_trend) and its last validation: the loss (validation, else training) against
+    ln(classes), a uniform guess, and top-1 against chance."""
     guess, chance = math.log(classes), 1.0 / classes
+    trend = loss_trend(losses)
+    last_loss = trend["last_train_loss"]
     loss = val_loss if val_loss is not None else last_loss
     fall = 1.0 - loss / guess if loss is not None and _finite(loss) else None
     top1_gain = (val_top1 - chance) / (1.0 - chance) if val_top1 is not None else None
-    numbers = {"classes": classes, "chance_loss": guess, "chance_top1": chance, "first_train_loss": first_loss,
-               "last_train_loss": last_loss, "val_loss": val_loss, "val_top1": val_top1, "loss_fall": fall,
-               "top1_gain": top1_gain, "previous_train_loss": previous_loss, "loss_spread": loss_spread, "lr": lr,
-               "steps": steps}
+    numbers = {"classes": classes, "chance_loss": guess, "chance_top1": chance, **trend, "val_loss": val_loss,
+               "val_top1": val_top1, "loss_fall": fall, "top1_gain": top1_gain, "lr": lr, "steps": steps}
     top1_text = f", val top-1 {100 * val_top1:.1f}% (chance {100 * chance:.1f}%)" if val_top1 is not None else ""
-    loss_text = f"loss {loss:.4f} (a uniform guess: {guess:.4f}){top1_text}"
+    loss_text = f"loss {loss:.4f} (a uniform guess: {guess:.4f}){top1_text}" if loss is not None else "no loss"
     if not _finite(loss, last_loss):
-        return Verdict(DIVERGED, f"NaN/inf loss at the end; lower --lr", numbers, "--lr")
+        return Verdict(DIVERGED, "NaN/inf loss at the end; lower --lr", numbers, "--lr")
+    if last_loss is not None and last_loss > WORSE_THAN_GUESSING * guess:
+        return Verdict(DIVERGED, f"training loss {last_loss:.4f} is worse than guessing ({loss_text}); lower --lr",
+                       numbers, "--lr")
     # The training loss must have left the uniform guess (a near-uniform head's top-1 is luck), and the
     # validation must show it: a loss below the guess or a top-1 above chance.
     changed = last_loss is not None and last_loss < (1 - GAIN) * guess
     shown = val_loss is None or (fall is not None and fall >= GAIN) or (top1_gain is not None and
                                                                       top1_gain >= TOP1_GAIN)
-    if last_loss is not None and last_loss > WORSE_THAN_GUESSING * guess:
-        return Verdict(DIVERGED, f"training loss {last_loss:.4f} is worse than guessing ({loss_text}); lower --lr",
-                       numbers, "--lr")
     if changed and not shown:  # the training pictures are learned, the validation pictures are not
         return Verdict(BARELY_CHANGED, f"{loss_text}: the training loss fell to {last_loss:.4f} but validation "
                        "did not follow; add pictures, or augment more (--hflip, --crop-scale)", numbers, None)
     if not changed:
-        before = previous_loss if previous_loss is not None else first_loss
-        falling = before is not None and last_loss < (1 - GAIN / 2) * before
-        if falling:  # on its way down: more of the same
-            flag, advice = steps_flag, f"raise {steps_flag} (now {steps})"
-        elif loss_spread > SPREAD * guess:  # it moves, but not down: the steps overshoot
-            flag, advice = "--lr", f"lower --lr (now {lr:g}): the loss moves without falling"
+        if trend["late_fall"] is not None and trend["late_fall"] >= GAIN:  # on its way down: more of the same
+            flag, advice = steps_flag, f"raise {steps_flag} (now {steps}): the loss was still falling"
+        elif trend["worst_rise"] is not None and trend["worst_rise"] > 0:  # worse than at the start: overshoot
+            flag, advice = "--lr", f"lower --lr (now {lr:g}): the loss rose above where it started"
         else:  # still the uniform guess on every batch: the steps are too small
             flag, advice = "--lr", f"raise --lr (now {lr:g})"
         return Verdict(BARELY_CHANGED, f"{loss_text}: {advice}", numbers, flag)
