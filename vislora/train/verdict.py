@@ -1,9 +1,10 @@
 """The one line every training run ends with: `learned`, `barely changed` (naming the flag to change) or
 `diverged`, decided from numbers alone so that each rule can be tested without a model.
 
-    why = diverging(losses, bad_steps, window)          # during training: a reason to stop, or None
+    why = diverging(losses, bad_steps, window, ceiling)  # during training: a reason to stop, or None
     v = diffusion_verdict(eval_before=0.21, eval_after=0.17, moved=0.08, drift=0.01, spread_ratio=0.9,
-                          lr=1e-3, steps=400)
+                          toward=0.4, lr=1e-3, steps=400)
+    v = classify_verdict(classes=5, losses=step_losses, val_loss=0.3, val_top1=0.9, lr=1e-2, steps=300)
     v.line()   # 'verdict: learned: eval loss 0.2100 -> 0.1700 (-19.0%); ...'
     v.to_dict()  # what metrics.json records under "verdict"
 
@@ -11,8 +12,9 @@ Diffusion: `moved` is the mean absolute pixel difference (pixels in [0, 1]) betw
 drawn with the adapter off (strength 0) and on (strength 1) at the same seeds; `drift` the same on prompts that
 are not the subject's (DreamBooth's class prompt); `spread_ratio` the samples' spread across seeds (mean
 per-pixel standard deviation) with the adapter on, over the same with it off: near 0, every seed draws the same
-picture (collapse). Classification: the validation (else training) cross-entropy against ln(classes), the loss
-of a uniform guess, and top-1 against the chance 1 / classes.
+picture (collapse); `toward` how much closer the samples come to their nearest training picture.
+Classification: the validation (else training) cross-entropy against ln(classes), the loss of a uniform guess,
+top-1 against the chance 1 / classes, and the shape of the per-step training losses (loss_trend).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Verdict:
     outcome: str                      # LEARNED, BARELY_CHANGED or DIVERGED
     reason: str                       # the numbers behind it, in words
     numbers: dict[str, float | int | str | None] = field(default_factory=dict)
-    flag: str | None = None           # barely changed: the flag to raise
+    flag: str | None = None           # the flag to change (--lr, --steps, --epochs), or None
 
     def line(self) -> str:
         return line(self.to_dict())
