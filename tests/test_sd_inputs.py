@@ -57,7 +57,7 @@ def _db(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ("vit-on-sd", "--preset vit.attn"),
     ("prior-without-prompt", "--prior-preservation needs --class-prompt"),
     ("odd-resolution", "--resolution 30"),
-    ("negative-eval-images", "--eval-images must be at least 0"),
+    ("negative-eval-images", "--eval-images -1: must be a whole number >= 0"),
 ])
 def test_unusable_input_is_one_error_line_before_training(base, tmp_path, capsys, problem, message):
     data = tmp_path / "data"
