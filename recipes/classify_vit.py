@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--out", required=True, help="output folder")
     out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     out.add_argument("--validate-every", type=int, default=0,
-                     help=f"epochs between validations (0: about {VALIDATIONS} in the run, and always the last)")
+                     help=f"epochs between validations (0: about {VALIDATIONS} in the run; the last epoch is always validated)")
     out.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
                      "deleted once this run has loaded its model and data)")
     out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: each epoch)")
