@@ -68,7 +68,8 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no validation set: the accuracy panel stays empty
+            ax.legend()
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=10)
     fig.tight_layout()
