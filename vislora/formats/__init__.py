@@ -12,7 +12,8 @@ A format module `formats/<name>.py` has
                                                      names only resolve against a live model (kohya)
 
 `FORMATS` lists them in detection order. Nothing here touches a model: vislora.apply matches an
-AdapterFile against one. The container (safetensors, read and written by our own code) is `container`.
+AdapterFile against one. The container (the safetensors library under our checks) is `container`; what
+every read refuses beyond it (bounded JSON, alphas, ranks, factor shapes) is `checks`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from types import ModuleType
 import torch
 
 from ..errors import AdapterFormatError
-from . import container, kohya, native, peft_diffusers, peft_folder
+from . import checks, container, kohya, native, peft_diffusers, peft_folder
 from .adapter import AdapterFile, ModuleWeights
 
 FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers)}
@@ -33,24 +34,29 @@ FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXTRA_DTYPES = FACTOR_DTYPES + (torch.int64,)  # int64: BatchNorm's num_batches_tracked
 
 
-def read(path: str | os.PathLike) -> AdapterFile:
+def read(path: str | os.PathLike, *, values: bool = True) -> AdapterFile:
     """Parse an adapter file (or an adapter folder a format knows, or a set of PEFT folders, one per pipeline
-    component, read as one adapter) without touching any model."""
+    component, read as one adapter) without touching any model. The container's header is checked before any
+    data is read, and every module's alpha, rank and factor shapes after (formats.checks).
+
+    values=False reads headers only (what `inspect` and the studio's catalogue need): factors are meta
+    tensors with their shapes and dtypes, so a file of any size is described in milliseconds, and tensor
+    values (NaN, inf) are checked only when a full read loads them."""
     path, options = Path(path), {}
     parts = peft_folder.components_in(path) if path.is_dir() else None
     if parts:
-        return peft_folder.combine({comp: read(sub) for comp, sub in parts.items()}, path)
+        return peft_folder.combine({comp: read(sub, values=values) for comp, sub in parts.items()}, path)
     if path.is_dir():
         for fmt in FORMATS.values():
             found = fmt.folder(path) if hasattr(fmt, "folder") else None
             if found is not None:
                 path, options = found
                 break
-    tensors, metadata = container.read(path)
+    tensors, metadata = container.read(path, values=values)
     check_values(tensors, path)
     for fmt in FORMATS.values():
         if fmt.detect(tensors, metadata):
-            return fmt.read(tensors, metadata, str(path), **options)
+            return checks.check_adapter(fmt.read(tensors, metadata, str(path), **options))
     raise AdapterFormatError(f"no LoRA tensors found; keys look like {list(tensors)[:5]}", path=path,
                              category="not-an-adapter")
 
@@ -78,7 +84,7 @@ def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
             if not (key.endswith(".alpha") and t.numel() == 1 and not t.dtype.is_complex):
                 raise AdapterFormatError(f"{key!r} has dtype {t.dtype}; adapters store float32/float16/bfloat16",
                                          path=path, category="bad-dtype")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
             raise AdapterFormatError(f"{key!r} contains NaN or inf", path=path, category="non-finite")
 
 
