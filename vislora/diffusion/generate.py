@@ -23,6 +23,7 @@ import torch
 
 from ..bank import AdapterBank
 from ..errors import VisloraError
+from ..strengths import check_strength
 from .bases import add_source_options, load_pipeline
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
@@ -66,8 +67,7 @@ def parse_lora(text: str) -> LoraArg:
             strength = float(tail)
         except ValueError:
             raise ValueError(f"--lora {text!r}: the strength after ':' must be a number, got {tail!r}") from None
-        if not math.isfinite(strength):
-            raise ValueError(f"--lora {text!r}: the strength must be finite, got {tail!r}")
+        check_strength(strength, f"--lora {text!r}")
         path = head
     if not path:
         raise ValueError(f"--lora {text!r}: no file given; write --lora FILE[:STRENGTH]")

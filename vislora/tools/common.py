@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,6 +21,56 @@ from .skeleton import base_model
 T = TypeVar("T")
 TARGETS = ("kohya", "lycoris", "diffusers", "peft", "vislora")
 BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the file tools: a refused flag or path is one line (`vislora resize: error: ...`, status 2),
+    without the usage block (`--help` shows that)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def rank_arg(text: str) -> int:
+    """argparse type for --rank: a whole number >= 1 (0 or -3 is refused, not turned into 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a rank; give a whole number >= 1")
+    return value
+
+
+def energy_arg(text: str) -> float:
+    """argparse type for --energy: the share of sum s_i^2 to keep, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a share of the energy; give a number in (0, 1], e.g. 0.9")
+    return value
+
+
+def check_target(rank: int | None, energy: float | None) -> None:
+    """Exactly one of a rank >= 1 and an energy share in (0, 1]: what resize and extract factor to."""
+    if (rank is None) == (energy is None):
+        raise ValueError("give exactly one of rank and energy")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a whole number >= 1, got {rank!r}")
+    if energy is not None and not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+
+
+def output_problem(path: str | os.PathLike, to: str) -> str | None:
+    """Why `path` cannot receive a --to `to` output (checked before anything is read), or None."""
+    path = Path(path)
+    if to == "peft" and path.exists() and not path.is_dir():
+        return f"{path} is a file; --to peft writes an adapter folder: give a folder path"
+    if to != "peft" and path.is_dir():
+        return f"{path} is a folder; give a file path such as {path / 'adapter.safetensors'}"
+    return None
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
@@ -98,7 +150,11 @@ def product(w: ModuleWeights) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ..
 
 
 def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
-    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error."""
+    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error. The metadata
+    that described the source file's layout (its module table, PEFT scales, format tag) is left behind: the
+    target format writes its own."""
+    carried = {k: v for k, v in adapter.metadata.items() if k not in formats.native.RESERVED}
+    adapter = dataclasses.replace(adapter, metadata=carried)
     try:
         return formats.write(path, adapter, to)
     except ValueError as e:

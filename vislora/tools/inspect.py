@@ -8,9 +8,9 @@ untrusted text, and a terminal must never receive its control characters.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import formats
 from ..formats.arch import of_file
+from . import common
 from .blocks import coverage
 
 MAX_VALUE_CHARS = 160
@@ -43,8 +44,9 @@ def _size(path: Path) -> int:
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """Everything `inspect` shows, as JSON-ready data."""
-    adapter = formats.read(path)
+    """Everything `inspect` shows, as JSON-ready data, from the file's header alone (any size reads in
+    milliseconds; alphas, ranks and factor shapes are checked, tensor values only when a file is loaded)."""
+    adapter = formats.read(path, values=False)
     modules = adapter.modules
     arch = of_file(modules)
     per_comp, per_block, unresolved = coverage(adapter)
@@ -96,10 +98,13 @@ def _text(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0])
+    p = common.Parser(prog="vislora inspect", description=__doc__.splitlines()[0])
     p.add_argument("file", help="adapter .safetensors file or PEFT adapter folder")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = p.parse_args(argv)
     info = describe(args.file)
-    print(json.dumps(info, indent=2) if args.json else _text(info))
+    try:
+        print(json.dumps(info, indent=2) if args.json else _text(info), flush=True)
+    except BrokenPipeError:  # `vislora inspect F | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

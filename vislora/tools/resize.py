@@ -7,7 +7,6 @@ sqrt(discarded s_i^2 / all s_i^2) (Eckart-Young); the report gives its maximum a
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 from ..formats import AdapterFile
@@ -30,8 +29,7 @@ class ResizeReport:
 
 
 def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None = None) -> tuple[AdapterFile, ResizeReport]:
-    if (rank is None) == (energy is None):
-        raise ValueError("give exactly one of rank and energy")
+    common.check_target(rank, energy)
     report = ResizeReport()
     modules = {}
     for path, w in common.progress(adapter.modules.items(), "resize", len(adapter.modules)):
@@ -47,16 +45,19 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora resize", description=__doc__.splitlines()[0])
+    p = common.Parser(prog="vislora resize", description=__doc__.splitlines()[0])
     p.add_argument("src")
     p.add_argument("-o", "--output", required=True)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--rank", type=int)
-    group.add_argument("--energy", type=float, help="share of sum s_i^2 to keep per module, e.g. 0.9")
+    group.add_argument("--rank", type=common.rank_arg)
+    group.add_argument("--energy", type=common.energy_arg, help="share of sum s_i^2 to keep per module, e.g. 0.9")
     p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)
+    problem = common.output_problem(args.output, args.to)
+    if problem:
+        p.error(problem)
     adapter = common.read(args.src, args.base, args.allow_partial)
     resized, report = resize(adapter, args.rank, args.energy)
     out = common.write(args.output, resized, args.to)
