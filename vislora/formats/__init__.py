@@ -36,8 +36,9 @@ EXTRA_DTYPES = FACTOR_DTYPES + (torch.int64,)  # int64: BatchNorm's num_batches_
 
 def read(path: str | os.PathLike, *, values: bool = True) -> AdapterFile:
     """Parse an adapter file (or an adapter folder a format knows, or a set of PEFT folders, one per pipeline
-    component, read as one adapter) without touching any model. The container's header is checked before any
-    data is read, and every module's alpha, rank and factor shapes after (formats.checks).
+    component, read as one adapter) without touching any model. The file is parsed from its header first
+    (meta tensors), so a bad header, alpha, rank or factor shape (formats.checks) is refused before any data
+    is mapped; then the data is mapped and its values checked (finite, allowed dtypes).
 
     values=False reads headers only (what `inspect` and the studio's catalogue need): factors are meta
     tensors with their shapes and dtypes, so a file of any size is described in milliseconds, and tensor
@@ -52,8 +53,16 @@ def read(path: str | os.PathLike, *, values: bool = True) -> AdapterFile:
             if found is not None:
                 path, options = found
                 break
-    tensors, metadata = container.read(path, values=values)
-    check_values(tensors, path)
+    adapter = _parse(*container.read(path, values=False), path, options)  # the header's facts, checked
+    if not values:
+        return adapter
+    tensors, metadata = container.read(path)  # now map the data
+    adapter = _parse(tensors, metadata, path, options)
+    check_values(tensors, path)  # last: the only check that reads every byte
+    return adapter
+
+
+def _parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, options: dict) -> AdapterFile:
     for fmt in FORMATS.values():
         if fmt.detect(tensors, metadata):
             return checks.check_adapter(fmt.read(tensors, metadata, str(path), **options))
