@@ -62,6 +62,18 @@ def read(path: str | os.PathLike, *, values: bool = True) -> AdapterFile:
     return adapter
 
 
+def parse(data: bytes, name: str = "<bytes>", *, values: bool = True) -> AdapterFile:
+    """`read` for one file's bytes in memory (`name` stands for its path in errors): the same checks in the
+    same order, without a file."""
+    adapter = _parse(*container.parse(data, name, values=False), Path(name), {})
+    if not values:
+        return adapter
+    tensors, metadata = container.parse(data, name)
+    adapter = _parse(tensors, metadata, Path(name), {})
+    check_values(tensors, Path(name))
+    return adapter
+
+
 def _parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, options: dict) -> AdapterFile:
     for fmt in FORMATS.values():
         if fmt.detect(tensors, metadata):
@@ -97,4 +109,5 @@ def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
             raise AdapterFormatError(f"{key!r} contains NaN or inf", path=path, category="non-finite")
 
 
-__all__ = ["AdapterFile", "FORMATS", "ModuleWeights", "check_values", "container", "read", "write"]
+__all__ = ["AdapterFile", "FORMATS", "ModuleWeights", "check_values", "checks", "container", "parse", "read",
+           "write"]

@@ -84,6 +84,16 @@ def finite_alpha(value: Any, where: str, path: object) -> float:
     return alpha
 
 
+def matrix_factors(module: str, factors: dict, names: tuple[str, ...], path: object) -> None:
+    """Refuse factors among `names` that are not matrices or conv kernels (2-D or 4-D), before a reader takes
+    a rank from their first axis."""
+    for name in names:
+        t = factors.get(name)
+        if t is not None and t.dim() not in (2, 4):
+            raise FactorShapeError(f"module {module!r}: factor {name} has shape {list(t.shape)}; it must be a matrix "
+                                   "or a conv kernel", path=path, category="shape-mismatch")
+
+
 # Factor axes that hold the rank, per kind: (factor, axis) pairs whose sizes must agree (LoHa/LoKr per side;
 # their Tucker variants orient the sides differently and are checked against the base weight by the kind).
 RANK_AXES: dict[str, tuple[tuple[tuple[str, int], ...], ...]] = {

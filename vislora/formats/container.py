@@ -188,7 +188,8 @@ def read(path: str | os.PathLike, *, values: bool = True) -> tuple[dict[str, tor
     path = Path(path)
     header = read_header(path)
     if not values:
-        return _header_only(path, header), header.metadata
+        with open(path, "rb") as f:
+            return _header_only(header, _file_fetch(f)), header.metadata
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {key: f.get_tensor(key) for key in header.entries}
@@ -197,24 +198,35 @@ def read(path: str | os.PathLike, *, values: bool = True) -> tuple[dict[str, tor
     return tensors, header.metadata
 
 
-def _header_only(path: Path, header: Header) -> dict[str, torch.Tensor]:
+def _header_only(header: Header, fetch) -> dict[str, torch.Tensor]:
+    """Meta tensors (shape and dtype only), except those of at most SMALL_TENSOR_BYTES, whose bytes `fetch`
+    (start, length within the file) gives."""
     out = {}
-    with open(path, "rb") as f:
-        for key, e in header.entries.items():
-            if e.stop - e.start > SMALL_TENSOR_BYTES:
-                out[key] = torch.empty(e.shape, dtype=e.dtype, device="meta")
-                continue
-            f.seek(header.data_start + e.start)
-            raw = bytearray(f.read(e.stop - e.start))
-            out[key] = (torch.frombuffer(raw, dtype=e.dtype) if raw else torch.empty(0, dtype=e.dtype)).reshape(e.shape)
+    for key, e in header.entries.items():
+        if e.stop - e.start > SMALL_TENSOR_BYTES:
+            out[key] = torch.empty(e.shape, dtype=e.dtype, device="meta")
+            continue
+        raw = bytearray(fetch(header.data_start + e.start, e.stop - e.start))
+        out[key] = (torch.frombuffer(raw, dtype=e.dtype) if raw else torch.empty(0, dtype=e.dtype)).reshape(e.shape)
     return out
 
 
-def parse(data: bytes, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _file_fetch(f):
+    def fetch(start: int, length: int) -> bytes:
+        f.seek(start)
+        return f.read(length)
+
+    return fetch
+
+
+def parse(data: bytes, path: str | os.PathLike, *, values: bool = True
+          ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """`read` for a file's bytes already in memory (`path` names it in errors); tensors are owned copies."""
     path = Path(path)
     n = _header_length(data[:64], path, len(data))
     header = _decode(bytes(data[8 : 8 + n]), path, len(data) - 8 - n, 8 + n)
+    if not values:
+        return _header_only(header, lambda start, length: data[start : start + length]), header.metadata
     try:
         loaded = load_bytes(bytes(data))
     except (SafetensorError, RuntimeError, ValueError) as e:

@@ -19,7 +19,7 @@ import torch
 from ..components import ADAPTABLE
 from ..errors import AdapterFormatError
 from .adapter import AdapterFile, ModuleWeights
-from .checks import MAX_JSON_BYTES, finite_alpha, json_object
+from .checks import MAX_JSON_BYTES, finite_alpha, json_object, matrix_factors
 
 FORMAT = "peft_diffusers"
 METADATA_KEY = "lora_adapter_metadata"
@@ -160,6 +160,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
         if "down" not in factors or "up" not in factors:
             raise AdapterFormatError(f"module {module!r} has {sorted(factors)} but needs both down (lora_A) "
                                      "and up (lora_B)", path=path, category="incomplete")
+        matrix_factors(module, factors, ("down", "up", "mid"), path)
         rank = factors["down"].shape[0]
         alpha_t = factors.pop("alpha", None)
         magnitude = factors.pop("magnitude", None)
