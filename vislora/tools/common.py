@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -11,7 +10,7 @@ from typing import Any, Iterable, TypeVar
 
 import torch
 
-from .. import formats
+from .. import checks, formats
 from ..errors import AdapterCompatError
 from ..formats import FORMATS, AdapterFile, ModuleWeights, kohya
 from ..formats.arch import of_file
@@ -23,34 +22,8 @@ TARGETS = ("kohya", "lycoris", "diffusers", "peft", "vislora")
 BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse for the file tools: a refused flag or path is one line (`vislora resize: error: ...`, status 2),
-    without the usage block (`--help` shows that)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def rank_arg(text: str) -> int:
-    """argparse type for --rank: a whole number >= 1 (0 or -3 is refused, not turned into 1)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a rank; give a whole number >= 1")
-    return value
-
-
-def energy_arg(text: str) -> float:
-    """argparse type for --energy: the share of sum s_i^2 to keep, in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is not a share of the energy; give a number in (0, 1], e.g. 0.9")
-    return value
+# What resize, extract and merge factor to, checked before any file is read (vislora.checks rules).
+TARGET_RULES = {"rank": checks.count(1), "energy": checks.number(0, 1, low_open=True, example="0.9")}
 
 
 def check_target(rank: int | None, energy: float | None) -> None:
@@ -63,14 +36,13 @@ def check_target(rank: int | None, energy: float | None) -> None:
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
 
 
-def output_problem(path: str | os.PathLike, to: str) -> str | None:
-    """Why `path` cannot receive a --to `to` output (checked before anything is read), or None."""
+def check_output(path: str | os.PathLike, to: str) -> None:
+    """Refuse an output `path` that cannot receive a --to `to` adapter, before anything is read."""
     path = Path(path)
     if to == "peft" and path.exists() and not path.is_dir():
-        return f"{path} is a file; --to peft writes an adapter folder: give a folder path"
+        raise checks.UsageError(f"{path} is a file; --to peft writes an adapter folder: give a folder path")
     if to != "peft" and path.is_dir():
-        return f"{path} is a folder; give a file path such as {path / 'adapter.safetensors'}"
-    return None
+        raise checks.UsageError(f"{path} is a folder; give a file path such as {path / 'adapter.safetensors'}")
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:

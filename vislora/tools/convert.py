@@ -7,7 +7,7 @@ full weights are written the LyCORIS way); diffusers and PEFT hold LoRA and LoCo
 
 from __future__ import annotations
 
-
+from ..checks import Parser
 from . import common
 
 
@@ -17,7 +17,7 @@ def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial:
 
 
 def main(argv: list[str]) -> int:
-    p = common.Parser(prog="vislora convert", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora convert", description=__doc__.splitlines()[0])
     p.add_argument("src", help="adapter file or PEFT folder")
     p.add_argument("dst", help="output file (a folder for --to peft)")
     p.add_argument("--to", required=True, choices=sorted(common.TARGETS))
@@ -25,8 +25,6 @@ def main(argv: list[str]) -> int:
                    "(default: from its tensor shapes)")
     p.add_argument("--allow-partial", action="store_true", help="drop module names the base does not have")
     args = p.parse_args(argv)
-    problem = common.output_problem(args.dst, args.to)
-    if problem:
-        p.error(problem)
+    common.check_output(args.dst, args.to)
     print(f"wrote {convert(args.src, args.dst, args.to, args.base, args.allow_partial)}")
     return 0

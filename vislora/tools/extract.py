@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..checks import Parser, check
 from ..errors import AdapterCompatError, AdapterFormatError
 from ..formats import AdapterFile, container
 from . import common
@@ -63,19 +64,18 @@ def extract(base: str, tuned: str, rank: int | None = None, energy: float | None
 
 
 def main(argv: list[str]) -> int:
-    p = common.Parser(prog="vislora extract", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora extract", description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="the original checkpoint (.safetensors)")
     p.add_argument("--tuned", required=True, help="the fine-tuned checkpoint (.safetensors)")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--rank", type=common.rank_arg)
-    group.add_argument("--energy", type=common.energy_arg, help="share of sum s_i^2 to keep per module, e.g. 0.9")
+    group.add_argument("--rank", type=int)
+    group.add_argument("--energy", type=float, help="share of sum s_i^2 to keep per module, e.g. 0.9")
     p.add_argument("--min-diff", type=float, default=0.0, help="skip weights whose largest change is below this")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
     args = p.parse_args(argv)
-    problem = common.output_problem(args.output, args.to)
-    if problem:
-        p.error(problem)
+    check(args, common.TARGET_RULES)
+    common.check_output(args.output, args.to)
     adapter, report = extract(args.base, args.tuned, args.rank, args.energy, args.min_diff)
     out = common.write(args.output, adapter, args.to)
     print(f"wrote {out}: {len(report.errors)} modules ({report.skipped} unchanged skipped); relative error max "

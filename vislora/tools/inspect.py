@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .. import formats
+from ..checks import Parser
 from ..formats.arch import of_file
-from . import common
 from .blocks import coverage
 
 MAX_VALUE_CHARS = 160
@@ -98,13 +97,10 @@ def _text(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = common.Parser(prog="vislora inspect", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora inspect", description=__doc__.splitlines()[0])
     p.add_argument("file", help="adapter .safetensors file or PEFT adapter folder")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = p.parse_args(argv)
     info = describe(args.file)
-    try:
-        print(json.dumps(info, indent=2) if args.json else _text(info), flush=True)
-    except BrokenPipeError:  # `vislora inspect F | head`: the reader left, which is no error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(json.dumps(info, indent=2) if args.json else _text(info))
     return 0

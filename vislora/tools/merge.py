@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import Parser, UsageError, check
 from ..errors import AdapterCompatError
 from ..formats import AdapterFile, ModuleWeights
 from ..strengths import check_strength
@@ -88,22 +89,21 @@ def parse_input(spec: str) -> tuple[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    p = common.Parser(prog="vislora merge", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora merge", description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", help="FILE[:WEIGHT] ...")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--rank", type=common.rank_arg,
+    p.add_argument("--rank", type=int,
                    help="factor the blend by SVD to this rank (default: exact concatenation)")
     p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)
-    problem = common.output_problem(args.output, args.to)
+    check(args, {"rank": common.TARGET_RULES["rank"]})
+    common.check_output(args.output, args.to)
     try:
         specs = [parse_input(spec) for spec in args.inputs]
     except ValueError as e:
-        problem = problem or str(e)
-    if problem:
-        p.error(problem)
+        raise UsageError(str(e)) from None
     inputs = [(common.read(path, args.base, args.allow_partial), w) for path, w in specs]
     merged, report = merge(inputs, args.rank)
     out = common.write(args.output, merged, args.to)

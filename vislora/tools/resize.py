@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..checks import Parser, check
 from ..formats import AdapterFile
 from . import common
 from .lowrank import approximate, approximate_product
@@ -45,19 +46,18 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
 
 
 def main(argv: list[str]) -> int:
-    p = common.Parser(prog="vislora resize", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora resize", description=__doc__.splitlines()[0])
     p.add_argument("src")
     p.add_argument("-o", "--output", required=True)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--rank", type=common.rank_arg)
-    group.add_argument("--energy", type=common.energy_arg, help="share of sum s_i^2 to keep per module, e.g. 0.9")
+    group.add_argument("--rank", type=int)
+    group.add_argument("--energy", type=float, help="share of sum s_i^2 to keep per module, e.g. 0.9")
     p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)
-    problem = common.output_problem(args.output, args.to)
-    if problem:
-        p.error(problem)
+    check(args, common.TARGET_RULES)
+    common.check_output(args.output, args.to)
     adapter = common.read(args.src, args.base, args.allow_partial)
     resized, report = resize(adapter, args.rank, args.energy)
     out = common.write(args.output, resized, args.to)
