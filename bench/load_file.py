@@ -6,7 +6,8 @@
     python bench/load_file.py --mb 1000 --runs 1
     python bench/load_file.py --root /tmp/old      # an older vislora (git archive OLD vislora | tar -x -C /tmp/old)
 
-Peak memory is the process's maximum resident set (ru_maxrss) minus its resident set just before the read,
+Wall time depends on what else the machine runs; CPU time (the process's own) much less so: compare that
+on a shared machine. Peak memory is the process's maximum resident set (ru_maxrss) minus its resident set just before the read,
 so the interpreter and torch do not count. The file is read once before timing so it sits in the page
 cache: the figures are the reader's cost, not the disk's.
 """
@@ -53,7 +54,7 @@ def child(path: Path, how: str) -> None:
         while f.read(1 << 24):
             pass
     before = rss_mb()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if how == "read":
         adapter = formats.read(path)
         touched = sum(float(t.float().abs().sum()) for w in adapter.modules.values() for t in w.factors.values())
@@ -63,9 +64,9 @@ def child(path: Path, how: str) -> None:
         except TypeError:  # a vislora without header-only reads: inspect read the whole file
             adapter = formats.read(path)
         touched = 0.0
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak - before, "modules": len(adapter.modules),
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak - before, "modules": len(adapter.modules),
                       "checksum": touched, "vislora": vislora.__file__}))
 
 
@@ -77,6 +78,7 @@ def measure(path: Path, how: str, runs: int, root: Path | None) -> dict:
                              capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     return {"seconds": statistics.median(r["seconds"] for r in results),
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in results),
             "peak_mb": statistics.median(r["peak_mb"] for r in results), "vislora": results[0]["vislora"]}
 
 
@@ -103,7 +105,8 @@ def main() -> None:
     for how in (args.only,) if args.only else ("read", "header"):
         r = measure(path, how, args.runs, args.root)
         label = "read_adapter (all values)" if how == "read" else "header-only read (inspect)"
-        print(f"{label:28s} {size:7.1f} MB file: {r['seconds']:.3f} s, peak RSS +{r['peak_mb']:.0f} MB "
+        print(f"{label:28s} {size:7.1f} MB file: {r['seconds']:.3f} s wall, {r['cpu_seconds']:.3f} s CPU, "
+              f"peak RSS +{r['peak_mb']:.0f} MB "
               f"(median of {args.runs}; {r['vislora']})")
 
 
