@@ -8,6 +8,7 @@ full weights are written the LyCORIS way); diffusers and PEFT hold LoRA and LoCo
 from __future__ import annotations
 
 from ..checks import Parser
+from ..helpformat import HelpFormatter
 from . import common
 
 
@@ -17,7 +18,7 @@ def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial:
 
 
 def main(argv: list[str]) -> int:
-    p = Parser(prog="vislora convert", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora convert", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("src", help="adapter file or PEFT folder")
     p.add_argument("dst", help="output file (a folder for --to peft)")
     p.add_argument("--to", required=True, choices=sorted(common.TARGETS))

@@ -16,6 +16,7 @@ import torch
 from ..checks import Parser, check
 from ..errors import AdapterCompatError, AdapterFormatError
 from ..formats import AdapterFile, container
+from ..helpformat import HelpFormatter
 from . import common
 from .lowrank import approximate
 
@@ -64,7 +65,7 @@ def extract(base: str, tuned: str, rank: int | None = None, energy: float | None
 
 
 def main(argv: list[str]) -> int:
-    p = Parser(prog="vislora extract", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora extract", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="the original checkpoint (.safetensors)")
     p.add_argument("--tuned", required=True, help="the fine-tuned checkpoint (.safetensors)")
     group = p.add_mutually_exclusive_group(required=True)

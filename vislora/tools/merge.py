@@ -15,6 +15,7 @@ import torch
 from ..checks import Parser, UsageError, check
 from ..errors import AdapterCompatError
 from ..formats import AdapterFile, ModuleWeights
+from ..helpformat import HelpFormatter
 from ..strengths import check_strength
 from . import common
 from .lowrank import approximate, approximate_product
@@ -89,7 +90,7 @@ def parse_input(spec: str) -> tuple[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    p = Parser(prog="vislora merge", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora merge", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="FILE[:WEIGHT] ...")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--rank", type=int,

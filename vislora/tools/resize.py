@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..checks import Parser, check
 from ..formats import AdapterFile
+from ..helpformat import HelpFormatter
 from . import common
 from .lowrank import approximate, approximate_product
 
@@ -46,7 +47,7 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
 
 
 def main(argv: list[str]) -> int:
-    p = Parser(prog="vislora resize", description=__doc__.splitlines()[0])
+    p = Parser(prog="vislora resize", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("src")
     p.add_argument("-o", "--output", required=True)
     group = p.add_mutually_exclusive_group(required=True)
