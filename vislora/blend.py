@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .functional import KINDS
-from .functional.fold import Term
+from .kernels import Term
 
 # Kinds (and whether the layout covers every row) whose delta W is up @ down once both are flattened to
 # matrices: the merged weight is then one addmm that reads the pristine weight once.
@@ -25,7 +25,7 @@ def terms_of(slots: list[Any], training: bool) -> tuple[tuple[Term, ...], tuple[
     """One Term per adapter, with its own coefficient (and dropout while training), and the factors in order."""
     terms, factors = [], []
     for s in slots:
-        terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
+        terms.append(Term(s.kind, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
         factors.extend(s.params.values())
     return tuple(terms), tuple(factors)
 
@@ -52,7 +52,7 @@ def stacked_terms(slots: list[Any], dtype: torch.dtype) -> tuple[tuple[Term, ...
     for kind, layout, parts in _stacks(slots, dtype):
         functions = KINDS[kind]
         for params, coef in parts:
-            terms.append(Term(functions, layout, coef, functions.FACTORS))
+            terms.append(Term(kind, layout, coef, functions.FACTORS))
             factors += [params[n] for n in functions.FACTORS]
     return tuple(terms), tuple(factors)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _dense
+from .ops import apply_delta
 
 FACTORS = ("diff", "diff_b")
 BASES = (nn.Linear, nn.Conv2d)
@@ -53,14 +53,9 @@ def delta_bias(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
     return params.get("diff_b")
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
-                     coef: float) -> torch.Tensor:
-    return _dense.add(weight, params["diff"], coef)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: object) -> torch.Tensor:
     """diff applied to x, plus diff_b on the output channels where present."""
-    y = _dense.apply(x, params["diff"], layout)
+    y = apply_delta(x, params["diff"], layout)
     bias = params.get("diff_b")
     if bias is None:
         return y

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from . import _dense
+from .ops import apply_delta
 
 FACTORS = ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")
 BASES = (nn.Linear, nn.Conv2d)
@@ -80,10 +80,5 @@ def delta_weight(params: dict[str, torch.Tensor], layout: object) -> torch.Tenso
     return flat.reshape(flat.shape[0], *w1_b.shape[1:])
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
-                     coef: float) -> torch.Tensor:
-    return _dense.add(weight, delta_weight(params, layout).reshape(weight.shape), coef)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: object) -> torch.Tensor:
-    return _dense.apply(x, delta_weight(params, layout), layout)
+    return apply_delta(x, delta_weight(params, layout), layout)

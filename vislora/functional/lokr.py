@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from . import _dense
+from .ops import apply_delta
 
 FACTORS = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")
 BASES = (nn.Linear, nn.Conv2d)
@@ -126,10 +126,5 @@ def check(weight_shape: tuple[int, ...], params: dict[str, torch.Tensor]) -> lis
     return []
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
-                     coef: float) -> torch.Tensor:
-    return _dense.add(weight, delta_weight(params, layout), coef)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: object) -> torch.Tensor:
-    return _dense.apply(x, delta_weight(params, layout), layout)
+    return apply_delta(x, delta_weight(params, layout), layout)
