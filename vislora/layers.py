@@ -123,7 +123,8 @@ class AdapterLayer(nn.Module):
                 y = y + s.delta_forward(x) * s.coef
         return y
 
-    def _stacked(self, slots: list[AdapterSlot], dtype: torch.dtype) -> tuple[tuple[kernels.Term, ...], tuple[torch.Tensor, ...]]:
+    def _stacked(self, slots: list[AdapterSlot],
+                 dtype: torch.dtype) -> tuple[tuple[kernels.Term, ...], tuple[torch.Tensor, ...]]:
         """The active adapters as one Term per (kind, layout) group, their factors concatenated along the
         rank with strength * scale folded in (inference only: the result carries no gradient).
 

@@ -21,6 +21,7 @@ from ..errors import AdapterFormatError
 from .adapter import AdapterFile, ModuleWeights
 
 FORMAT = "peft_diffusers"
+ALIASES = ("diffusers",)  # diffusers' files use PEFT's key layout
 METADATA_KEY = "lora_adapter_metadata"
 # vislora factor -> PEFT's tensor name; lora_mid is LyCORIS's name for the Tucker core, which PEFT and
 # diffusers' load_lora_weights do not read (they refuse such files: lora_A's 1 x 1 shape does not fit).

@@ -19,6 +19,25 @@ Each kind module declares:
     stack(params_list, coefs, layout)             -> one params dict of the kind whose delta is sum_i coef_i * delta_i
                                                      (optional: a kind without it blends one adapter at a time)
 
+and its file-facing facts, which vislora.formats, blend and tools read (none names a kind):
+
+    LYCORIS_PARTS                                 {factor: kohya/LyCORIS key part}; none: no kohya layout
+    ALGO, NETWORK                                 LyCORIS's algo name; the network module that writes it
+                                                     ("networks.lora" for kohya's own, else "lycoris.kohya")
+    NETWORK_ARGS                                  optional: ss_network_args the kind needs (use_tucker)
+    accepts(factors) -> bool                      optional: whether a file's factors are this kind (LoRA's
+                                                     2-D down against LoCon's 4-D one, same key parts)
+    file_rank(params) -> int | None               the rank a file's alpha divides; None (or absent): no
+                                                     rank, read back as rank = alpha = 1 (scale 1)
+    in_features(params) -> int                    the base weight's input width the factors were made for
+    MATRIX_PRODUCT = True                         optional: delta W = up @ down as matrices, so adapters
+                                                     stack (merge, blend) exactly by concatenating the rank
+    fit(factors, weight_shape) -> (kind, factors) optional: a file's factors for a layer (LoRA on a 1 x 1
+                                                     conv is LoCon)
+    flat_in_files(factors) -> names               optional: factors LyCORIS stores flattened for convs
+    carry_scale(params, scale), FILE_ALPHA        optional: where a rank-less kind keeps a scale; False:
+                                                     files carry no alpha
+
 This is the reference: AdapterLayer trains any kind through autograd on `delta_forward`. Kinds may also have
 a fast path in vislora.kernels (hand-written backward passes, weight folds), tested equal to this one.
 

@@ -61,3 +61,14 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: obje
         return y
     channel_axis_shape = (-1, 1, 1) if y.dim() == 4 else (-1,)  # conv outputs [n, out, h, w]; Linear [..., out]
     return y + bias.to(y.dtype).reshape(channel_axis_shape)
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {"diff": "diff", "diff_b": "diff_b"}
+ALGO = "full"
+NETWORK = "lycoris.kohya"
+FILE_ALPHA = False  # files carry no alpha: the scale is 1
+
+
+def in_features(params: dict[str, torch.Tensor]) -> int:
+    return params["diff"].shape[1]

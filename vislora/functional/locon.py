@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import kaiming, last
+from .lora import LYCORIS_PARTS, file_rank, in_features  # noqa: F401  (file-facing facts, shared)
 from .ops import Conv2dOp
 
 FACTORS = ("down", "up")
@@ -49,3 +50,23 @@ def stack(params_list: list[dict[str, torch.Tensor]], coefs: list[float], layout
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
     """The k x k down conv (the base geometry), then the 1 x 1 up conv: [n, in, h, w] -> [n, out, h', w']."""
     return F.conv2d(layout.forward(x, params["down"].to(x.dtype), None), params["up"].to(x.dtype))
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+# LoRA's key parts; rank and input width read from down as LoRA reads them (imported from lora above)
+ALGO = "locon"
+NETWORK = "networks.lora"
+MATRIX_PRODUCT = True  # up [out, r, 1, 1] @ down [r, in*kh*kw], flattened: stacks by concatenation
+
+
+def accepts(factors: dict[str, torch.Tensor]) -> bool:
+    """Whether a file's lora_down / lora_up are this kind: a 4-D down."""
+    return factors["down"].dim() == 4
+
+
+def fit(factors: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+    """(kind, factors) for a base weight of this shape: 1 x 1 factors on a Linear (SD1 files on SD2-style
+    linear proj_in) are LoRA, squeezed."""
+    if len(weight_shape) == 2 and tuple(factors["down"].shape[2:]) == (1, 1):
+        return "lora", {n: t.flatten(1) for n, t in factors.items()}
+    return "locon", factors

@@ -36,9 +36,9 @@ def init_params(weight_shape: torch.Size, rank: int, init: str, layout: RowLayou
 
 
 def delta_weight(params: dict[str, torch.Tensor], layout: RowLayout) -> torch.Tensor:
-    """delta W [out, in]; rows outside the slices are zero."""
+    """delta W [out, in]; rows outside the slices are zero (layout None: every row)."""
     down, up = params["down"], params["up"]
-    if layout.is_full:
+    if layout is None or layout.is_full:
         return up @ down
     rank = down.shape[0] // len(layout.slices)
     delta = down.new_zeros(layout.out_features, down.shape[1])
@@ -62,3 +62,32 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: RowL
     up as the block-diagonal B of the equivalent plain LoRA)."""
     down, up = params["down"].to(x.dtype), params["up"].to(x.dtype)
     return F.linear(F.linear(x, down), up if layout.is_full else fused_up(up, layout))
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {"down": "lora_down.weight", "up": "lora_up.weight"}  # factor -> kohya/LyCORIS key part
+ALGO = "lora"  # LyCORIS's name for it (ss_network_args "algo")
+NETWORK = "networks.lora"  # the kohya network module that writes it (ss_network_module)
+MATRIX_PRODUCT = True  # delta W = up @ down as matrices: adapters stack exactly by concatenating along the rank
+
+
+def accepts(factors: dict[str, torch.Tensor]) -> bool:
+    """Whether a file's lora_down / lora_up are this kind: a 2-D down (LoCon's is 4-D)."""
+    return factors["down"].dim() == 2
+
+
+def file_rank(params: dict[str, torch.Tensor]) -> int:
+    """The rank a file's alpha is divided by, from shapes."""
+    return params["down"].shape[0]
+
+
+def in_features(params: dict[str, torch.Tensor]) -> int:
+    """The base weight's input width the factors were made for."""
+    return params["down"].shape[1]
+
+
+def fit(factors: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+    """(kind, factors) for a base weight of this shape: on a 1 x 1 conv, LoCon with the factors unsqueezed."""
+    if len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1):
+        return "locon", {n: t[..., None, None] for n, t in factors.items()}
+    return "lora", factors

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import kaiming, last
+from .lora import file_rank, in_features  # noqa: F401  (read from down, as LoRA's)
 from .ops import Conv2dOp
 
 FACTORS = ("down", "mid", "up")
@@ -60,3 +61,10 @@ def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv
     """1 x 1 down, the k x k core (the base geometry), 1 x 1 up: [n, in, h, w] -> [n, out, h', w']."""
     reduced = F.conv2d(x, params["down"].to(x.dtype))
     return F.conv2d(layout.forward(reduced, params["mid"].to(x.dtype), None), params["up"].to(x.dtype))
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {"down": "lora_down.weight", "mid": "lora_mid.weight", "up": "lora_up.weight"}
+ALGO = "locon"
+NETWORK = "lycoris.kohya"
+NETWORK_ARGS = {"use_tucker": "True"}  # what LyCORIS's network needs to build this kind

@@ -79,7 +79,8 @@ def factor_grads(ctx, x, grad_y, terms, factors, first: int, into: torch.Tensor 
         if not any(needed) and into is None:
             grads.extend([None] * len(term.names))
             continue
-        g = KERNELS[term.kind].backward(x, grad_y, params, term.layout, into, term.coef, None if inners is None else inners[i])
+        inner = None if inners is None else inners[i]
+        g = KERNELS[term.kind].backward(x, grad_y, params, term.layout, into, term.coef, inner)
         grads.extend(g[n].mul_(term.coef) if need else None for n, need in zip(term.names, needed))
     return grads
 

@@ -36,7 +36,8 @@ class _UnfoldedForward(torch.autograd.Function):
             kept, sizes = [], []  # per term: [packed mask], then the kind's rank-sized activations
             for term, params in zip(terms, split(terms, factors)):
                 mask = _keep_mask(x, term.dropout) if term.dropout else None
-                inner = KERNELS[term.kind].forward_into(y, _dropped(x, term.dropout, mask), params, term.layout, term.coef)
+                dropped = _dropped(x, term.dropout, mask)
+                inner = KERNELS[term.kind].forward_into(y, dropped, params, term.layout, term.coef)
                 kept += ([] if mask is None else [bitmask.pack(mask)]) + list(inner)
                 sizes.append(len(inner))
         save(ctx, x, weight, factors, kept, op=op, terms=terms, dtype=dtype, inner_sizes=sizes)

@@ -12,6 +12,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..errors import AdapterCompatError
+from .. import formats
 from ..formats import AdapterFile, container
 from . import common
 from .lowrank import approximate
@@ -46,7 +47,7 @@ def extract(base: str, tuned: str, rank: int | None = None, energy: float | None
         modules[path] = approx.weights
         report.errors[path] = approx.rel_error
     meta = {"vislora.extracted_from": f"{tuned} - {base}"}
-    return AdapterFile(tuned, "vislora", modules, {}, None, meta), report
+    return AdapterFile(tuned, formats.DEFAULT, modules, {}, None, meta), report
 
 
 def main(argv: list[str]) -> int:
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> int:
     group.add_argument("--energy", type=float)
     p.add_argument("--min-diff", type=float, default=0.0, help="skip weights whose largest change is below this")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
+    common.add_target_option(p)
     args = p.parse_args(argv)
     adapter, report = extract(args.base, args.tuned, args.rank, args.energy, args.min_diff)
     out = common.write(args.output, adapter, args.to)
