@@ -143,6 +143,19 @@ def _from_single_file(path: Path, config: str | None) -> Any:
                              "--model-config with a diffusers folder of the same architecture") from None
 
 
+def _from_folder(path: Path, flag: str) -> Any:
+    """DiffusionPipeline.from_pretrained on a folder in fp32; a damaged component (a truncated or corrupt
+    weights file, a bad config) is a BaseModelError in one line, not diffusers' traceback."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(str(path), use_safetensors=True,
+                                                 **{_dtype_keyword(): torch.float32})
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise BaseModelError(f"{flag}: a component does not load ({_first_line(e)}); the folder is "
+                             "damaged or incomplete: copy or download it again") from None
+
+
 def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, dict[str, Any]]:
     from diffusers import DiffusionPipeline
 
@@ -160,7 +173,7 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
         if not (path / "model_index.json").is_file():
             raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
         _check_folder(path)
-        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, **{_dtype_keyword(): torch.float32})
+        pipe = _from_folder(path, f"--model {model}")
         weights = sorted((path / "unet").glob("*.safetensors"))
         return pipe, {"source": "folder", "path": str(path.resolve()),
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
@@ -175,7 +188,7 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
         raise BaseModelError(f"--model {model}: not a local file or folder, and the hub id does not load "
                              f"({_first_line(e)})") from None
     _check_folder(snapshot)
-    pipe = DiffusionPipeline.from_pretrained(str(snapshot), use_safetensors=True, **{_dtype_keyword(): torch.float32})
+    pipe = _from_folder(snapshot, f"--model {model}")
     return pipe, {"source": "hub", "name": model, "commit": snapshot.name}
 
 
