@@ -34,13 +34,14 @@ from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, m
                                 run_main)
 from vislora.train import runfolder
 from vislora.train.trainstate import resume_training, save_training
+from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "overwrite", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = checks.Parser(description=__doc__.split("\n\n")[0], prog="vislora classify")
+    p = checks.Parser(description=__doc__.split("\n\n")[0], prog="vislora classify", formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data", required=True, help="folder with one subfolder per class, or a path,label CSV")
     data.add_argument("--val-data", help="validation folder or CSV (default: a seeded split of --data)")

@@ -43,6 +43,7 @@ from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, m
                                 run_main)
 from vislora.train import runfolder
 from vislora.train.trainstate import resume_training, save_training
+from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "keep", "progress", "validate_every",
@@ -55,7 +56,7 @@ METADATA_KEY = "vislora.diffusion"
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
     p = checks.Parser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
                                 "Train a style LoRA for Stable Diffusion from a folder of captioned images.",
-                                prog=f"vislora {task}")
+                                prog=f"vislora {task}", formatter_class=HelpFormatter)
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
     add_source_options(model)

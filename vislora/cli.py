@@ -28,6 +28,7 @@ from typing import Callable
 
 from .console import DEBUG_ENV, guarded
 from .errors import VisloraError
+from .helpformat import HelpFormatter
 
 DEBUG_FLAG = "--debug"
 
@@ -52,7 +53,7 @@ def _style(argv: list[str]) -> int:
 
 def _predict(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vislora predict", description="Top-k labels of images, from a file the "
-                                "classification recipe wrote (adapter or model).")
+                                "classification recipe wrote (adapter or model).", formatter_class=HelpFormatter)
     p.add_argument("--adapter", required=True, help="adapter.safetensors (or model.safetensors) from the recipe")
     p.add_argument("--weights", help="base weights file, overriding the recorded path (its sha256 must match)")
     p.add_argument("--top-k", type=int, default=5)
@@ -128,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != DEBUG_FLAG]
     if not argv or argv[0] not in COMMANDS:
         lines = [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
-        print("usage: vislora [--debug] COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
-              + "\n\n--debug: show the traceback of an error instead of its one line", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")  # asked: stdout and 0, as argparse does; else usage error
+        print("usage: vislora [--debug] COMMAND [options]    (vislora COMMAND --help: its options and defaults)\n\n"
+              "commands:\n" + "\n".join(lines)
+              + "\n\n--debug: show the traceback of an error instead of its one line", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     command, _ = COMMANDS[argv[0]]
     before = os.environ.get(DEBUG_ENV)
     if debug:

@@ -24,7 +24,8 @@ import torch
 from .. import checks
 from ..bank import AdapterBank
 from ..console import guarded
-from .bases import add_source_options, load_pipeline
+from .bases import add_source_options, add_threads_option, load_pipeline
+from ..helpformat import HelpFormatter
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -232,8 +233,7 @@ def sweep(pipe, bank: AdapterBank, s: Settings, n: int) -> tuple[list[list[list[
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = checks.Parser(prog="vislora generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = checks.Parser(prog="vislora generate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
                    help="a diffusers pipeline folder, a hub id, or one .safetensors checkpoint (A1111/ComfyUI layout)")
     add_source_options(p)
@@ -251,6 +251,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--out", required=True, help="the PNG to write")
+    add_threads_option(p)
     return p.parse_args(argv)
 
 
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def draw(args: argparse.Namespace) -> int:
     checks.check(args, RULES)  # every flag, before the pipeline loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         adapters = [parse_lora(t) for t in args.lora]
         if len({a.name for a in adapters}) != len(adapters):

@@ -18,6 +18,7 @@ from .. import formats
 from ..formats import AdapterFile, ModuleWeights
 from . import common
 from .lowrank import approximate, approximate_product
+from ..helpformat import HelpFormatter
 
 
 @dataclass
@@ -81,7 +82,8 @@ def parse_input(spec: str) -> tuple[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora merge", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora merge", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="FILE[:WEIGHT] ...")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--rank", type=int, help="factor the blend by SVD to this rank (default: exact concatenation)")
