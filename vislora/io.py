@@ -79,7 +79,7 @@ def save_adapter(
     *,
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
-    format: str = "vislora",
+    format: str = formats.DEFAULT,
 ) -> Path:
     """Write adapter `name` (and its modules_to_save) to a safetensors file, atomically.
 

@@ -22,6 +22,7 @@ from .adapter import AdapterFile, ModuleWeights
 from .checks import MAX_JSON_BYTES, finite_alpha, json_object, matrix_factors
 
 FORMAT = "peft_diffusers"
+ALIASES = ("diffusers",)  # diffusers' files use PEFT's key layout
 METADATA_KEY = "lora_adapter_metadata"
 # vislora factor -> PEFT's tensor name; lora_mid is LyCORIS's name for the Tucker core, which PEFT and
 # diffusers' load_lora_weights do not read (they refuse such files: lora_A's 1 x 1 shape does not fit).

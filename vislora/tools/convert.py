@@ -1,4 +1,4 @@
-"""`vislora convert IN OUT --to kohya|lycoris|diffusers|peft|vislora`: the same adapter in another layout.
+"""`vislora convert IN OUT --to FORMAT`: the same adapter in another layout (any name in formats.TARGETS).
 
 Tensors are moved, never recomputed, so every conversion is exact: the model's outputs are the same within
 float rounding of the scale (alpha) bookkeeping. kohya and lycoris are one layout (LoHa, LoKr, Tucker and
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     p = Parser(prog="vislora convert", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("src", help="adapter file or PEFT folder")
     p.add_argument("dst", help="output file (a folder for --to peft)")
-    p.add_argument("--to", required=True, choices=sorted(common.TARGETS))
+    common.add_target_option(p, required=True)
     p.add_argument("--base", choices=sorted(common.BASES), help="base model whose names a kohya file uses "
                    "(default: from its tensor shapes)")
     p.add_argument("--allow-partial", action="store_true", help="drop module names the base does not have")

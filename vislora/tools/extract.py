@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import formats
 from ..checks import Parser, check
 from ..errors import AdapterCompatError, AdapterFormatError
 from ..formats import AdapterFile, container
@@ -61,7 +62,7 @@ def extract(base: str, tuned: str, rank: int | None = None, energy: float | None
         modules[path] = approx.weights
         report.errors[path] = approx.rel_error
     meta = {"vislora.extracted_from": f"{tuned} - {base}"}
-    return AdapterFile(tuned, "vislora", modules, {}, None, meta), report
+    return AdapterFile(tuned, formats.DEFAULT, modules, {}, None, meta), report
 
 
 def main(argv: list[str]) -> int:
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
     group.add_argument("--energy", type=float, help="share of sum s_i^2 to keep per module, e.g. 0.9")
     p.add_argument("--min-diff", type=float, default=0.0, help="skip weights whose largest change is below this")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
+    common.add_target_option(p)
     args = p.parse_args(argv)
     check(args, common.TARGET_RULES)
     common.check_output(args.output, args.to)

@@ -14,13 +14,12 @@ import torch
 
 from ..checks import Parser, UsageError, check
 from ..errors import AdapterCompatError
+from .. import formats
 from ..formats import AdapterFile, ModuleWeights
 from ..helpformat import HelpFormatter
 from ..strengths import check_strength
 from . import common
 from .lowrank import approximate, approximate_product
-
-EXACT_KINDS = ("lora", "locon")
 
 
 @dataclass
@@ -34,7 +33,7 @@ def _concat(parts: list[tuple[ModuleWeights, float]]) -> ModuleWeights:
     """[down_1; down_2; ...] and [w_1 s_1 up_1, w_2 s_2 up_2, ...]: rank sum_i r_i, scale 1."""
     downs, ups = [], []
     for w, weight in parts:
-        if w.kind not in EXACT_KINDS or getattr(w, "magnitude", None) is not None:
+        if not common.exact(w):
             raise AdapterCompatError(f"an exact merge concatenates LoRA/LoCon factors; a {w.kind}"
                                      f"{' (DoRA)' if getattr(w, 'magnitude', None) is not None else ''} module "
                                      "cannot be; use --rank r to merge by SVD", category="unsupported-kind")
@@ -71,7 +70,7 @@ def merge(inputs: list[tuple[AdapterFile, float]], rank: int | None = None) -> t
         modules[path] = approx.weights
         errors.append(approx.rel_error)
     report = MergeReport(len(modules), max(errors, default=0.0), sum(errors) / len(errors) if errors else 0.0)
-    merged = AdapterFile("", "vislora", modules, {}, None, {"vislora.merged_from": ", ".join(
+    merged = AdapterFile("", formats.DEFAULT, modules, {}, None, {"vislora.merged_from": ", ".join(
         f"{a.path}:{w:g}" for a, w in inputs)})
     return merged, report
 
@@ -93,9 +92,8 @@ def main(argv: list[str]) -> int:
     p = Parser(prog="vislora merge", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="FILE[:WEIGHT] ...")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--rank", type=int,
-                   help="factor the blend by SVD to this rank (default: exact concatenation)")
-    p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
+    p.add_argument("--rank", type=int, help="factor the blend by SVD to this rank (default: exact concatenation)")
+    common.add_target_option(p)
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import formats
 from ..checks import Parser, check
 from ..formats import AdapterFile
 from ..helpformat import HelpFormatter
@@ -43,7 +44,7 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
         report.errors[path] = approx.rel_error
         report.ranks[path] = (w.rank, approx.weights.rank)
     meta = dict(adapter.metadata, **{"vislora.resized": f"rank={rank}" if rank else f"energy={energy}"})
-    return AdapterFile(adapter.path, "vislora", modules, dict(adapter.extra), None, meta), report
+    return AdapterFile(adapter.path, formats.DEFAULT, modules, dict(adapter.extra), None, meta), report
 
 
 def main(argv: list[str]) -> int:
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--rank", type=int)
     group.add_argument("--energy", type=float, help="share of sum s_i^2 to keep per module, e.g. 0.9")
-    p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
+    common.add_target_option(p)
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)
