@@ -52,7 +52,7 @@ NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progr
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
 # Chosen by measurement on two digits bases of different widths (docs/defaults.md), with Prodigy.
-DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 400, 1, 4
+DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
 PRESERVATION = ("base-prediction", "class-images")
 
 
@@ -104,8 +104,9 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     train.add_argument("--lr-schedule", choices=("constant", "cosine"),
                        help="default: cosine with prodigy (its step size otherwise keeps growing), constant with adamw")
     train.add_argument("--warmup", type=float, default=0.0, help="share of the steps with linear warm-up")
-    train.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
-                       help="per process (and as many class samples)")
+    train.add_argument("--batch-size", type=int,
+                       help=f"per process (and as many class samples); default {DEFAULT_BATCH}, or fewer where the "
+                            "images (the largest aspect-ratio bucket) are fewer")
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
     train.add_argument("--noise-offset", type=float, default=0.0)
@@ -149,7 +150,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if args.optimizer == "prodigy" else "constant"
     for flag, least in (("steps", 1), ("rank", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_images", 0)):
-        if getattr(args, flag) < least:
+        if getattr(args, flag) is not None and getattr(args, flag) < least:
             raise DatasetError(f"--{flag.replace('_', '-')} must be at least {least}")
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
@@ -311,6 +312,9 @@ def run(args: argparse.Namespace) -> dict:
     trainable = vislora.trainable_parameters(pipe)
     optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
     preserving = args.task == "dreambooth" and args.prior_preservation
+    if args.batch_size is None:  # the default: as many as one process's share of the largest bucket allows
+        largest = max(items.buckets.count(b) for b in set(items.buckets))
+        args.batch_size = max(1, min(DEFAULT_BATCH, largest // world))
     batches = Batches(items, classes, args.batch_size * world, args.seed)
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
                          classes=[Path(p).name for p in classes.data.paths] if classes else None,

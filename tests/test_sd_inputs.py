@@ -278,7 +278,7 @@ def _same_in_diffusers(base: Path, adapter: Path) -> torch.Tensor:
 def test_dreambooth_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "out"
-    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--lr", "1e-2")) == 0
+    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--optimizer", "adamw", "--lr", "1e-2")) == 0
     assert _same_in_diffusers(base, out / "adapter.safetensors") == 0  # the text encoder was not trained
 
 
@@ -287,7 +287,7 @@ def test_locon_and_text_encoder_file_loads_in_diffusers_with_our_outputs(base, t
     min-SNR, noise offset and gradient accumulation: diffusers reads the whole file, not only its attention."""
     pytest.importorskip("peft")
     out = tmp_path / "out"
-    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--lr", "1e-2", "--conv-rank", "2",
+    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--optimizer", "adamw", "--lr", "1e-2", "--conv-rank", "2",
                                   "--conv-alpha", "1", "--train-text-encoder", "--snr-gamma", "5",
                                   "--noise-offset", "0.05", "--grad-accum", "2")) == 0
     tensors = container.read(out / "adapter.safetensors")[0]
@@ -332,7 +332,7 @@ def test_8bit_adam_is_bitsandbytes_or_a_clear_error(base, tmp_path, capsys, monk
             super().__init__(params, **kwargs)
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", SimpleNamespace(optim=SimpleNamespace(AdamW8bit=AdamW8bit)))
-    assert dreambooth_sd.main(_db(base, data, tmp_path / "out", "--use-8bit-adam", "--lr", "2e-3")) == 0
+    assert dreambooth_sd.main(_db(base, data, tmp_path / "out", "--use-8bit-adam", "--optimizer", "adamw", "--lr", "2e-3")) == 0
     assert made == [{"lr": 2e-3, "weight_decay": 1e-2}]
     assert (tmp_path / "out" / "adapter.safetensors").is_file()
 
