@@ -97,8 +97,9 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     train = p.add_argument_group("training")
     train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (default %(default)s)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=OPTIMIZERS[0],
-                       help="prodigy (default: finds its own step size; docs/defaults.md) or adamw")
+    train.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="prodigy (the default: finds its own step size; docs/defaults.md) or adamw (the default "
+                            "with --use-8bit-adam)")
     train.add_argument("--lr", type=float, help="default: 1.0 with prodigy (a multiplier of its own estimate), "
                        "1e-4 with adamw")
     train.add_argument("--lr-schedule", choices=("constant", "cosine"),
@@ -143,6 +144,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, before any file is read."""
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
         raise DatasetError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.use_8bit_adam else OPTIMIZERS[0]
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
     if args.task == "dreambooth" and args.preservation is None:

@@ -332,7 +332,7 @@ def test_8bit_adam_is_bitsandbytes_or_a_clear_error(base, tmp_path, capsys, monk
             super().__init__(params, **kwargs)
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", SimpleNamespace(optim=SimpleNamespace(AdamW8bit=AdamW8bit)))
-    assert dreambooth_sd.main(_db(base, data, tmp_path / "out", "--use-8bit-adam", "--optimizer", "adamw", "--lr", "2e-3")) == 0
+    assert dreambooth_sd.main(_db(base, data, tmp_path / "out", "--use-8bit-adam", "--lr", "2e-3")) == 0
     assert made == [{"lr": 2e-3, "weight_decay": 1e-2}]
     assert (tmp_path / "out" / "adapter.safetensors").is_file()
 
