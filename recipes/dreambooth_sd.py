@@ -423,7 +423,8 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     out = Path(args.out)
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
-               "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule, "batch_size": args.batch_size,
+               "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
+               "batch_size": args.batch_size,
                "preservation": args.preservation if args.task == "dreambooth" and args.prior_preservation else None,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
                **loss_ends(history), **eval_ends(state["evals"]), **counts,

@@ -18,7 +18,7 @@ pytest.importorskip("sklearn")
 
 import vislora  # noqa: E402
 from digit_scorer import classify  # noqa: E402
-from digit_styles import STYLES, write_style_folder  # noqa: E402
+from digit_styles import STYLES, stroke_width, write_style_folder  # noqa: E402
 from digits import DIGIT_WORDS, paper_digits, to_rgb_uint8  # noqa: E402
 from vislora.diffusion.bases import load_pipeline  # noqa: E402
 from vislora.diffusion.pipeline import generate  # noqa: E402
@@ -26,12 +26,14 @@ from vislora.diffusion.triggers import TriggerWarning, check_trigger, pieces, tr
 from vislora.recipes import dreambooth_sd  # noqa: E402
 
 BASE = SAMPLES / "digits_sd"
-QUIET = ["--threads", "2", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--eval-images", "0"]
+QUIET = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--eval-images", "0"]
 N, STEPS, GUIDANCE = 32, 10, 5.0
-SUBJECT = 4
-# What the defaults reach here (docs/defaults.md has the measurements): below the scorecard's goals
-# (fidelity 0.9, worst preserved digit 0.75, style 80% of the way), which the defaults do not reach yet.
-FIDELITY, PRESERVED_WORST, STYLE_MOVED = 0.0, 0.0, 0.0
+SUBJECT = 5
+# What the defaults reach here, with a margin for 32 drawings per prompt (docs/defaults.md measured fidelity
+# 0.47, preservation mean 0.86 and worst 0.19 (digit 2); bold 53% of the way, legible 1.0). The scorecard's goals
+# (fidelity 0.9, worst preserved digit 0.75, a style 80% of the way) are not reached yet.
+FIDELITY, PRESERVED_MEAN, PRESERVED_WORST = 0.3, 0.75, 0.05
+STYLE_MOVED, LEGIBLE = 0.35, 0.85
 
 
 def _draw(pipe, prompts: list[str]) -> np.ndarray:
@@ -71,32 +73,33 @@ def test_dreambooth_defaults_learn_the_subject_and_keep_the_other_digits(pipe, t
         vislora.remove(pipe, "subject")
     print("MEASURED dreambooth", fidelity, dict(zip(others, kept)))
     assert fidelity >= FIDELITY, fidelity
-    assert kept.min() >= PRESERVED_WORST, dict(zip(others, kept))
+    assert kept.mean() >= PRESERVED_MEAN and kept.min() >= PRESERVED_WORST, dict(zip(others, kept))
 
 
 def test_style_defaults_move_toward_the_pictures_and_stay_legible(pipe, tmp_path):
-    caption = "a handwritten digit {word} in flipped style"
-    data = write_style_folder(tmp_path / "flipped", "upside_down", per_digit=8, template=caption)
+    caption = "a handwritten digit {word} in bold style"
+    data = write_style_folder(tmp_path / "bold", "bold", per_digit=8, template=caption)
     assert dreambooth_sd.main(["--model", str(BASE), "--data", str(data), "--out", str(tmp_path / "run"), *QUIET],
                               task="style") == 0
     asked = np.arange(N) % 10
     prompts = [caption.format(word=DIGIT_WORDS[d]) for d in asked]
     plain = _draw(pipe, prompts)
-    vislora.load_adapter(pipe, tmp_path / "run" / "adapter.safetensors", name="flipped")
+    vislora.load_adapter(pipe, tmp_path / "run" / "adapter.safetensors", name="bold")
     try:
-        vislora.set_strength(pipe, "flipped", 0.0)
-        assert np.array_equal(_draw(pipe, prompts), plain)  # strength 0 is the base, pixel for pixel
-        vislora.set_strength(pipe, "flipped", 1.0)
-        styled = _draw(pipe, prompts)
+        drawn = {}
+        for strength in (0.0, 0.5, 1.0):
+            vislora.set_strength(pipe, "bold", strength)
+            drawn[strength] = _draw(pipe, prompts)
     finally:
-        vislora.remove(pipe, "flipped")
-    # The measure: how often a drawing, turned back upright, reads as the digit asked for (legible AND flipped).
-    flipped = lambda images: float((classify(STYLES["upside_down"](images)) == asked).mean())  # noqa: E731
-    paper, labels = paper_digits(32)
-    target = float((classify(paper[:300]) == labels[:300]).mean())  # the training pictures, turned back
-    before, after = flipped(plain), flipped(styled)
-    print("MEASURED style", before, after, target)
-    assert (after - before) / (target - before) >= STYLE_MOVED, (before, after, target)
+        vislora.remove(pipe, "bold")
+    assert np.array_equal(drawn[0.0], plain)  # strength 0 is the base, pixel for pixel
+    width = {k: float(np.mean(stroke_width(v))) for k, v in drawn.items()}
+    paper, _ = paper_digits(32)
+    target = float(np.mean(stroke_width(STYLES["bold"](paper[:300]))))  # the training pictures' stroke width
+    print("MEASURED style", width, target)
+    assert width[0.0] < width[0.5] < width[1.0]
+    assert (width[1.0] - width[0.0]) / (target - width[0.0]) >= STYLE_MOVED, (width, target)
+    assert float((classify(drawn[1.0]) == asked).mean()) >= LEGIBLE
 
 
 def test_a_trigger_split_into_pieces_warns_and_suggests_single_tokens():
