@@ -315,10 +315,11 @@ def run(args: argparse.Namespace) -> dict:
     trainable = vislora.trainable_parameters(pipe)
     optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
     preserving = args.task == "dreambooth" and args.prior_preservation
-    if args.batch_size is None:  # the default: as many as one process's share of the largest bucket allows
-        largest = max(items.buckets.count(b) for b in set(items.buckets))
-        args.batch_size = max(1, min(DEFAULT_BATCH, largest // world))
-    batches = Batches(items, classes, args.batch_size * world, args.seed)
+    batch = args.batch_size
+    if batch is None:  # the default: as many as one process's share of the largest bucket allows (args keep None,
+        largest = max(items.buckets.count(b) for b in set(items.buckets))  # so a resumed run hashes the same)
+        batch = max(1, min(DEFAULT_BATCH, largest // world))
+    batches = Batches(items, classes, batch * world, args.seed)
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
                          classes=[Path(p).name for p in classes.data.paths] if classes else None,
                          base=base.record)
@@ -358,7 +359,7 @@ def run(args: argparse.Namespace) -> dict:
         rank = accelerator.process_index
         for micro in range(args.grad_accum):
             n = step * args.grad_accum + micro
-            mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
+            mine = slice(rank * batch, (rank + 1) * batch)
             # Gradients are averaged across processes only on the last micro-batch of the step.
             with contextlib.ExitStack() as stack:
                 if micro < args.grad_accum - 1:
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> dict:
     bar.close()
     return finish(args, accelerator, base, state, prompts, resolution,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
-                   "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
+                   "batch_size": batch, "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
                    "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
                    "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
                    "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []})
@@ -424,7 +425,6 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
                "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
-               "batch_size": args.batch_size,
                "preservation": args.preservation if args.task == "dreambooth" and args.prior_preservation else None,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
                **loss_ends(history), **eval_ends(state["evals"]), **counts,
