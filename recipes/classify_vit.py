@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import time
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import vislora
+from vislora import checks
 from vislora.classify.classifier import BaseRecord, build_model, describe, hub_tag, record_base, save_model
 from vislora.classify.folders import DatasetError, Samples, scan, split
 from vislora.classify.dataset import ImageDataset, Preprocess
@@ -32,21 +32,23 @@ from vislora.train.metrics import correct_at, peak_rss_mb, plot_history, write_m
 from vislora.train.sampling import EpochBatches
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
                                 run_main)
+from vislora.train import runfolder
 from vislora.train.trainstate import resume_training, save_training
+from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
-NOT_TRAJECTORY = {"out", "resume", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
+NOT_TRAJECTORY = {"out", "resume", "overwrite", "workers", "threads", "checkpoint_every", "keep", "merge", "progress"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="classify_vit")
+    p = checks.Parser(description=__doc__.split("\n\n")[0], prog="vislora classify", formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data", required=True, help="folder with one subfolder per class, or a path,label CSV")
     data.add_argument("--val-data", help="validation folder or CSV (default: a seeded split of --data)")
     data.add_argument("--val-split", type=float, default=0.2, help="share of --data held out when no --val-data")
     model = p.add_argument_group("model")
     model.add_argument("--model", help="timm model name (default: recorded in the --weights file)")
-    model.add_argument("--model-kwargs", type=json.loads, default=None,
+    model.add_argument("--model-kwargs", type=checks.json_object, default=None,
                        help='JSON of timm.create_model overrides, e.g. \'{"patch_size": 4, "depth": 4}\'')
     model.add_argument("--img-size", type=int, help="input size (shortcut for model kwarg img_size)")
     source = model.add_mutually_exclusive_group()
@@ -82,11 +84,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="output folder")
     out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    out.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
+                     "deleted once this run has loaded its model and data)")
     out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: each epoch)")
     out.add_argument("--keep", type=int, default=2, help="complete checkpoints to keep")
     out.add_argument("--merge", action="store_true", help="also write OUT/model.safetensors, adapter merged")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p.parse_args(argv)
+
+
+def known_model(name: str) -> str | None:
+    import timm
+
+    return None if timm.is_model(name) else "is not a timm model name; see timm.list_models('vit*')"
+
+
+# Every flag's constraint, checked in one step before anything is loaded (vislora.checks).
+RULES = {
+    "val_split": checks.share(example="0.2"), "model": known_model, "img_size": checks.count(1),
+    "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"),
+    "dropout": checks.share(example="0.1"),
+    "epochs": checks.count(1), "max_steps": checks.count(1), "batch_size": checks.count(1),
+    "grad_accum": checks.count(1), "lr": checks.positive("1e-3"), "weight_decay": checks.number(0),
+    "warmup": checks.share(example="0.1"), "clip_grad": checks.number(0),
+    "crop_scale": checks.number(0, 1, low_open=True, example="0.7"), "hflip": checks.share(closed=True),
+    "crop_pct": checks.number(0, 1, low_open=True, example="0.875"), "threads": checks.count(1),
+    "seed": checks.count(0), "workers": checks.count(0), "checkpoint_every": checks.count(0),
+    "keep": checks.count(1), "out": checks.writable_folder(),
+}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag and the run folder, in one step before any file or model is read."""
+    checks.check(args, RULES)
+    runfolder.check_folder(args.out, run_identity(args), resume=args.resume, overwrite=args.overwrite)
+
+
+def run_identity(args: argparse.Namespace) -> runfolder.Identity:
+    return runfolder.identity(args, NOT_TRAJECTORY, "classify")
 
 
 # -- steps -------------------------------------------------------------------------------------------------
@@ -166,6 +201,7 @@ def train_step(model, optimizer, micro_batches, trainable, args, accelerator: Ac
 
 # -- the run -------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     accelerator = make_accelerator(args.mixed_precision, args.cpu)
@@ -197,6 +233,11 @@ def run(args: argparse.Namespace) -> dict:
              "bad_steps": 0, "timed_seconds": 0.0, "timed_steps": 0}
     if args.resume:
         state = resume_training(run_dir, model, optimizer, state, config_hash=digest, say=accelerator.print)
+    # The folder becomes this run's, once its model, data and checkpoint loaded (--overwrite: the previous
+    # run's files go now, not before).
+    if main:
+        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
     model, optimizer = accelerator.prepare(model, optimizer)
     bare = accelerator.unwrap_model(model)
     accelerator.print(f"{mode}: {n_trainable:,} of {n_total:,} parameters train ({100 * n_trainable / n_total:.2f}%); "

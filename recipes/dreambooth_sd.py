@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 import vislora
 from vislora.diffusion.buckets import bucket_sizes
-from vislora.diffusion.captions import Captioned, image_files, scan_captioned
+from vislora import checks
+from vislora.diffusion.captions import Captioned, check_caption_files, image_files, scan_captioned
 from vislora.images import IMAGE_SUFFIXES, DatasetError
 from vislora.diffusion.latents import Items, TextCache, cache_latents, load_items
 from vislora.diffusion.bases import DiffusionBase, add_source_options, load_pipeline
@@ -40,13 +41,15 @@ from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
 from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
                                 run_main)
+from vislora.train import runfolder
 from vislora.train.optimizers import DEFAULT_LR, OPTIMIZERS, make_optimizer, step_size
 from vislora.train.trainstate import resume_training, save_training
 from vislora.diffusion.preserve import base_prediction_batch
 from vislora.diffusion.triggers import check_trigger, trigger_words
+from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
-NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
+NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "keep", "progress", "validate_every",
                   "validation_prompt", "validation_seeds", "sample_steps", "guidance", "class_data", "model",
                   "model_config", "revision", "eval_images"}  # the base itself is hashed by its record
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
@@ -57,9 +60,9 @@ PRESERVATION = ("base-prediction", "class-images")
 
 
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
+    p = checks.Parser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
                                 "Train a style LoRA for Stable Diffusion from a folder of captioned images.",
-                                prog=f"vislora {task}")
+                                prog=f"vislora {task}", formatter_class=HelpFormatter)
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
     add_source_options(model)
@@ -131,6 +134,8 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True)
     out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    out.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
+                     "deleted once this run has loaded its model and data)")
     out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     out.add_argument("--keep", type=int, default=2)
     out.add_argument("--no-progress", dest="progress", action="store_false")
@@ -139,11 +144,27 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     return args
 
 
+# Every flag's constraint, checked in one step before anything is loaded (vislora.checks).
+RULES = {
+    "resolution": checks.count(8), "num_class_images": checks.count(1), "prior_loss_weight": checks.number(0),
+    "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"), "conv_rank": checks.count(0),
+    "conv_alpha": checks.positive("4; left out, alpha = conv rank"), "dropout": checks.share(example="0.1"),
+    "steps": checks.count(1), "lr": checks.positive("1.0 with prodigy, 1e-4 with adamw"), "warmup": checks.share(example="0.05"),
+    "batch_size": checks.count(1), "grad_accum": checks.count(1), "snr_gamma": checks.positive("5"),
+    "noise_offset": checks.number(0, example="0.05"), "clip_grad": checks.number(0), "threads": checks.count(1),
+    "seed": checks.count(0), "validate_every": checks.count(0), "validation_seeds": checks.each(checks.count(0)),
+    "sample_steps": checks.count(1), "guidance": checks.number(0, example="7.5"), "eval_images": checks.count(0),
+    "checkpoint_every": checks.count(0), "keep": checks.count(1), "out": checks.writable_folder(),
+}
+
+
 # -- steps -------------------------------------------------------------------------------------------------
 def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work, before any file is read."""
+    """Every flag, the flag combinations, the data folder and the run folder, before any file is read."""
+    checks.check(args, RULES)
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
-        raise DatasetError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
+        raise checks.UsageError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
+    # The defaults that depend on other flags, resolved before the run folder's identity is taken.
     if args.optimizer is None:
         args.optimizer = "adamw" if args.use_8bit_adam else OPTIMIZERS[0]
     if args.lr is None:
@@ -152,13 +173,17 @@ def check_args(args: argparse.Namespace) -> None:
         args.preservation = "class-images" if args.class_data else "base-prediction"
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if args.optimizer == "prodigy" else "constant"
-    for flag, least in (("steps", 1), ("rank", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_images", 0)):
-        if getattr(args, flag) is not None and getattr(args, flag) < least:
-            raise DatasetError(f"--{flag.replace('_', '-')} must be at least {least}")
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
     else:
         image_files(Path(args.data), "--data")
+        if args.caption is None:  # the caption files are read: one not UTF-8 is found now
+            check_caption_files(Path(args.data), "--data")
+    runfolder.check_folder(args.out, run_identity(args), resume=args.resume, overwrite=args.overwrite)
+
+
+def run_identity(args: argparse.Namespace) -> runfolder.Identity:
+    return runfolder.identity(args, NOT_TRAJECTORY, args.task)
 
 
 def multiple_of(base: DiffusionBase) -> int:
@@ -328,6 +353,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.resume:
         state = resume_training(run_dir, holder, optimizer, state, config_hash=digest, say=accelerator.print)
         state.setdefault("evals", [])  # checkpoints from before the evaluation loss
+    # The folder becomes this run's, once its model, data and checkpoint loaded (--overwrite: the previous
+    # run's files go now, not before).
+    if main:
+        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
 
     def evaluation() -> dict:  # main process only: the trained modules unwrapped, no DDP hooks
         return {"step": state["step"], "eval_loss": evaluate(base, trained, accelerator, text, items, cached, alphas,

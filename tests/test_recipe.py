@@ -48,13 +48,18 @@ def _write_images(root: Path, per_class: int, seed: int) -> Path:
 def data(tmp_path_factory) -> dict[str, Path]:
     """Train (3 classes x 6) and validation (3 x 2) folders and a base weights file recording its model."""
     root = tmp_path_factory.mktemp("recipe")
+    return {"train": _write_images(root / "train", 6, 0), "val": _write_images(root / "val", 2, 1),
+            "weights": base_weights(root), "root": root}
+
+
+def base_weights(root: Path) -> Path:
+    """A tiny ViT's weights file (seed 0) that records its timm model and kwargs, as --weights takes it."""
     torch.manual_seed(0)
     base = timm.create_model(MODEL, pretrained=False, num_classes=7, **KWARGS)
     weights = root / "base.safetensors"
     container.write(weights, base.state_dict(), {"format": "pt", "timm_model": MODEL,
                                                  "timm_model_kwargs": json.dumps(KWARGS)})
-    return {"train": _write_images(root / "train", 6, 0), "val": _write_images(root / "val", 2, 1),
-            "weights": weights, "root": root}
+    return weights
 
 
 def _args(data, out, *extra) -> list[str]:
@@ -215,6 +220,7 @@ def test_other_settings_do_not_resume(trained, data, tmp_path, capsys):
     shutil.copytree(trained / "checkpoints", out / "checkpoints")
     assert classify_vit.main(_args(data, out, "--epochs", "2", "--lr", "1e-2", "--resume")) == 2
     assert "different training settings" in _one_error_line(capsys)
+    assert not (out / "run.json").exists()  # the refused run did not make the folder its own
 
 
 @pytest.mark.parametrize("mode", ["--head-only", "--full"])
@@ -376,6 +382,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_adapter(data, tmp_path):
         _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
     assert not (killed / "adapter.safetensors").exists()
+    # Another run (another seed) into the killed run's folder is refused, and changes nothing there.
+    before = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file() and ".tmp-" not in str(p)}
+    assert classify_vit.main(_args(data, killed, *args, "--seed", "1")) == 2
+    assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file() and ".tmp-" not in str(p)} == before
 
     resumed = _recipe_process(_args(data, killed, *args, "--resume"))
     reference = _recipe_process(_args(data, whole, *args))

@@ -7,13 +7,12 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
 
-from ..errors import VisloraError
+from ..console import guarded
 from .accelerate_state import forget_single_process_state
 
 MAX_BAD_STEPS = 3  # consecutive non-finite steps before a run gives up
@@ -54,16 +53,17 @@ def config_hash(args: argparse.Namespace, ignore: set[str], **extra: Any) -> str
 
 def run_main(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,
              report: Callable[[dict], None]) -> int:
-    """Run a recipe; a vislora error prints as one line (no traceback), exit status 2. Only the main
-    process reports."""
-    try:
+    """Run a recipe under vislora.console.guarded: a vislora error prints as one line (no traceback), exit
+    status 2; a full disk, Ctrl-C or a bug is one line too (VISLORA_DEBUG=1 shows tracebacks). Only the
+    main process reports."""
+
+    def call() -> int:
         summary = run(args)
-    except VisloraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if PartialState().is_main_process:
-        report(summary)
-    return 0
+        if PartialState().is_main_process:
+            report(summary)
+        return 0
+
+    return guarded(call)
 
 
 def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, params: list, clip_grad: float) -> bool:
