@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     adapt.add_argument("--dropout", type=float, default=0.0)
     adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     train = p.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (default %(default)s)")
+    train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps, never derived from epochs")
     train.add_argument("--optimizer", choices=OPTIMIZERS,
                        help="prodigy (the default: finds its own step size; docs/defaults.md) or adamw (the default "
                             "with --use-8bit-adam)")
