@@ -46,7 +46,8 @@ SUBJECT = 7                   # the digit taught as "sks"
 SUBJECT_PROMPT, CLASS_PROMPT = "a sks digit", "a handwritten digit"
 OTHER_DIGITS = tuple(d for d in range(10) if d != SUBJECT)  # these prompts should keep drawing their digit
 N_DRAWN, SAMPLE_STEPS, GUIDANCE = 32, 15, 5.0
-COMMON = ["--threads", "1", "--no-progress", "--sample-steps", str(SAMPLE_STEPS), "--guidance", str(GUIDANCE),
+COMMON = ["--threads", "1", "--no-progress", "--overwrite", "--sample-steps", str(SAMPLE_STEPS),
+          "--guidance", str(GUIDANCE),
           "--seed", "0"]
 # The recipes' defaults (optimizer, lr, steps, batch, rank): only what to draw in the validation grids is set.
 DREAMBOOTH = STYLE = ["--validation-seeds", "0", "1", "2", "3", "4", "5", "6", "7"]
@@ -109,12 +110,13 @@ def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
     steps = json.loads((out / "prior" / "metrics.json").read_text())["steps"]
     print(f"\nDreamBooth: 5 scans of a {SUBJECT} taught as {SUBJECT_PROMPT!r}, the recipe's defaults ({steps} "
           f"steps; {N_DRAWN} drawings per prompt, read by the digit classifier)")
-    print(f"  {'model':<31} {'fidelity':>8}   preservation: 'a handwritten digit X' draws an X, X =")
-    print(f"  {'':<31} {SUBJECT_PROMPT!r:>8}   " + " ".join(f"{d:>4}" for d in OTHER_DIGITS) + "   worst")
+    width = len(repr(SUBJECT_PROMPT))
+    print(f"  {'model':<31} {'fidelity':>{width}}   preservation: 'a handwritten digit X' draws an X, X =")
+    print(f"  {'':<31} {SUBJECT_PROMPT!r:>{width}}   " + " ".join(f"{d:>4}" for d in OTHER_DIGITS) + "   worst")
     labels = {"base": "base", "prior": "adapter, prior preservation", "no_prior": "adapter, no prior preservation"}
     for key, by_prompt in rates.items():
         kept = list(by_prompt.values())[1:]
-        print(f"  {labels[key]:<31} {100 * by_prompt[SUBJECT_PROMPT]:>10.0f}%  " +
+        print(f"  {labels[key]:<31} {100 * by_prompt[SUBJECT_PROMPT]:>{width - 1}.0f}%   " +
               " ".join(f"{100 * r:>3.0f}%" for r in kept) + f"   {100 * min(kept):>4.0f}%")
     losses = _eval_losses({labels[k].removeprefix("adapter, "): out / k for k in ("prior", "no_prior")})
     print(_eval_line(losses))

@@ -15,6 +15,9 @@ use_bias_correction, safeguard_warmup, decoupled weight decay.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 from torch import nn
 
@@ -33,8 +36,9 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float, *, eight_bi
             raise DatasetError("--use-8bit-adam is an AdamW option: add --optimizer adamw")
         from prodigyopt import Prodigy
 
-        return Prodigy(params, lr=lr, weight_decay=WEIGHT_DECAY, decouple=True, use_bias_correction=True,
-                       safeguard_warmup=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay" on every start
+            return Prodigy(params, lr=lr, weight_decay=WEIGHT_DECAY, decouple=True, use_bias_correction=True,
+                           safeguard_warmup=True)
     if name != "adamw":
         raise DatasetError(f"--optimizer {name}: choose one of {', '.join(OPTIMIZERS)}")
     if not eight_bit:
