@@ -24,7 +24,6 @@ import torch
 from .. import checks
 from ..bank import AdapterBank
 from ..console import guarded
-from ..errors import VisloraError
 from .bases import add_source_options, add_threads_option, load_pipeline
 from ..helpformat import HelpFormatter
 

@@ -73,10 +73,11 @@ def port_number(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .. import checks
     from ..diffusion.bases import add_source_options, add_threads_option
     from ..helpformat import HelpFormatter
 
-    p = argparse.ArgumentParser(prog="vislora studio", formatter_class=HelpFormatter,
+    p = checks.Parser(prog="vislora studio", formatter_class=HelpFormatter,
                                 description="A local page to mix adapters with sliders and a live preview. It "
                                 "answers only this machine's names unless --allow-host adds one (docs/studio.md).")
     p.add_argument("--model", required=True, help="a diffusers pipeline folder (e.g. samples/digits_sd), a hub id, "
