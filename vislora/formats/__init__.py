@@ -12,7 +12,8 @@ A format module `formats/<name>.py` has
                                                      names only resolve against a live model (kohya)
 
 `FORMATS` lists them in detection order. Nothing here touches a model: vislora.apply matches an
-AdapterFile against one. The container (safetensors, read and written by our own code) is `container`.
+AdapterFile against one. The container (the safetensors library under our checks) is `container`; what
+every read refuses beyond it (bounded JSON, alphas, ranks, factor shapes) is `checks`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from types import ModuleType
 import torch
 
 from ..errors import AdapterFormatError
-from . import container, kohya, native, peft_diffusers, peft_folder
+from . import checks, container, kohya, native, peft_diffusers, peft_folder
 from .adapter import AdapterFile, ModuleWeights
 
 FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers)}
@@ -33,24 +34,50 @@ FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXTRA_DTYPES = FACTOR_DTYPES + (torch.int64,)  # int64: BatchNorm's num_batches_tracked
 
 
-def read(path: str | os.PathLike) -> AdapterFile:
+def read(path: str | os.PathLike, *, values: bool = True) -> AdapterFile:
     """Parse an adapter file (or an adapter folder a format knows, or a set of PEFT folders, one per pipeline
-    component, read as one adapter) without touching any model."""
+    component, read as one adapter) without touching any model. The file is parsed from its header first
+    (meta tensors), so a bad header, alpha, rank or factor shape (formats.checks) is refused before any data
+    is mapped; then the data is mapped and its values checked (finite, allowed dtypes).
+
+    values=False reads headers only (what `inspect` and the studio's catalogue need): factors are meta
+    tensors with their shapes and dtypes, so a file of any size is described in milliseconds, and tensor
+    values (NaN, inf) are checked only when a full read loads them."""
     path, options = Path(path), {}
     parts = peft_folder.components_in(path) if path.is_dir() else None
     if parts:
-        return peft_folder.combine({comp: read(sub) for comp, sub in parts.items()}, path)
+        return peft_folder.combine({comp: read(sub, values=values) for comp, sub in parts.items()}, path)
     if path.is_dir():
         for fmt in FORMATS.values():
             found = fmt.folder(path) if hasattr(fmt, "folder") else None
             if found is not None:
                 path, options = found
                 break
-    tensors, metadata = container.read(path)
-    check_values(tensors, path)
+    adapter = _parse(*container.read(path, values=False), path, options)  # the header's facts, checked
+    if not values:
+        return adapter
+    tensors, metadata = container.read(path)  # now map the data
+    adapter = _parse(tensors, metadata, path, options)
+    check_values(tensors, path)  # last: the only check that reads every byte
+    return adapter
+
+
+def parse(data: bytes, name: str = "<bytes>", *, values: bool = True) -> AdapterFile:
+    """`read` for one file's bytes in memory (`name` stands for its path in errors): the same checks in the
+    same order, without a file."""
+    adapter = _parse(*container.parse(data, name, values=False), Path(name), {})
+    if not values:
+        return adapter
+    tensors, metadata = container.parse(data, name)
+    adapter = _parse(tensors, metadata, Path(name), {})
+    check_values(tensors, Path(name))
+    return adapter
+
+
+def _parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, options: dict) -> AdapterFile:
     for fmt in FORMATS.values():
         if fmt.detect(tensors, metadata):
-            return fmt.read(tensors, metadata, str(path), **options)
+            return checks.check_adapter(fmt.read(tensors, metadata, str(path), **options))
     raise AdapterFormatError(f"no LoRA tensors found; keys look like {list(tensors)[:5]}", path=path,
                              category="not-an-adapter")
 
@@ -78,8 +105,9 @@ def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
             if not (key.endswith(".alpha") and t.numel() == 1 and not t.dtype.is_complex):
                 raise AdapterFormatError(f"{key!r} has dtype {t.dtype}; adapters store float32/float16/bfloat16",
                                          path=path, category="bad-dtype")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
             raise AdapterFormatError(f"{key!r} contains NaN or inf", path=path, category="non-finite")
 
 
-__all__ = ["AdapterFile", "FORMATS", "ModuleWeights", "check_values", "container", "read", "write"]
+__all__ = ["AdapterFile", "FORMATS", "ModuleWeights", "check_values", "checks", "container", "parse", "read",
+           "write"]

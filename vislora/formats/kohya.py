@@ -26,6 +26,7 @@ from ..functional import lokr
 from . import container, kohya_names
 from .adapter import AdapterFile, ModuleWeights
 from .arch import of_file
+from .checks import matrix_factors
 from .kohya_names import KOHYA_PREFIXES
 
 FORMAT = "kohya"
@@ -97,6 +98,7 @@ def _module(name: str, parts: dict[str, torch.Tensor], path: str) -> ModuleWeigh
             "w2" in factors or {"w2_a", "w2_b"} <= set(factors))):
         raise AdapterFormatError(f"module {name!r} is incomplete: it has {sorted(parts)}", path=path,
                                  category="incomplete")
+    matrix_factors(name, factors, ("down", "up", "mid", "w1_a", "w1_b", "w2_a", "w2_b", "w1", "w2"), path)
     kind = _kind(family, factors)
     rank = _rank(kind, factors)
     alpha_t = parts.get("alpha")

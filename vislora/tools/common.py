@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Iterable, TypeVar
 
 import torch
 
-from .. import formats
+from .. import checks, formats
 from ..errors import AdapterCompatError
 from ..formats import FORMATS, AdapterFile, ModuleWeights, kohya
 from ..formats.arch import of_file
@@ -19,6 +20,29 @@ from .skeleton import base_model
 T = TypeVar("T")
 TARGETS = ("kohya", "lycoris", "diffusers", "peft", "vislora")
 BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+# What resize, extract and merge factor to, checked before any file is read (vislora.checks rules).
+TARGET_RULES = {"rank": checks.count(1), "energy": checks.number(0, 1, low_open=True, example="0.9")}
+
+
+def check_target(rank: int | None, energy: float | None) -> None:
+    """Exactly one of a rank >= 1 and an energy share in (0, 1]: what resize and extract factor to."""
+    if (rank is None) == (energy is None):
+        raise ValueError("give exactly one of rank and energy")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a whole number >= 1, got {rank!r}")
+    if energy is not None and not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+
+
+def check_output(path: str | os.PathLike, to: str) -> None:
+    """Refuse an output `path` that cannot receive a --to `to` adapter, before anything is read."""
+    path = Path(path)
+    if to == "peft" and path.exists() and not path.is_dir():
+        raise checks.UsageError(f"{path} is a file; --to peft writes an adapter folder: give a folder path")
+    if to != "peft" and path.is_dir():
+        raise checks.UsageError(f"{path} is a folder; give a file path such as {path / 'adapter.safetensors'}")
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
@@ -98,7 +122,11 @@ def product(w: ModuleWeights) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ..
 
 
 def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
-    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error."""
+    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error. The metadata
+    that described the source file's layout (its module table, PEFT scales, format tag) is left behind: the
+    target format writes its own."""
+    carried = {k: v for k, v in adapter.metadata.items() if k not in formats.native.RESERVED}
+    adapter = dataclasses.replace(adapter, metadata=carried)
     try:
         return formats.write(path, adapter, to)
     except ValueError as e:

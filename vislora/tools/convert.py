@@ -7,10 +7,9 @@ full weights are written the LyCORIS way); diffusers and PEFT hold LoRA and LoCo
 
 from __future__ import annotations
 
-import argparse
-
-from . import common
+from ..checks import Parser
 from ..helpformat import HelpFormatter
+from . import common
 
 
 def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial: bool = False) -> str:
@@ -19,8 +18,7 @@ def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora convert", description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = Parser(prog="vislora convert", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("src", help="adapter file or PEFT folder")
     p.add_argument("dst", help="output file (a folder for --to peft)")
     p.add_argument("--to", required=True, choices=sorted(common.TARGETS))
@@ -28,5 +26,6 @@ def main(argv: list[str]) -> int:
                    "(default: from its tensor shapes)")
     p.add_argument("--allow-partial", action="store_true", help="drop module names the base does not have")
     args = p.parse_args(argv)
+    common.check_output(args.dst, args.to)
     print(f"wrote {convert(args.src, args.dst, args.to, args.base, args.allow_partial)}")
     return 0
