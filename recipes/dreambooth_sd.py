@@ -43,7 +43,10 @@ from vislora.train.plots import plot_loss, save_grid, save_png
 from vislora.train.runs import LastGood, config_hash, count_time, lr_at, make_accelerator, optimizer_step, run_main
 from vislora.train import verdict
 from vislora.train import runfolder
+from vislora.train.optimizers import DEFAULT_LR, OPTIMIZERS, make_optimizer, step_size
 from vislora.train.trainstate import resume_training, save_training
+from vislora.diffusion.preserve import base_prediction_batch
+from vislora.diffusion.triggers import check_trigger, trigger_words
 from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
@@ -52,6 +55,9 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
                   "model_config", "revision", "eval_images"}  # the base itself is hashed by its record
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
+# Chosen by measurement on two digits bases of different widths (docs/defaults.md), with Prodigy.
+DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
+PRESERVATION = ("base-prediction", "class-images")
 
 
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
@@ -66,10 +72,16 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     if task == "dreambooth":
         data.add_argument("--instance-data", required=True, help="folder of images of the subject")
         data.add_argument("--instance-prompt", required=True, help='e.g. "a sks dog"')
-        data.add_argument("--prior-preservation", action="store_true", help="also train on class images")
+        data.add_argument("--prior-preservation", action="store_true",
+                          help="keep what --class-prompt draws (see --preservation)")
         data.add_argument("--class-prompt", help='e.g. "a dog" (needed with --prior-preservation)')
+        data.add_argument("--preservation", choices=PRESERVATION,
+                          help="base-prediction (the default): the class prompt's target is the frozen base's own "
+                               "prediction on the instance samples' noisy latents, no class images; class-images "
+                               "(the default when --class-data is given): train on --num-class-images pictures "
+                               "the base draws for the class prompt (docs/defaults.md compares them)")
         data.add_argument("--class-data", help="folder of class images; the missing ones are generated and kept "
-                          "(default OUT/class_images)")
+                          "(default OUT/class_images; --preservation class-images)")
         data.add_argument("--num-class-images", type=int, default=100)
         data.add_argument("--prior-loss-weight", type=float, default=1.0)
     else:
@@ -80,7 +92,7 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
                           help="centre-crop every image square instead of aspect-ratio buckets")
     adapt = p.add_argument_group("adapter")
     adapt.add_argument("--preset", nargs="+", default=["unet.attn"], help="presets or patterns (default unet.attn)")
-    adapt.add_argument("--rank", type=int, default=4)
+    adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
     adapt.add_argument("--conv-rank", type=int, default=0, help="LoCon on the UNet convs with this rank (0: none)")
     adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
@@ -88,11 +100,18 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     adapt.add_argument("--dropout", type=float, default=0.0)
     adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     train = p.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=400)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps, never derived from epochs")
+    train.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="prodigy (the default: finds its own step size; docs/defaults.md) or adamw (the default "
+                            "with --use-8bit-adam)")
+    train.add_argument("--lr", type=float, help="default: 1.0 with prodigy (a multiplier of its own estimate), "
+                       "1e-4 with adamw")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                       help="default: cosine with prodigy (its step size otherwise keeps growing), constant with adamw")
     train.add_argument("--warmup", type=float, default=0.0, help="share of the steps with linear warm-up")
-    train.add_argument("--batch-size", type=int, default=1, help="per process (and as many class images)")
+    train.add_argument("--batch-size", type=int,
+                       help=f"per process (and as many class samples); default {DEFAULT_BATCH}, or fewer where the "
+                            "images (the largest aspect-ratio bucket) are fewer")
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
     train.add_argument("--noise-offset", type=float, default=0.0)
@@ -131,7 +150,7 @@ RULES = {
     "resolution": checks.count(8), "num_class_images": checks.count(1), "prior_loss_weight": checks.number(0),
     "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"), "conv_rank": checks.count(0),
     "conv_alpha": checks.positive("4; left out, alpha = conv rank"), "dropout": checks.share(example="0.1"),
-    "steps": checks.count(1), "lr": checks.positive("1e-4"), "warmup": checks.share(example="0.05"),
+    "steps": checks.count(1), "lr": checks.positive("1.0 with prodigy, 1e-4 with adamw"), "warmup": checks.share(example="0.05"),
     "batch_size": checks.count(1), "grad_accum": checks.count(1), "snr_gamma": checks.positive("5"),
     "noise_offset": checks.number(0, example="0.05"), "clip_grad": checks.number(0), "threads": checks.count(1),
     "seed": checks.count(0), "validate_every": checks.count(0), "validation_seeds": checks.each(checks.count(0)),
@@ -146,6 +165,15 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check(args, RULES)
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
         raise checks.UsageError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
+    # The defaults that depend on other flags, resolved before the run folder's identity is taken.
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.use_8bit_adam else OPTIMIZERS[0]
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
+    if args.task == "dreambooth" and args.preservation is None:
+        args.preservation = "class-images" if args.class_data else "base-prediction"
+    if args.lr_schedule is None:
+        args.lr_schedule = "cosine" if args.optimizer == "prodigy" else "constant"
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
     else:
@@ -208,10 +236,14 @@ def load_data(args: argparse.Namespace, base: DiffusionBase, accelerator: Accele
     for line in check_prompts(base.pipe, prompts):
         if main:
             warnings.warn(line, stacklevel=2)
+    if main and args.task == "dreambooth":
+        check_trigger(base.pipe.tokenizer, trigger_words(args.instance_prompt, args.class_prompt), "--instance-prompt")
+    elif main and args.trigger:
+        check_trigger(base.pipe.tokenizer, trigger_words(args.trigger), "--trigger")
     sizes = bucket_sizes(resolution, multiple_of(base), square=square)
     items = load_items(data, sizes)
     classes = None
-    if args.task == "dreambooth" and args.prior_preservation:
+    if args.task == "dreambooth" and args.prior_preservation and args.preservation == "class-images":
         folder = class_images(base, args, accelerator, resolution)
         found = scan_captioned(folder, flag="--class-data", caption=args.class_prompt, min_size=resolution, warn=main)
         classes = load_items(Captioned(found.paths[:args.num_class_images], found.captions[:args.num_class_images],
@@ -307,8 +339,13 @@ def run(args: argparse.Namespace) -> dict:
                **({"text_encoder_2": pipe.text_encoder_2} if args.train_text_encoder and base.is_sdxl else {})}
     holder = nn.ModuleDict(trained)  # one module for checkpoints: parameters named "<component>.<path>"
     trainable = vislora.trainable_parameters(pipe)
-    optimizer = make_optimizer(trainable, args)
-    batches = Batches(items, classes, args.batch_size * world, args.seed)
+    optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
+    preserving = args.task == "dreambooth" and args.prior_preservation
+    batch = args.batch_size
+    if batch is None:  # the default: as many as one process's share of the largest bucket allows (args keep None,
+        largest = max(items.buckets.count(b) for b in set(items.buckets))  # so a resumed run hashes the same)
+        batch = max(1, min(DEFAULT_BATCH, largest // world))
+    batches = Batches(items, classes, batch * world, args.seed)
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
                          classes=[Path(p).name for p in classes.data.paths] if classes else None,
                          base=base.record)
@@ -342,7 +379,7 @@ def run(args: argparse.Namespace) -> dict:
     step = state["step"]
     window = verdict.watch_window(args.steps, least=5)  # a diffusion step's loss swings with its timestep
     # Predicting zero scores about 1 per term (noise and v have unit variance): worse than that is diverging.
-    ceiling = (1.0 + args.noise_offset ** 2) * (1.0 + (args.prior_loss_weight if classes is not None else 0.0))
+    ceiling = (1.0 + args.noise_offset ** 2) * (1.0 + (args.prior_loss_weight if preserving else 0.0))
     good, stopped = LastGood(trainable, step), None  # the weights to keep if the run diverges
     rss_before = peak_rss_mb()
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
@@ -357,7 +394,7 @@ def run(args: argparse.Namespace) -> dict:
         rank = accelerator.process_index
         for micro in range(args.grad_accum):
             n = step * args.grad_accum + micro
-            mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
+            mine = slice(rank * batch, (rank + 1) * batch)
             # Gradients are averaged across processes only on the last micro-batch of the step.
             with contextlib.ExitStack() as stack:
                 if micro < args.grad_accum - 1:
@@ -370,11 +407,13 @@ def run(args: argparse.Namespace) -> dict:
                 parts = [denoise.training_batch(base, pipe.vae, text, data, picks, cache,
                                                 draw_seeds(args.seed, n, first, len(picks)), alphas, device,
                                                 args.noise_offset) for data, picks, cache, first in shares]
+                if preserving and classes is None:  # the base's own prediction for the class prompt
+                    parts.append(base_prediction_batch(base, pipe.unet, text, parts[0], args.class_prompt))
                 # One UNet call on instance and class samples together, split after (as diffusers' DreamBooth).
                 losses = denoise.unet_losses(unet, denoise.cat(parts), alphas, base.prediction, args.snr_gamma)
                 inst, prior = losses.split([len(parts[0]), len(losses) - len(parts[0])])
                 loss = inst.mean()
-                if classes is not None:
+                if preserving:
                     loss = loss + args.prior_loss_weight * prior.mean()
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
@@ -383,9 +422,9 @@ def run(args: argparse.Namespace) -> dict:
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
         inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
         seconds = time.perf_counter() - started
-        row = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "instance_loss": inst_sum / count,
-               "prior_loss": prior_sum / count if classes else None, "seconds": seconds}
-        row["loss"] = row["instance_loss"] + (args.prior_loss_weight * row["prior_loss"] if classes else 0.0)
+        row = {"step": step + 1, "lr": step_size(optimizer), "instance_loss": inst_sum / count,
+               "prior_loss": prior_sum / count if preserving else None, "seconds": seconds}
+        row["loss"] = row["instance_loss"] + (args.prior_loss_weight * row["prior_loss"] if preserving else 0.0)
         state["history"].append(row)
         count_time(state, step, seconds)
         step += 1
@@ -415,22 +454,11 @@ def run(args: argparse.Namespace) -> dict:
         accelerator.print(f"{args.task}: {stopped}; stopped, keeping the weights of step {good.step}")
     return finish(args, accelerator, base, state, prompts, resolution,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
-                   "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
+                   "batch_size": batch, "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
                    "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
                    "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
                    "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []},
                   targets=as_targets(items.pixels, resolution))
-
-
-def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW; bitsandbytes' 8-bit AdamW with --use-8bit-adam (an optional extra: pip install bitsandbytes)."""
-    if not args.use_8bit_adam:
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise DatasetError("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes") from None
-    return bnb.optim.AdamW8bit(params, lr=args.lr, weight_decay=1e-2)
 
 
 def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, prompts: list[str], resolution: int,
@@ -439,6 +467,8 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
     out = Path(args.out)
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
+               "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
+               "preservation": args.preservation if args.task == "dreambooth" and args.prior_preservation else None,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
                **loss_ends(history), **eval_ends(state["evals"]), **counts,
                "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1), "peak_rss_mb": peak_rss_mb(),

@@ -7,6 +7,7 @@ returns them) and return the same kind; they work on ink = 1 - paper, so the pap
     thin(images, size=2)       thinner strokes: grey erosion of the ink
     italic(images, angle=15)   shear x' = x + tan(angle) * (cy - y): the top leans right by `angle` degrees
     mirror(images)             left-right flip
+    upside_down(images)        rotation by 180 degrees (its own inverse, so a scorer can undo it)
     STYLES                     name -> transform, including "plain" (identity)
 
 Measures take images in any of these forms: [N, H, W] grey or [N, H, W, 3] RGB, uint8 (0..255) or float
@@ -104,6 +105,11 @@ def mirror(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
 
 
+def upside_down(images: np.ndarray) -> np.ndarray:
+    """Rotation by 180 degrees; applied twice it is the identity, so `upside_down(drawn)` undoes the style."""
+    return np.ascontiguousarray(np.asarray(images)[:, ::-1, ::-1])
+
+
 def plain(images: np.ndarray) -> np.ndarray:
     """Identity (the base style)."""
     return np.asarray(images)
@@ -111,6 +117,7 @@ def plain(images: np.ndarray) -> np.ndarray:
 
 STYLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": plain, "bold": bold, "thin": thin, "italic": italic, "mirror": mirror,
+    "upside_down": upside_down,
 }
 
 

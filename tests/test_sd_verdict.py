@@ -38,7 +38,9 @@ def _run(world, name: str, *extra: str, task: str = "dreambooth") -> tuple[dict,
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         main = dreambooth_sd.main if task == "dreambooth" else style_sd.main
-        assert main(["--model", str(world["base"]), "--out", str(out), *argv, *FAST, *extra]) == 0
+        # These runs set the step size itself (AdamW): lr 5 must diverge and lr 1e-7 barely move.
+        assert main(["--model", str(world["base"]), "--out", str(out), *argv, *FAST, "--optimizer", "adamw",
+                     *extra]) == 0
     return json.loads((out / "metrics.json").read_text()), printed.getvalue()
 
 
