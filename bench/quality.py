@@ -75,6 +75,9 @@ class Scorecard:
         self.n_fidelity, self.n_preserve, self.n_style = (16, 8, 30) if args.quick else (32, 16, 50)
         self.common = ["--no-progress", *(["--threads", str(args.threads)] if args.threads else [])]
         self.results: dict = {"runs": {}, "base": {}}
+        import torch
+
+        torch.set_num_threads(1)  # drawing 32 px digits gains nothing from a second thread on shared cores
         self._pipes: dict = {}
         self.triggers = self._one_token_triggers()
 
