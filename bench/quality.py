@@ -332,7 +332,8 @@ class Scorecard:
         self.results.setdefault("scorecard_s", {})[" ".join(sys.argv[1:])] = round(seconds, 1)
         text = table(self.results, GOALS)
         grids = pictures(self.results, self.out / "pictures", self.args.pictures)
-        footer = f"\nscorecard time: {seconds:.0f} s wall for this invocation\npictures: " + \
+        footer = f"\nscorecard time: {seconds:.0f} s wall for this invocation; training processes: " \
+            f"{training_seconds(self.results)}\npictures: " + \
             ", ".join(str(g) for g in grids)
         (self.out / "quality.md").write_text(text + "\n")
         (self.out / "quality.json").write_text(json.dumps(self.results, indent=1, default=float))
@@ -363,6 +364,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def training_seconds(results: dict) -> str:
+    """CPU and wall seconds of every training process in the results, summed."""
+    runs = [run for entry in results["runs"].values() for key in ("vislora", "peer") if key in entry
+            for run in [entry[key]]] + [s for entry in results["runs"].values() for s in entry.get("sweep", [])]
+    return (f"{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s, "
+            f"{sum(r['wall_s'] for r in runs):.0f} s wall")
+
+
 def report_from(args: argparse.Namespace) -> int:
     """One table and one set of grids from pieces of the scorecard run apart."""
     merged: dict = {"runs": {}, "base": {}, "scorecard_s": {}}
@@ -378,7 +387,8 @@ def report_from(args: argparse.Namespace) -> int:
     (out / "quality.md").write_text(text + "\n")
     (out / "quality.json").write_text(json.dumps(merged, indent=1, default=float))
     pieces = "; ".join(f"{k} {v:.0f} s" for k, v in merged["scorecard_s"].items())
-    print(text + f"\n\nscorecard time per piece (wall): {pieces}\npictures: " + ", ".join(map(str, grids)))
+    print(text + f"\n\nscorecard time per piece (wall): {pieces}\ntraining processes: {training_seconds(merged)}"
+          "\npictures: " + ", ".join(map(str, grids)))
     return 0
 
 
