@@ -130,7 +130,7 @@ def table(results: dict, goals: dict) -> str:
 
 def pictures(results: dict, folder: Path, copy_to: str | None = None) -> list[Path]:
     """One grid per task: each row a run, each cell several drawings (upscaled nearest-neighbour)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from vislora.train.plots import save_grid
 
@@ -143,7 +143,8 @@ def pictures(results: dict, folder: Path, copy_to: str | None = None) -> list[Pa
                              "then the nine other digits by vislora | peer"),
         "dreambooth-no_prior": ([r for r in runs if r["task"] == "dreambooth" and r["mode"] == "no_prior"],
                                 ("base", "vislora", "peer", "vislora others", "peer others"),
-                                "DreamBooth, no preservation. Cells as above"),
+                                "DreamBooth, no preservation. Cells: 'a <trigger> digit' by base | vislora | peer; "
+                                "then the nine other digits by vislora | peer"),
         "styles": ([r for r in runs if r["task"] == "style"],
                    ("training", "base", "vislora 0.5", "vislora 1", "peer 0.5", "peer 1"),
                    "Styles. Cells: training pictures | base | vislora at 0.5, 1 | peer at 0.5, 1"),
@@ -153,7 +154,8 @@ def pictures(results: dict, folder: Path, copy_to: str | None = None) -> list[Pa
             continue
         rows, labels = [], []
         for r in mine:
-            rows.append([Image.open(r["cells"][c]) for c in cells if c in r["cells"]])
+            rows.append([ImageOps.expand(Image.open(r["cells"][c]), border=4, fill="white")  # a margin between cells
+                         for c in cells if c in r["cells"]])
             labels.append(f"subject {r['subject']}, {r['trigger']!r}" if r["task"] == "dreambooth"
                           else f"{r['style']}, {r['captions']} captions: {r['prompt']!r}")
         grids.append(save_grid(folder / f"{name}.png", rows, labels, title, scale=2))
