@@ -96,21 +96,26 @@ class Scorecard:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(cpu, 1)}
 
-    def vislora(self, verb: str, name: str, flags: list[str]) -> dict:
+    def trained(self, name: str, command: list[str]) -> tuple[Path, dict]:
+        """Train into OUT/runs/NAME (or, with --reuse, take a finished run there as it is); its seconds."""
         run = self.out / "runs" / name
+        record = run / "seconds.json"
+        if self.args.reuse and (run / "metrics.json").is_file():
+            return run, json.loads(record.read_text()) if record.is_file() else {"wall_s": None, "cpu_s": None}
         shutil.rmtree(run, ignore_errors=True)
-        seconds = self.timed(name, [sys.executable, "-m", "vislora.cli", verb, *flags, "--out", str(run),
-                                    *self.common])
+        seconds = self.timed(name, [*command, "--out", str(run)])
+        record.write_text(json.dumps(seconds))
+        return run, seconds
+
+    def vislora(self, verb: str, name: str, flags: list[str]) -> dict:
+        run, seconds = self.trained(name, [sys.executable, "-m", "vislora.cli", verb, *flags, *self.common])
         metrics = json.loads((run / "metrics.json").read_text())
         keep = ("steps", "eval_loss_before", "eval_loss_after", "val_top1", "verdict")
         return {**seconds, **{k: metrics[k] for k in keep if k in metrics}, "adapter": str(run / "adapter.safetensors")}
 
     def peer(self, name: str, flags: list[str]) -> dict:
-        run = self.out / "runs" / name
-        shutil.rmtree(run, ignore_errors=True)
         threads = ["--threads", str(self.args.threads)] if self.args.threads else []
-        seconds = self.timed(name, [sys.executable, str(HERE / "peer_dreambooth.py"), *flags, "--out", str(run),
-                                    *threads])
+        run, seconds = self.trained(name, [sys.executable, str(HERE / "peer_dreambooth.py"), *flags, *threads])
         metrics = json.loads((run / "metrics.json").read_text())
         return {**seconds, "steps": metrics["steps"], "class_images_s": round(metrics["class_images_s"], 1),
                 "adapter": str(run)}
@@ -353,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="subjects 3 and 7, styles rot90 bold italic, fewer "
                    "drawings, no classification sweep (flags given explicitly still win)")
     p.add_argument("--no-peer", action="store_true", help="vislora only")
+    p.add_argument("--reuse", action="store_true", help="score runs already trained under OUT/runs instead of "
+                   "training them again (their seconds are those recorded when they were trained)")
     p.add_argument("--keep", action="store_true", help="add to OUT/quality.json instead of starting afresh")
     p.add_argument("--threads", type=int, default=1, help="per training process (default 1: shared cores)")
     p.add_argument("--pictures", help="also copy the sample grids to this folder (e.g. docs/quality)")
@@ -368,6 +375,7 @@ def training_seconds(results: dict) -> str:
     """CPU and wall seconds of every training process in the results, summed."""
     runs = [run for entry in results["runs"].values() for key in ("vislora", "peer") if key in entry
             for run in [entry[key]]] + [s for entry in results["runs"].values() for s in entry.get("sweep", [])]
+    runs = [r for r in runs if r["cpu_s"] is not None]
     return (f"{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s, "
             f"{sum(r['wall_s'] for r in runs):.0f} s wall")
 

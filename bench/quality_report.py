@@ -37,7 +37,7 @@ def _seconds_rows(task: str, runs: list[dict], goals: dict) -> list[list[str]]:
     """Steps the defaults give and CPU seconds per run (max, with the mean and the wall time's max)."""
     steps, shown, meets = {}, {}, {}
     for t in TRAINERS:
-        mine = [r[t] for r in runs if t in r]
+        mine = [r[t] for r in runs if t in r and r[t]["cpu_s"] is not None]  # None: reused, not timed
         if mine:
             steps[t] = "/".join(sorted({str(m["steps"]) for m in mine}, key=int))
             cpu = [m["cpu_s"] for m in mine]
