@@ -21,6 +21,7 @@ demo: $(STAMP)
 # missing and apt-get can (as root); without it the browser tests skip and say why.
 browser:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		echo "installing Debian's chromium (about 480 MB) for the studio's browser test" && \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
 		echo "chromium not installed: the studio's browser tests will skip"
 

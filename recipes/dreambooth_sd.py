@@ -29,21 +29,25 @@ from tqdm.auto import tqdm
 
 import vislora
 from vislora.diffusion.buckets import bucket_sizes
-from vislora.diffusion.captions import Captioned, image_files, scan_captioned
+from vislora import checks
+from vislora.diffusion.captions import Captioned, check_caption_files, image_files, scan_captioned
 from vislora.images import IMAGE_SUFFIXES, DatasetError
 from vislora.diffusion.latents import Items, TextCache, cache_latents, load_items
 from vislora.diffusion.bases import DiffusionBase, add_source_options, load_pipeline
 from vislora.diffusion.pipeline import check_presets, check_prompts, generate
 from vislora.diffusion import denoise
+from vislora.diffusion.shift import as_targets, sample_shift
 from vislora.diffusion.batches import Batches, draw_seeds
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
-from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
-                                run_main)
+from vislora.train.runs import LastGood, config_hash, count_time, lr_at, make_accelerator, optimizer_step, run_main
+from vislora.train import verdict
+from vislora.train import runfolder
 from vislora.train.trainstate import resume_training, save_training
+from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
-NOT_TRAJECTORY = {"out", "resume", "threads", "checkpoint_every", "keep", "progress", "validate_every",
+NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "keep", "progress", "validate_every",
                   "validation_prompt", "validation_seeds", "sample_steps", "guidance", "class_data", "model",
                   "model_config", "revision", "eval_images"}  # the base itself is hashed by its record
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
@@ -51,9 +55,9 @@ METADATA_KEY = "vislora.diffusion"
 
 
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
+    p = checks.Parser(description=__doc__.split("\n\n")[0] if task == "dreambooth" else
                                 "Train a style LoRA for Stable Diffusion from a folder of captioned images.",
-                                prog=f"vislora {task}")
+                                prog=f"vislora {task}", formatter_class=HelpFormatter)
     model = p.add_argument_group("model")
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
     add_source_options(model)
@@ -112,6 +116,8 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True)
     out.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    out.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
+                     "deleted once this run has loaded its model and data)")
     out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     out.add_argument("--keep", type=int, default=2)
     out.add_argument("--no-progress", dest="progress", action="store_false")
@@ -120,18 +126,37 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     return args
 
 
+# Every flag's constraint, checked in one step before anything is loaded (vislora.checks).
+RULES = {
+    "resolution": checks.count(8), "num_class_images": checks.count(1), "prior_loss_weight": checks.number(0),
+    "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"), "conv_rank": checks.count(0),
+    "conv_alpha": checks.positive("4; left out, alpha = conv rank"), "dropout": checks.share(example="0.1"),
+    "steps": checks.count(1), "lr": checks.positive("1e-4"), "warmup": checks.share(example="0.05"),
+    "batch_size": checks.count(1), "grad_accum": checks.count(1), "snr_gamma": checks.positive("5"),
+    "noise_offset": checks.number(0, example="0.05"), "clip_grad": checks.number(0), "threads": checks.count(1),
+    "seed": checks.count(0), "validate_every": checks.count(0), "validation_seeds": checks.each(checks.count(0)),
+    "sample_steps": checks.count(1), "guidance": checks.number(0, example="7.5"), "eval_images": checks.count(0),
+    "checkpoint_every": checks.count(0), "keep": checks.count(1), "out": checks.writable_folder(),
+}
+
+
 # -- steps -------------------------------------------------------------------------------------------------
 def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work, before any file is read."""
+    """Every flag, the flag combinations, the data folder and the run folder, before any file is read."""
+    checks.check(args, RULES)
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
-        raise DatasetError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
-    for flag, least in (("steps", 1), ("rank", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_images", 0)):
-        if getattr(args, flag) < least:
-            raise DatasetError(f"--{flag.replace('_', '-')} must be at least {least}")
+        raise checks.UsageError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
     else:
         image_files(Path(args.data), "--data")
+        if args.caption is None:  # the caption files are read: one not UTF-8 is found now
+            check_caption_files(Path(args.data), "--data")
+    runfolder.check_folder(args.out, run_identity(args), resume=args.resume, overwrite=args.overwrite)
+
+
+def run_identity(args: argparse.Namespace) -> runfolder.Identity:
+    return runfolder.identity(args, NOT_TRAJECTORY, args.task)
 
 
 def multiple_of(base: DiffusionBase) -> int:
@@ -292,6 +317,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.resume:
         state = resume_training(run_dir, holder, optimizer, state, config_hash=digest, say=accelerator.print)
         state.setdefault("evals", [])  # checkpoints from before the evaluation loss
+    # The folder becomes this run's, once its model, data and checkpoint loaded (--overwrite: the previous
+    # run's files go now, not before).
+    if main:
+        runfolder.claim(args.out, run_identity(args), overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
 
     def evaluation() -> dict:  # main process only: the trained modules unwrapped, no DDP hooks
         return {"step": state["step"], "eval_loss": evaluate(base, trained, accelerator, text, items, cached, alphas,
@@ -310,6 +340,10 @@ def run(args: argparse.Namespace) -> dict:
                                          else list(dict.fromkeys(items.data.captions))[:2])
 
     step = state["step"]
+    window = verdict.watch_window(args.steps, least=5)  # a diffusion step's loss swings with its timestep
+    # Predicting zero scores about 1 per term (noise and v have unit variance): worse than that is diverging.
+    ceiling = (1.0 + args.noise_offset ** 2) * (1.0 + (args.prior_loss_weight if classes is not None else 0.0))
+    good, stopped = LastGood(trainable, step), None  # the weights to keep if the run diverges
     rss_before = peak_rss_mb()
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)
@@ -347,9 +381,6 @@ def run(args: argparse.Namespace) -> dict:
                                  device=device)
         finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
-        if state["bad_steps"] >= MAX_BAD_STEPS:
-            raise vislora.NonFiniteError(f"step {step + 1}: {MAX_BAD_STEPS} steps in a row had NaN/inf gradients; "
-                                         "lower --lr, or try --mixed-precision no")
         inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
         seconds = time.perf_counter() - started
         row = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "instance_loss": inst_sum / count,
@@ -361,6 +392,13 @@ def run(args: argparse.Namespace) -> dict:
         state["step"] = step
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
+        losses = [r["loss"] for r in state["history"]]
+        why = verdict.diverging(losses, state["bad_steps"], window, ceiling)
+        if why:  # every process sees the same reduced losses, so all stop at this step
+            stopped = f"step {step}: {why}"
+            break
+        if step % window == 0 and verdict.healthy(losses, window, ceiling):
+            good.keep(step)
         validating = bool(args.validate_every) and step % args.validate_every == 0 and step < args.steps
         if main and args.eval_images and (validating or step == args.steps):
             state["evals"].append(evaluation())
@@ -372,12 +410,16 @@ def run(args: argparse.Namespace) -> dict:
             save_training(run_dir, step, holder, optimizer, state, config_hash=digest, keep=args.keep)
         accelerator.wait_for_everyone()
     bar.close()
+    if stopped:
+        state["stopped"] = {"reason": stopped, "kept_step": good.restore()}
+        accelerator.print(f"{args.task}: {stopped}; stopped, keeping the weights of step {good.step}")
     return finish(args, accelerator, base, state, prompts, resolution,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
                    "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
                    "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
                    "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
-                   "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []})
+                   "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []},
+                  targets=as_targets(items.pixels, resolution))
 
 
 def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -392,7 +434,7 @@ def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torc
 
 
 def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, prompts: list[str], resolution: int,
-           counts: dict) -> dict:
+           counts: dict, targets=None) -> dict:
     """Write the adapter, the last sample grid, the loss plot and the metrics (main process only)."""
     out = Path(args.out)
     history = state["history"]
@@ -410,6 +452,7 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
                                        metadata=describe(args, base, resolution))
         summary["files"]["adapter"] = str(adapter)
         summary["files"]["samples"] = str(validate(base, args, prompts, state["step"], resolution))
+        summary["verdict"] = judge(args, base, state, summary, prompts, resolution, targets).to_dict()
         if history:
             keys = ("instance_loss", "prior_loss") if history[0]["prior_loss"] is not None else ("instance_loss",)
             marks = {"eval loss (fixed noise, timesteps)": [(e["step"], e["eval_loss"]) for e in state["evals"]]}
@@ -419,6 +462,28 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
         write_metrics(out, summary, history, HISTORY_COLUMNS)
     accelerator.wait_for_everyone()
     return summary
+
+
+def judge(args, base: DiffusionBase, state: dict, summary: dict, prompts: list[str], resolution: int, targets
+          ) -> verdict.Verdict:
+    """The run's verdict: the eval loss before and after; how far the adapter moves the validation samples
+    (and, for DreamBooth, the class prompt's: drift) at the validation seeds, strength 1 against 0; and how
+    much closer the validation samples come to the training pictures (`targets`, as shift.as_targets)."""
+    if state.get("stopped"):
+        return verdict.stopped_verdict(state["stopped"]["reason"], state["stopped"]["kept_step"],
+                                       {"lr": args.lr, "steps": args.steps})
+    other = args.class_prompt if args.task == "dreambooth" and args.class_prompt not in (None, *prompts) else None
+    shift = sample_shift(base.pipe, prompts + ([other] if other else []), list(args.validation_seeds),
+                         steps=args.sample_steps, guidance=args.guidance, size=resolution,
+                         targets=dict.fromkeys(prompts, targets) if targets is not None else None)
+    near_on, near_off = (sum(shift[p].get(k, 0.0) for p in prompts) for k in ("near_on", "near_off"))
+    spread_on, spread_off = (sum(s[k] for s in shift.values()) for k in ("spread_on", "spread_off"))
+    return verdict.diffusion_verdict(
+        eval_before=summary["eval_loss_before"], eval_after=summary["eval_loss_after"],
+        moved=sum(shift[p]["moved"] for p in prompts) / len(prompts), drift=shift[other]["moved"] if other else None,
+        drift_prompt=other, spread_ratio=spread_on / spread_off if spread_off > 0 else None,
+        toward=(near_off - near_on) / near_off if near_off > 0 else None, lr=args.lr,
+        steps=args.steps)
 
 
 def loss_ends(history: list[dict]) -> dict:
@@ -448,6 +513,8 @@ def report(summary: dict) -> None:
               f"the last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
+    if "verdict" in summary:
+        print(verdict.line(summary["verdict"]))
 
 
 def main(argv: list[str] | None = None, task: str = "dreambooth") -> int:

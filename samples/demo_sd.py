@@ -158,7 +158,7 @@ def main() -> int:
     torch.set_num_threads(1)  # on shared or busy cores, one thread is faster than two waiting on each other
     if not (BASE / "model_index.json").is_file():
         print(f"{_relative(BASE)} is missing: restore it with `git checkout -- {_relative(BASE)}`, or make one "
-              f"with `python samples/make_digits_sd.py --out {_relative(BASE)}` (README: how it was made)",
+              f"with `python samples/make_digits_sd.py --out {_relative(BASE)}` (docs/diffusion.md: how it was made)",
               file=sys.stderr)
         return 1
     dreambooth()

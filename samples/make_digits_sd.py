@@ -18,7 +18,7 @@ so that classifier-free guidance works. Stages, each timed (CPU and wall) and se
     4. save: StableDiffusionPipeline.save_pretrained in float16 safetensors, safety checker None
 
 `StableDiffusionPipeline.from_pretrained(out)` opens the folder offline; pass torch_dtype=torch.float32 on CPU.
-The README records the run that made the shipped folder, and what each setting was measured to be worth.
+docs/diffusion.md records the run that made the shipped folder, and what each setting was measured to be worth.
 """
 
 from __future__ import annotations

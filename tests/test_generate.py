@@ -152,6 +152,40 @@ def test_pickled_or_missing_model_is_one_error_line(model_dir, tmp_path, capsys)
     assert not out.exists()
 
 
+def test_a_model_that_is_not_a_diffusion_model_is_named_so(tmp_path, capsys):
+    """The ViT base, an adapter file, or a folder without model_index.json: one line that says it is not a
+    diffusion model, before diffusers would guess an architecture and ask the hub for its configs."""
+    adapter = tmp_path / "adapter.safetensors"
+    empty = tmp_path / "folder"
+    empty.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_down.lora_down.weight": torch.zeros(2, 4)}, str(adapter))
+    vit = Path(__file__).resolve().parent.parent / "samples" / "digits_base.safetensors"
+    cases = {str(empty): "model_index.json", str(adapter): "pass it with --lora"}
+    if vit.is_file():
+        cases[str(vit)] = "named like 'blocks."
+    for model, words in cases.items():
+        code = cli(["generate", "--model", model, "--prompt", "x", "--out", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: --model {model}: not a diffusion model"), err
+        assert words in err and "hub" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_threads_flag(tmp_path, capsys):
+    """--threads sets torch's CPU threads before anything loads (as the recipes' --threads does); 0 is refused."""
+    before = torch.get_num_threads()
+    try:
+        cli(["generate", "--model", str(tmp_path / "missing.safetensors"), "--prompt", "x", "--out", "x.png",
+             "--threads", "3"])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as e:
+        cli(["generate", "--model", "m", "--prompt", "x", "--out", "x.png", "--threads", "0"])
+    assert e.value.code == 2 and "1 or more" in capsys.readouterr().err
+
+
 def test_generate_draws_the_asked_digit_on_the_digits_base(tmp_path, monkeypatch):
     """The command on the shipped digits base: what it draws is read back as the digit asked for."""
     base = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"

@@ -57,7 +57,7 @@ def _db(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ("vit-on-sd", "--preset vit.attn"),
     ("prior-without-prompt", "--prior-preservation needs --class-prompt"),
     ("odd-resolution", "--resolution 30"),
-    ("negative-eval-images", "--eval-images must be at least 0"),
+    ("negative-eval-images", "--eval-images -1: must be a whole number >= 0"),
 ])
 def test_unusable_input_is_one_error_line_before_training(base, tmp_path, capsys, problem, message):
     data = tmp_path / "data"
@@ -173,7 +173,7 @@ def test_preset_counts_on_sd15_sd2_and_sdxl(preset):
 
 
 def test_fused_originals_cost_on_sd15_in_fp16():
-    """The README's figure: fused, the bank keeps one original weight per merged layer, in the model's dtype. On
+    """docs/blending.md's figure: fused, the bank keeps one original weight per merged layer, in the model's dtype. On
     SD1.5 in fp16 that is 1,635 MiB for unet.all (857 M weights) and 178 MiB for unet.attn (94 M)."""
     from diffusers import UNet2DConditionModel
 

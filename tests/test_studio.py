@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from studio_fixtures import free_port
 from vislora.studio.paths import AdapterFolder, PathRefused
 
 
@@ -44,9 +45,63 @@ def test_model_folder_that_does_not_load(tmp_path, capsys):
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model_index.json").write_text("{not json")
-    code = main(["studio", "--model", str(tmp_path / "model"), "--adapters", str(tmp_path), "--port", "0"])
+    code = main(["studio", "--model", str(tmp_path / "model"), "--adapters", str(tmp_path), "--port", str(free_port())])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --model") and "does not load" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "99999"], "'99999' is not a port; give a number from 1 to 65535"),
+    (["--port", "0"], "'0' is not a port"),
+    (["--threads", "0"], "'0': give a whole number of CPU threads, 1 or more"),
+    (["--out", "{tmp}/file"], "--out {tmp}/file: a file is there, not a folder"),
+    (["--out", "{tmp}/file/sub"], "--out {tmp}/file/sub: cannot make the folder"),
+    (["--out", "{tmp}/readonly"], "--out {tmp}/readonly: cannot write in the folder"),
+])
+def test_bad_flags_are_one_line_before_anything_starts(tmp_path, capsys, monkeypatch, flags, message):
+    """A bad --port, --threads or --out is refused in one line, exit 2, before gradio or the model is touched
+    (--model names nothing: reaching the model would say so instead)."""
+    from vislora.cli import main
+    from vislora.studio import paths
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "readonly").mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes into a 0555 folder: stand in a refused write for the read-only folder
+        real = paths.tempfile.TemporaryFile
+
+        def refuse(*a, dir=None, **k):
+            if str(dir).endswith("readonly"):
+                raise PermissionError(13, "Permission denied")
+            return real(*a, dir=dir, **k)
+
+        monkeypatch.setattr(paths.tempfile, "TemporaryFile", refuse)
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    try:
+        code = main(["studio", "--model", str(tmp_path / "nothing"), "--adapters", str(tmp_path), *flags])
+    except SystemExit as e:  # argparse's refusal of a flag's type
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert "--model" not in err.strip().splitlines()[-1]  # refused before the model was looked at
+
+
+def test_guard_answers_local_names_and_its_own_origin():
+    from starlette.datastructures import Headers
+
+    from vislora.studio.guard import accepted_hosts, foreign, is_loopback
+
+    assert accepted_hosts("127.0.0.1") == ["localhost", "127.0.0.1", "[::1]"]
+    assert accepted_hosts("0.0.0.0", ["MyBox.lan"]) == ["localhost", "127.0.0.1", "[::1]", "mybox.lan"]
+    assert accepted_hosts("fe80::1")[-1] == "[fe80::1]" and accepted_hosts("192.168.1.5")[-1] == "192.168.1.5"
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    own = {"host": "127.0.0.1:7860"}
+    assert foreign(Headers(own), "POST") == ""  # curl, Python clients: no Origin
+    assert foreign(Headers({**own, "origin": "http://127.0.0.1:7860"}), "POST") == ""
+    assert foreign(Headers({**own, "sec-fetch-site": "cross-site"}), "GET") == ""  # a link followed to the page
+    for origin in ("http://evil.example.com", "http://127.0.0.1:8888", "null", "file://", "http://localhost:7860"):
+        assert "answers its own page only" in foreign(Headers({**own, "origin": origin}), "GET"), origin
+    assert foreign(Headers({**own, "sec-fetch-site": "same-site"}), "POST")
 
 
 def test_core_imports_without_gradio(tmp_path):

@@ -8,6 +8,7 @@ VISLORA_STUDIO_SCREENSHOTS=docs writes the README's screenshots of the page whil
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import shlex
@@ -27,6 +28,7 @@ from vislora.studio.mix import Mix, Request, StudioInputError
 browser = pytest.mark.skipif(not CHROMIUM.exists(),
                              reason="Debian's chromium is not installed (.ci/run installs it)")
 SHOTS = os.environ.get("VISLORA_STUDIO_SCREENSHOTS")
+SHOTS_DIR = Path(SHOTS).resolve() if SHOTS else None  # named before the fixture moves into a clean folder
 WAIT_MS = 60_000
 
 
@@ -42,13 +44,19 @@ def studio_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("studio")
     base = base_folder(root)
     folder = adapter_folder(root, base)
-    threads = torch.get_num_threads()
+    threads, cwd = torch.get_num_threads(), os.getcwd()
     torch.set_num_threads(1)
+    if SHOTS:  # the screenshots show the page as `vislora studio --model samples/digits_sd --adapters adapters`
+        SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+        (root / "samples").symlink_to(base.parent, target_is_directory=True)
+        os.chdir(root)
+        base, folder = Path("samples") / base.name, folder.relative_to(root)
     studio = Studio(base, folder, root / "out", live_seconds=60.0)  # previews whatever the machine's load
     port = free_port()
     page = serve(studio, "127.0.0.1", port, block=False)
     yield studio, f"http://127.0.0.1:{port}"
     page.close()
+    os.chdir(cwd)
     torch.set_num_threads(threads)
 
 
@@ -127,8 +135,7 @@ def _shot(tab, name: str, studio) -> None:
             if not studio._lock.locked():
                 break
         tab.wait_for_timeout(1000)
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(Path(SHOTS) / name), full_page=True)
+        tab.screenshot(path=str(SHOTS_DIR / name), full_page=True)
 
 
 @browser
@@ -252,6 +259,79 @@ def test_http_never_serves_files_outside_the_outputs(studio_server, tmp_path):
     finally:
         link.unlink()
     assert _status(url + "/") == 200
+
+
+def _ask(url: str, method: str = "GET", data: bytes | None = None, **headers: str) -> tuple[int, bytes]:
+    """Status and body of one request; header names written with '_' for '-' (Sec_Fetch_Site=...)."""
+    headers = {k.replace("_", "-"): v for k, v in headers.items()}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _multipart(size: int) -> tuple[bytes, str]:
+    """An upload form with one file of `size` bytes, and its Content-Type."""
+    head = (b'--bound\r\nContent-Disposition: form-data; name="files"; filename="a.bin"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    return head + b"x" * size + b"\r\n--bound--\r\n", "multipart/form-data; boundary=bound"
+
+
+def test_a_foreign_host_is_refused_on_every_route(studio_server):
+    """DNS rebinding: a page on attacker.example made to resolve to 127.0.0.1 sends `Host: attacker.example`.
+    The page, the API (generate, export) and the file route all answer 400 and run nothing."""
+    studio, url = studio_server
+    port = url.rsplit(":", 1)[1]
+    studio.render(Request("a digit", steps=2, mixes={"bold.safetensors": Mix(True, 0.5)}))
+    status, body = _ask(url + "/gradio_api/call/export", "POST", b'{"data": []}', Content_Type="application/json")
+    event = json.loads(body)["event_id"]
+    _, events = _ask(f"{url}/gradio_api/call/export/{event}")  # the export's result, as a client reads it
+    done = json.loads(events.decode().split("event: complete\ndata: ", 1)[1].split("\n", 1)[0])
+    (mix,) = [f for f in done[2] if f["url"].endswith(".safetensors")]
+    served = mix["url"].split(url, 1)[1]
+    assert _ask(url + served) == (200, Path(mix["path"]).read_bytes())  # the mix, to the page's own Host
+    count, written = studio._count, set(studio.outputs.root.iterdir())
+    call = b'{"data": []}'
+    for host in ("attacker.example", f"attacker.example:{port}", f"localhost.attacker.example:{port}"):
+        for route, method, data in (("/", "GET", None), ("/config", "GET", None), (served, "GET", None),
+                                    ("/gradio_api/info", "GET", None), ("/gradio_api/call/generate", "POST", call),
+                                    ("/gradio_api/call/export", "POST", call)):
+            status, body = _ask(url + route, method, data, Host=host, Content_Type="application/json")
+            assert status == 400 and b"safetensors" not in body, (host, route, status)
+    assert studio._count == count and set(studio.outputs.root.iterdir()) == written
+    for host in ("localhost", "127.0.0.1", "[::1]"):  # this machine's names, with or without the port
+        assert _ask(url + "/config", Host=f"{host}:{port}")[0] == 200
+        assert _ask(url + "/config", Host=host)[0] == 200
+
+
+def test_a_cross_origin_post_or_upload_is_refused(studio_server):
+    """A form on another site (or another local port) that posts to the studio: 403 before anything runs;
+    the same request from the page's own origin runs."""
+    studio, url = studio_server
+    gradio_cache = studio.outputs.root / ".gradio"
+    before = sorted(gradio_cache.rglob("*"))
+    form, kind = _multipart(100)
+    other_port = url.rsplit(":", 1)[0] + ":1"  # another local server's page
+    for headers in ({"Origin": "http://evil.example.com"}, {"Origin": "null"}, {"Origin": other_port},
+                    {"Sec_Fetch_Site": "cross-site"}):
+        status, body = _ask(url + "/gradio_api/call/export", "POST", b'{"data": []}', Content_Type="application/json",
+                            **headers)
+        assert status == 403 and body.startswith(b"refused:"), (headers, status)
+        assert _ask(url + "/gradio_api/upload", "POST", form, Content_Type=kind, **headers)[0] == 403
+    assert sorted(gradio_cache.rglob("*")) == before  # nothing landed
+    status, body = _ask(url + "/gradio_api/call/bump", "POST", b'{"data": []}', Content_Type="application/json",
+                        Origin=url)  # bump: the one call that draws and writes nothing
+    assert status == 200 and b"event_id" in body
+    assert _ask(url + "/gradio_api/upload", "POST", form, Content_Type=kind, Origin=url)[0] == 200
+
+
+def test_an_oversize_upload_is_refused(studio_server):
+    """gradio's max_file_size: over the cap is 413, whatever the origin; the page itself uploads nothing."""
+    _, url = studio_server
+    form, kind = _multipart(1024 * 1024 + 1)
+    status, body = _ask(url + "/gradio_api/upload", "POST", form, Content_Type=kind, Origin=url)
+    assert status == 413 and b"maximum allowed size" in body
 
 
 def test_requests_name_files_never_paths(studio_server):

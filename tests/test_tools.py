@@ -157,6 +157,31 @@ def test_inspect_names_format_base_blocks_and_escapes_metadata(tmp_path, capsys)
     assert "base: SDXL" in out and "\x1b" not in out
 
 
+def test_inspect_shows_training_prompts_and_line_breaks(tmp_path, capsys):
+    """The recipe's prompts each on a line of their own (not cut off inside the record's JSON); a metadata
+    value's line breaks as real ones, indented under it; other control characters still escaped."""
+    unet = sdxl_unet((1, 1, 1))
+    data, _ = file_for(unet, {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": ("lora", None)}, "ldm")
+    tensors, _ = container.parse(data, "x")
+    record = {"task": "dreambooth", "instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog",
+              "base": {"path": "x" * 300, "sha256": "0" * 64}, "steps": 400}
+    container.write(tmp_path / "a.safetensors", tensors, {"vislora.diffusion": json.dumps(record, sort_keys=True),
+                                                          "modelspec.trigger_phrase": "sks\x1b[2J",
+                                                          "ss_training_comment": "line one\nline two"})
+    assert cli.main(["inspect", str(tmp_path / "a.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  instance prompt: a photo of sks dog" in lines and "  class prompt: a photo of a dog" in lines
+    assert "  trigger: sks\\x1b[2J" in lines  # the escape sequence shown, not obeyed
+    i = lines.index("    ss_training_comment: line one")
+    assert lines[i + 1] == "      line two" and not any("\\x0a" in line for line in lines)
+    assert cli.main(["inspect", str(tmp_path / "a.safetensors"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["prompts"] == {"instance prompt": "a photo of sks dog", "class prompt": "a photo of a dog",
+                                "trigger": "sks\\x1b[2J"}
+    assert shown["metadata"]["ss_training_comment"] == "line one\nline two"
+    assert inspect.prompts({"vislora.diffusion": "{\"a\": " * 10_000}) == {}  # deep nesting: no prompts, no crash
+
+
 def test_tool_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04junk")
     assert cli.main(["inspect", str(tmp_path / "bad.safetensors")]) == 2

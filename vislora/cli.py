@@ -13,17 +13,24 @@
     vislora studio --model DIR --adapters DIR [--port 7860] [--host 127.0.0.1]   (pip install vislora[studio])
 
 Errors vislora raises on purpose print as one line, `error: ...`, with exit status 2; an image that cannot
-be decoded is reported on its own line and the others are still predicted (exit status 1).
+be decoded is reported on its own line and the others are still predicted (exit status 1). No traceback
+reaches the user (vislora.console: a full disk or a permission is one line too, Ctrl-C exits 130);
+`vislora --debug COMMAND ...` shows it. docs/reliability.md lists what is refused and how.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
+from .console import DEBUG_ENV, guarded
 from .errors import VisloraError
+from .helpformat import HelpFormatter
+
+DEBUG_FLAG = "--debug"
 
 
 def _classify(argv: list[str]) -> int:
@@ -46,7 +53,7 @@ def _style(argv: list[str]) -> int:
 
 def _predict(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vislora predict", description="Top-k labels of images, from a file the "
-                                "classification recipe wrote (adapter or model).")
+                                "classification recipe wrote (adapter or model).", formatter_class=HelpFormatter)
     p.add_argument("--adapter", required=True, help="adapter.safetensors (or model.safetensors) from the recipe")
     p.add_argument("--weights", help="base weights file, overriding the recorded path (its sha256 must match)")
     p.add_argument("--top-k", type=int, default=5)
@@ -84,17 +91,13 @@ def _generate(argv: list[str]) -> int:
 
 
 def _tool(name: str) -> Callable[[list[str]], int]:
-    """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2)."""
+    """A file tool of vislora.tools, imported when used; its typed errors print as one line (status 2) by
+    main's guard."""
 
     def run(argv: list[str]) -> int:
         import importlib
 
-        module = importlib.import_module(f".tools.{name}", __package__)
-        try:
-            return module.main(argv)
-        except VisloraError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return importlib.import_module(f".tools.{name}", __package__).main(argv)  # main() guards it
 
     return run
 
@@ -121,13 +124,25 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv  # global: before the command or among its flags
+    argv = [a for a in argv if a != DEBUG_FLAG]
     if not argv or argv[0] not in COMMANDS:
         lines = [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
-        print("usage: vislora COMMAND [options]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")  # asked: stdout and 0, as argparse does; else usage error
+        print("usage: vislora [--debug] COMMAND [options]    (vislora COMMAND --help: its options and defaults)\n\n"
+              "commands:\n" + "\n".join(lines)
+              + "\n\n--debug: show the traceback of an error instead of its one line", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     command, _ = COMMANDS[argv[0]]
-    return command(argv[1:])
+    before = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the recipes' own guard (and accelerate's processes) read it
+    try:
+        return guarded(lambda: command(argv[1:]))
+    finally:
+        if debug:
+            os.environ.pop(DEBUG_ENV) if before is None else os.environ.__setitem__(DEBUG_ENV, before)
 
 
 if __name__ == "__main__":

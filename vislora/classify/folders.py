@@ -126,6 +126,7 @@ def scan(
     else:
         candidates, outside = _folder_candidates(source)
     names = sorted({label for _, label in candidates})
+    training = class_to_idx is None
     if class_to_idx is None:
         class_to_idx = {name: i for i, name in enumerate(names)}
     unknown = [n for n in names if n not in class_to_idx]
@@ -139,6 +140,12 @@ def scan(
         warn_skipped(samples.skipped, source)
     if not samples.paths:
         raise DatasetError(f"{source}: none of its {len(candidates)} files is a usable image")
+    if training:  # a class with no usable image would train as a class nothing can teach
+        empty = [name for name in names if class_to_idx[name] not in set(samples.labels)]
+        if empty:
+            where = [str(source / n) for n in empty] if source.suffix.lower() != ".csv" else empty
+            raise DatasetError(f"{source}: class {', '.join(where[:5])} has no usable image; add images, "
+                               "or remove the class")
     return samples
 
 

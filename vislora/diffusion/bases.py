@@ -10,6 +10,7 @@ first bytes, before any library can unpickle them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import re
@@ -30,6 +31,7 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Keys only an SDXL single-file checkpoint has (its second text encoder, in the original layout).
 _SDXL_KEYS = ("conditioner.embedders.1.",)
+_UNET_PREFIX = "model.diffusion_model."  # the UNet in a single-file (LDM layout) checkpoint
 
 
 def _dtype_keyword() -> str:
@@ -94,6 +96,12 @@ def _single_file_class(path: Path):
 
     with safe_open(str(path), "pt") as f:  # reads the header only
         keys = list(f.keys())
+    if not any(k.startswith(_UNET_PREFIX) for k in keys):  # else diffusers guesses a repo and asks the hub
+        what = ("it looks like an adapter file (pass it with --lora)" if any("lora" in k.lower() for k in keys)
+                else f"its {len(keys)} tensors are named like {keys[0] if keys else 'nothing'!r}")
+        raise BaseModelError(f"--model {path}: not a diffusion model: a Stable Diffusion checkpoint keeps its "
+                             f"UNet under {_UNET_PREFIX}*, and {what}. Give a diffusers pipeline folder "
+                             "(with model_index.json) or an A1111/ComfyUI checkpoint")
     sdxl = any(k.startswith(_SDXL_KEYS) for k in keys)
     return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
@@ -143,6 +151,19 @@ def _from_single_file(path: Path, config: str | None) -> Any:
                              "--model-config with a diffusers folder of the same architecture") from None
 
 
+def _from_folder(path: Path, flag: str) -> Any:
+    """DiffusionPipeline.from_pretrained on a folder in fp32; a damaged component (a truncated or corrupt
+    weights file, a bad config) is a BaseModelError in one line, not diffusers' traceback."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(str(path), use_safetensors=True,
+                                                 **{_dtype_keyword(): torch.float32})
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise BaseModelError(f"{flag}: a component does not load ({_first_line(e)}); the folder is "
+                             "damaged or incomplete: copy or download it again") from None
+
+
 def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, dict[str, Any]]:
     from diffusers import DiffusionPipeline
 
@@ -158,9 +179,10 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
                       "config": str(Path(config).resolve()) if local else config}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise BaseModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+            raise BaseModelError(f"--model {path}: not a diffusion model: a diffusers pipeline folder has a "
+                                 "model_index.json, and this folder has none")
         _check_folder(path)
-        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, **{_dtype_keyword(): torch.float32})
+        pipe = _from_folder(path, f"--model {model}")
         weights = sorted((path / "unet").glob("*.safetensors"))
         return pipe, {"source": "folder", "path": str(path.resolve()),
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
@@ -175,8 +197,20 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
         raise BaseModelError(f"--model {model}: not a local file or folder, and the hub id does not load "
                              f"({_first_line(e)})") from None
     _check_folder(snapshot)
-    pipe = DiffusionPipeline.from_pretrained(str(snapshot), use_safetensors=True, **{_dtype_keyword(): torch.float32})
+    pipe = _from_folder(snapshot, f"--model {model}")
     return pipe, {"source": "hub", "name": model, "commit": snapshot.name}
+
+
+def thread_count(text: str) -> int:
+    """argparse type for --threads: a whole number, 1 or more (torch.set_num_threads)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of CPU threads, 1 or more")
+    return int(text)
+
+
+def add_threads_option(parser: Any) -> None:
+    """--threads, as the training recipes have it: CPU threads for torch (its own choice when left out)."""
+    parser.add_argument("--threads", type=thread_count, help="CPU threads (default: torch's choice)")
 
 
 def add_source_options(parser: Any) -> None:

@@ -5,7 +5,8 @@
     root/metadata.jsonl        or one line per image: {"file_name": "a/b.png", "text": "..."} ("caption" also read)
 
 A caption given for all (`caption=`, the recipes' --caption or DreamBooth's instance prompt) overrides both.
-Precedence otherwise: the .txt file, then metadata.jsonl. Unreadable images are skipped with one warning each
+Precedence otherwise: the .txt file, then metadata.jsonl. Caption files must be UTF-8 (anything else is a
+DatasetError naming the file, never a caption with U+FFFD in it). Unreadable images are skipped with one warning each
 and a count; an empty caption file, or an image without a caption while captions are required, is a
 DatasetError naming the files; images smaller than the training resolution are counted in one warning
 (they are upscaled).
@@ -48,14 +49,14 @@ def _metadata_captions(root: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     found = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_utf8_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             name = row["file_name"]
             text = next(row[k] for k in CAPTION_FIELDS if k in row)
-        except (ValueError, KeyError, StopIteration, TypeError):
+        except (ValueError, KeyError, StopIteration, TypeError, RecursionError):
             raise DatasetError(f"{path}, line {number}: expected {{\"file_name\": ..., \"text\": ...}}") from None
         if not str(text).strip():
             raise DatasetError(f"{path}, line {number}: empty caption for {name}")
@@ -63,11 +64,28 @@ def _metadata_captions(root: Path) -> dict[str, str]:
     return found
 
 
+def _utf8_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is a DatasetError naming it (never U+FFFD in a caption)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                           "save it as UTF-8") from None
+
+
+def check_caption_files(root: Path, flag: str = "--data") -> None:
+    """Read metadata.jsonl and every caption file beside an image, as training will, before any model loads:
+    a file that is not UTF-8, an empty caption or a bad metadata line is found now."""
+    _metadata_captions(root)
+    for image in image_files(root, flag):
+        _caption_file(image)
+
+
 def _caption_file(image: Path) -> str | None:
     txt = image.with_suffix(".txt")
     if not txt.is_file():
         return None
-    text = txt.read_text(encoding="utf-8", errors="replace").strip()
+    text = _utf8_text(txt).strip()
     if not text:
         raise DatasetError(f"{txt}: empty caption file; write the caption, or delete it and use --caption")
     return text

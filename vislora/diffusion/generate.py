@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..bank import AdapterBank
-from ..errors import VisloraError
-from .bases import add_source_options, load_pipeline
+from ..console import guarded
+from .bases import add_source_options, add_threads_option, load_pipeline
+from ..helpformat import HelpFormatter
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -231,8 +233,7 @@ def sweep(pipe, bank: AdapterBank, s: Settings, n: int) -> tuple[list[list[list[
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vislora generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = checks.Parser(prog="vislora generate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
                    help="a diffusers pipeline folder, a hub id, or one .safetensors checkpoint (A1111/ComfyUI layout)")
     add_source_options(p)
@@ -250,11 +251,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--out", required=True, help="the PNG to write")
+    add_threads_option(p)
     return p.parse_args(argv)
 
 
+# Every flag's constraint, checked in one step before the pipeline loads (vislora.checks).
+RULES = {
+    "seed": checks.count(0), "steps": checks.count(1), "guidance": checks.number(0, example="5"),
+    "n": checks.count(1), "height": checks.count(8), "width": checks.count(8), "device": checks.device_present(),
+    "out": checks.new_file((".png",)),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Draw; every refusal or failure is one line on stderr (vislora.console.guarded), usage errors exit 2."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: draw(args))
+
+
+def draw(args: argparse.Namespace) -> int:
+    checks.check(args, RULES)  # every flag, before the pipeline loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         adapters = [parse_lora(t) for t in args.lora]
         if len({a.name for a in adapters}) != len(adapters):
@@ -265,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(source.model, args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance, args.n,
                      args.height, args.width, adapters, grid, source.config, source.revision)
         image = generate(pipe, s)
-    except (VisloraError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # ours (--lora, --grid) and the pipeline's (a size it cannot draw)
+        raise checks.UsageError(str(e)) from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, pnginfo=png_info(s, type(pipe.scheduler).__name__))

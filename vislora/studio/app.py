@@ -28,7 +28,7 @@ def build(studio: Studio) -> Any:
     # Gradio caches every file it serves under this folder, read when components are made: keep it in the outputs.
     os.environ["GRADIO_TEMP_DIR"] = str(studio.outputs.root / ".gradio")
     with gr.Blocks(title="vislora studio", analytics_enabled=False, **look_kwargs(gr, gr.Blocks.__init__)) as page:
-        gr.Markdown(f"## vislora studio\nmodel: `{studio.source.model}` · adapters: `{studio.folder.root}`")
+        gr.Markdown(f"## vislora studio\nmodel: `{studio.source.model}` · adapters: `{studio.folder.given}`")
         with gr.Row():
             with gr.Column(scale=1):
                 gr.Markdown("### Adapters")

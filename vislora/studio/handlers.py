@@ -107,7 +107,7 @@ class Handlers:
         shot = studio.last
         if shot is None:
             return gr.skip(), gr.skip(), gr.skip(), "**error:** nothing to export yet; press Generate first"
-        request, source, folder = shot.request, studio.source, studio.folder.root
+        request, source, folder = shot.request, studio.source, studio.folder.given
         order, names = list(studio.facts), studio.names
         specs = {names[k]: studio.spec(k, m) for k, m in request.active().items()}
         adapters = export.lora_args(request, folder, order, names)

@@ -8,6 +8,7 @@ inside the folder once symlinks are resolved: a link that points out is listed a
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class AdapterFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(os.path.realpath(root))
+        self.given = Path(root)  # as the user wrote it: what the page and its exported commands show
         if not self.root.is_dir():
             raise PathRefused(f"--adapters {root}: not a folder; pass the folder that holds your .safetensors files")
         self._files: dict[str, Listed] = {}
@@ -78,7 +80,18 @@ class OutputFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(os.path.realpath(root))
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise PathRefused(f"--out {root}: a file is there, not a folder; give a folder for the exports") from None
+        except OSError as e:
+            raise PathRefused(f"--out {root}: cannot make the folder ({e.strerror}); give a folder you can "
+                              "write") from None
+        try:  # a real write: os.access says yes to root on a read-only mount
+            tempfile.TemporaryFile(dir=self.root).close()
+        except OSError as e:
+            raise PathRefused(f"--out {root}: cannot write in the folder ({e.strerror}); give a folder you can "
+                              "write") from None
 
     def new(self, stem: str, suffix: str) -> Path:
         """A fresh file name under the folder: `stem` (made by the studio) plus a counter."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import common
+from ..helpformat import HelpFormatter
 
 
 def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial: bool = False) -> str:
@@ -18,7 +19,8 @@ def convert(src: str, dst: str, to: str, base: str | None = None, allow_partial:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora convert", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora convert", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("src", help="adapter file or PEFT folder")
     p.add_argument("dst", help="output file (a folder for --to peft)")
     p.add_argument("--to", required=True, choices=sorted(common.TARGETS))

@@ -15,6 +15,7 @@ from ..errors import AdapterCompatError
 from ..formats import AdapterFile, container
 from . import common
 from .lowrank import approximate
+from ..helpformat import HelpFormatter
 
 
 @dataclass
@@ -50,7 +51,8 @@ def extract(base: str, tuned: str, rank: int | None = None, energy: float | None
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora extract", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora extract", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--base", required=True, help="the original checkpoint (.safetensors)")
     p.add_argument("--tuned", required=True, help="the fine-tuned checkpoint (.safetensors)")
     group = p.add_mutually_exclusive_group(required=True)

@@ -2,8 +2,9 @@
 
 Format, kinds, ranks and alphas, DoRA; coverage per component and per block (lbw ids); the base model its
 shapes were made for (cross-attention width 768 / 1024 / 2048, a second text encoder); size and parameter
-count; and the training metadata (`ss_*`, `modelspec.*`, vislora's), escaped and truncated: metadata is
-untrusted text, and a terminal must never receive its control characters.
+count; the prompts it was trained with (instance prompt, trigger, ...), each on its own line; and the
+training metadata (`ss_*`, `modelspec.*`, vislora's), escaped and truncated: metadata is untrusted text, and a
+terminal must never receive its control characters (line breaks and tabs are text, and stay).
 """
 
 from __future__ import annotations
@@ -18,22 +19,47 @@ from typing import Any
 
 from .. import formats
 from ..formats.arch import of_file
+from ..helpformat import HelpFormatter
 from .blocks import coverage
 
 MAX_VALUE_CHARS = 160
+KEPT_AS_TEXT = " \n\t"
+# The prompts a training recipe records, as inspect names them: fields of vislora's JSON record (vislora.*),
+# and modelspec's trigger phrase.
+PROMPT_FIELDS = {"instance_prompt": "instance prompt", "class_prompt": "class prompt", "trigger": "trigger",
+                 "caption": "caption"}
+PROMPT_KEYS = {"modelspec.trigger_phrase": "trigger"}
+MAX_RECORD_CHARS = 65536  # a longer vislora.* value is not parsed for prompts
 SHOWN_METADATA = ("ss_", "sshs_", "modelspec.", "vislora.", "format", "lora_adapter_metadata")
 
 
 def escape(text: str, limit: int = MAX_VALUE_CHARS) -> str:
-    """Control, format and other non-printing characters as \\xNN / \\uNNNN, then cut to `limit` chars."""
+    """Control, format and other non-printing characters but line breaks and tabs as \\xNN / \\uNNNN, then
+    cut to `limit` chars."""
     out = []
     for ch in text:
-        if unicodedata.category(ch)[0] in ("C", "Z") and ch != " ":
+        if unicodedata.category(ch)[0] in ("C", "Z") and ch not in KEPT_AS_TEXT:
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     escaped = "".join(out)
     return escaped if len(escaped) <= limit else f"{escaped[:limit]}... (+{len(escaped) - limit} chars)"
+
+
+def prompts(metadata: dict[str, str]) -> dict[str, str]:
+    """The prompts the adapter was trained with, by name ("instance prompt", "trigger", ...), escaped."""
+    found = {}
+    for key, value in sorted(metadata.items()):
+        if key in PROMPT_KEYS and value.strip():
+            found[PROMPT_KEYS[key]] = value
+        elif key.startswith("vislora.") and value.startswith("{") and len(value) <= MAX_RECORD_CHARS:
+            try:
+                record = json.loads(value)
+            except (ValueError, RecursionError):  # untrusted text: no record, no prompts
+                continue
+            found.update({name: record[field] for field, name in PROMPT_FIELDS.items()
+                          if isinstance(record.get(field), str) and record[field].strip()})
+    return {name: escape(text, 2 * MAX_VALUE_CHARS) for name, text in found.items()}
 
 
 def _size(path: Path) -> int:
@@ -65,6 +91,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         "components": per_comp,
         "blocks": per_block,
         "unresolved": unresolved[:50],
+        "prompts": prompts(adapter.metadata),
         "metadata": {escape(k, 80): escape(v) for k, v in sorted(adapter.metadata.items())
                      if k.startswith(SHOWN_METADATA)},
     }
@@ -89,14 +116,21 @@ def _text(info: dict[str, Any]) -> str:
         lines.append(f"  unresolved names ({len(info['unresolved'])}): {', '.join(info['unresolved'][:5])}")
     if info["full_tensors"]:
         lines.append(f"  full tensors (modules_to_save): {info['full_tensors']}")
+    lines += [f"  {name}: {_indented(text, 4)}" for name, text in info["prompts"].items()]
     if info["metadata"]:
         lines.append("  metadata:")
-        lines += [f"    {k}: {v}" for k, v in info["metadata"].items()]
+        lines += [f"    {k}: {_indented(v, 6)}" for k, v in info["metadata"].items()]
     return "\n".join(lines)
 
 
+def _indented(text: str, spaces: int) -> str:
+    """A value's later lines indented under its first."""
+    return text.replace("\n", "\n" + " " * spaces)
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("file", help="adapter .safetensors file or PEFT adapter folder")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = p.parse_args(argv)

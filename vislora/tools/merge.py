@@ -17,6 +17,7 @@ from ..errors import AdapterCompatError
 from ..formats import AdapterFile, ModuleWeights
 from . import common
 from .lowrank import approximate, approximate_product
+from ..helpformat import HelpFormatter
 
 EXACT_KINDS = ("lora", "locon")
 
@@ -82,7 +83,8 @@ def parse_input(spec: str) -> tuple[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora merge", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora merge", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="FILE[:WEIGHT] ...")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--rank", type=int, help="factor the blend by SVD to this rank (default: exact concatenation)")

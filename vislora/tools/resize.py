@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..formats import AdapterFile
 from . import common
 from .lowrank import approximate, approximate_product
+from ..helpformat import HelpFormatter
 
 
 @dataclass
@@ -47,7 +48,8 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora resize", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vislora resize", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("src")
     p.add_argument("-o", "--output", required=True)
     group = p.add_mutually_exclusive_group(required=True)

@@ -5,7 +5,8 @@
 Writing: every file goes into a temporary folder beside the others and is fsynced; then manifest.json
 (sha256 of each file, the step, the settings hash, the toolkit version); then the COMPLETE marker, last;
 then one rename makes the folder visible. Older checkpoints are pruned only after that, so a crash at any
-moment leaves the previous complete checkpoint in place. Reading (`latest`) checks the marker, the manifest,
+moment leaves the previous complete checkpoint in place; pruning counts only this run's checkpoints that
+verify, so a corrupt one never pushes a good one out. Reading (`latest`) checks the marker, the manifest,
 the file list and every hash, and falls back to the next older checkpoint, with a warning, when one fails.
 Nothing is unpickled: tensors are safetensors, the rest JSON.
 """
@@ -112,19 +113,48 @@ def write(run_dir: str | os.PathLike, step: int, *, tensors: dict[str, dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     clean_temp(run_dir)
-    prune(run_dir, keep)
+    prune(run_dir, keep, config_hash=config_hash, written=final)
     return final
 
 
-def prune(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete checkpoints older than the newest `keep` complete ones (incomplete ones never count)."""
-    complete = [(s, p) for s, p in _folders(Path(run_dir)) if (p / MARKER).is_file()]
-    if keep < 1 or len(complete) <= keep:
+def _manifest(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's manifest as written (unverified), or None when there is none to read."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def prune(run_dir: str | os.PathLike, keep: int, *, config_hash: str | None = None,
+          written: str | os.PathLike | None = None) -> None:
+    """Delete this run's checkpoints older than its newest `keep` good ones.
+
+    This run's: the manifest records `config_hash` (any, when None); another run's are never touched. Good:
+    they verify (`written`, the one just made, without reading it again). A corrupt checkpoint is never
+    counted, so it cannot push a good one out; one newer than the kept ones stays for `latest` to skip.
+    """
+    if keep < 1:
         return
-    oldest_kept = complete[keep - 1][0]
-    for step, path in _folders(Path(run_dir)):
-        if step < oldest_kept:
-            shutil.rmtree(path, ignore_errors=True)
+    good, older = 0, []
+    for _, path in _folders(Path(run_dir)):
+        manifest = _manifest(path)
+        if manifest is None or (config_hash is not None and manifest.get("config_hash") != config_hash):
+            continue
+        if good >= keep:
+            older.append(path)
+        elif (written is not None and path == Path(written)) or _verifies(path):
+            good += 1
+    for path in older:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        verify(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def verify(path: str | os.PathLike) -> Checkpoint:

@@ -7,16 +7,14 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator, PartialState
 
-from ..errors import VisloraError
+from ..console import guarded
 from .accelerate_state import forget_single_process_state
-
-MAX_BAD_STEPS = 3  # consecutive non-finite steps before a run gives up
+from .verdict import BAD_STEPS as MAX_BAD_STEPS  # consecutive non-finite steps before a run gives up
 
 
 def make_accelerator(mixed_precision: str = "auto", cpu: bool = False) -> Accelerator:
@@ -54,16 +52,17 @@ def config_hash(args: argparse.Namespace, ignore: set[str], **extra: Any) -> str
 
 def run_main(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace,
              report: Callable[[dict], None]) -> int:
-    """Run a recipe; a vislora error prints as one line (no traceback), exit status 2. Only the main
-    process reports."""
-    try:
+    """Run a recipe under vislora.console.guarded: a vislora error prints as one line (no traceback), exit
+    status 2; a full disk, Ctrl-C or a bug is one line too (VISLORA_DEBUG=1 shows tracebacks). Only the
+    main process reports."""
+
+    def call() -> int:
         summary = run(args)
-    except VisloraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if PartialState().is_main_process:
-        report(summary)
-    return 0
+        if PartialState().is_main_process:
+            report(summary)
+        return 0
+
+    return guarded(call)
 
 
 def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, params: list, clip_grad: float) -> bool:
@@ -83,3 +82,25 @@ def count_time(state: dict, step: int, seconds: float) -> None:
     if step > 0:
         state["timed_seconds"] += seconds
         state["timed_steps"] += 1
+
+
+class LastGood:
+    """A copy of the trainable weights at the last step a run looked healthy (see verdict.healthy), put back
+    when the run diverges, so the adapter it writes is the last good one. Only the trained weights are
+    copied (an adapter's factors: megabytes), on the device they live on."""
+
+    def __init__(self, params: list[torch.nn.Parameter], step: int) -> None:
+        self.params = params
+        self.keep(step)
+
+    @torch.no_grad()
+    def keep(self, step: int) -> None:
+        self.step = step
+        self.weights = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def restore(self) -> int:
+        """Put the kept weights back; returns their step."""
+        for p, kept in zip(self.params, self.weights):
+            p.copy_(kept)
+        return self.step
