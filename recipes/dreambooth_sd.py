@@ -36,13 +36,17 @@ from vislora.diffusion.latents import Items, TextCache, cache_latents, load_item
 from vislora.diffusion.bases import DiffusionBase, add_source_options, load_pipeline
 from vislora.diffusion.pipeline import check_presets, check_prompts, generate
 from vislora.diffusion import denoise
+from vislora.diffusion.shift import as_targets, sample_shift
 from vislora.diffusion.batches import Batches, draw_seeds
 from vislora.train.metrics import peak_rss_mb, write_metrics
 from vislora.train.plots import plot_loss, save_grid, save_png
-from vislora.train.runs import (MAX_BAD_STEPS, config_hash, count_time, lr_at, make_accelerator, optimizer_step,
-                                run_main)
+from vislora.train.runs import LastGood, config_hash, count_time, lr_at, make_accelerator, optimizer_step, run_main
+from vislora.train import verdict
 from vislora.train import runfolder
+from vislora.train.optimizers import DEFAULT_LR, OPTIMIZERS, make_optimizer, step_size
 from vislora.train.trainstate import resume_training, save_training
+from vislora.diffusion.preserve import base_prediction_batch
+from vislora.diffusion.triggers import check_trigger, trigger_words
 from vislora.helpformat import HelpFormatter
 
 # Arguments that do not change what is trained; everything else must match to resume.
@@ -51,6 +55,9 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
                   "model_config", "revision", "eval_images"}  # the base itself is hashed by its record
 HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
+# Chosen by measurement on two digits bases of different widths (docs/defaults.md), with Prodigy.
+DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
+PRESERVATION = ("base-prediction", "class-images")
 
 
 def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argparse.Namespace:
@@ -65,10 +72,16 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     if task == "dreambooth":
         data.add_argument("--instance-data", required=True, help="folder of images of the subject")
         data.add_argument("--instance-prompt", required=True, help='e.g. "a sks dog"')
-        data.add_argument("--prior-preservation", action="store_true", help="also train on class images")
+        data.add_argument("--prior-preservation", action="store_true",
+                          help="keep what --class-prompt draws (see --preservation)")
         data.add_argument("--class-prompt", help='e.g. "a dog" (needed with --prior-preservation)')
+        data.add_argument("--preservation", choices=PRESERVATION,
+                          help="base-prediction (the default): the class prompt's target is the frozen base's own "
+                               "prediction on the instance samples' noisy latents, no class images; class-images "
+                               "(the default when --class-data is given): train on --num-class-images pictures "
+                               "the base draws for the class prompt (docs/defaults.md compares them)")
         data.add_argument("--class-data", help="folder of class images; the missing ones are generated and kept "
-                          "(default OUT/class_images)")
+                          "(default OUT/class_images; --preservation class-images)")
         data.add_argument("--num-class-images", type=int, default=100)
         data.add_argument("--prior-loss-weight", type=float, default=1.0)
     else:
@@ -79,7 +92,7 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
                           help="centre-crop every image square instead of aspect-ratio buckets")
     adapt = p.add_argument_group("adapter")
     adapt.add_argument("--preset", nargs="+", default=["unet.attn"], help="presets or patterns (default unet.attn)")
-    adapt.add_argument("--rank", type=int, default=4)
+    adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
     adapt.add_argument("--conv-rank", type=int, default=0, help="LoCon on the UNet convs with this rank (0: none)")
     adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
@@ -87,11 +100,18 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     adapt.add_argument("--dropout", type=float, default=0.0)
     adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     train = p.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=400)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps, never derived from epochs")
+    train.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="prodigy (the default: finds its own step size; docs/defaults.md) or adamw (the default "
+                            "with --use-8bit-adam)")
+    train.add_argument("--lr", type=float, help="default: 1.0 with prodigy (a multiplier of its own estimate), "
+                       "1e-4 with adamw")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                       help="default: cosine with prodigy (its step size otherwise keeps growing), constant with adamw")
     train.add_argument("--warmup", type=float, default=0.0, help="share of the steps with linear warm-up")
-    train.add_argument("--batch-size", type=int, default=1, help="per process (and as many class images)")
+    train.add_argument("--batch-size", type=int,
+                       help=f"per process (and as many class samples); default {DEFAULT_BATCH}, or fewer where the "
+                            "images (the largest aspect-ratio bucket) are fewer")
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
     train.add_argument("--noise-offset", type=float, default=0.0)
@@ -130,7 +150,7 @@ RULES = {
     "resolution": checks.count(8), "num_class_images": checks.count(1), "prior_loss_weight": checks.number(0),
     "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"), "conv_rank": checks.count(0),
     "conv_alpha": checks.positive("4; left out, alpha = conv rank"), "dropout": checks.share(example="0.1"),
-    "steps": checks.count(1), "lr": checks.positive("1e-4"), "warmup": checks.share(example="0.05"),
+    "steps": checks.count(1), "lr": checks.positive("1.0 with prodigy, 1e-4 with adamw"), "warmup": checks.share(example="0.05"),
     "batch_size": checks.count(1), "grad_accum": checks.count(1), "snr_gamma": checks.positive("5"),
     "noise_offset": checks.number(0, example="0.05"), "clip_grad": checks.number(0), "threads": checks.count(1),
     "seed": checks.count(0), "validate_every": checks.count(0), "validation_seeds": checks.each(checks.count(0)),
@@ -145,6 +165,15 @@ def check_args(args: argparse.Namespace) -> None:
     checks.check(args, RULES)
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
         raise checks.UsageError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
+    # The defaults that depend on other flags, resolved before the run folder's identity is taken.
+    if args.optimizer is None:
+        args.optimizer = "adamw" if args.use_8bit_adam else OPTIMIZERS[0]
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
+    if args.task == "dreambooth" and args.preservation is None:
+        args.preservation = "class-images" if args.class_data else "base-prediction"
+    if args.lr_schedule is None:
+        args.lr_schedule = "cosine" if args.optimizer == "prodigy" else "constant"
     if args.task == "dreambooth":
         image_files(Path(args.instance_data), "--instance-data")  # a missing folder is found before the model loads
     else:
@@ -207,10 +236,14 @@ def load_data(args: argparse.Namespace, base: DiffusionBase, accelerator: Accele
     for line in check_prompts(base.pipe, prompts):
         if main:
             warnings.warn(line, stacklevel=2)
+    if main and args.task == "dreambooth":
+        check_trigger(base.pipe.tokenizer, trigger_words(args.instance_prompt, args.class_prompt), "--instance-prompt")
+    elif main and args.trigger:
+        check_trigger(base.pipe.tokenizer, trigger_words(args.trigger), "--trigger")
     sizes = bucket_sizes(resolution, multiple_of(base), square=square)
     items = load_items(data, sizes)
     classes = None
-    if args.task == "dreambooth" and args.prior_preservation:
+    if args.task == "dreambooth" and args.prior_preservation and args.preservation == "class-images":
         folder = class_images(base, args, accelerator, resolution)
         found = scan_captioned(folder, flag="--class-data", caption=args.class_prompt, min_size=resolution, warn=main)
         classes = load_items(Captioned(found.paths[:args.num_class_images], found.captions[:args.num_class_images],
@@ -306,8 +339,13 @@ def run(args: argparse.Namespace) -> dict:
                **({"text_encoder_2": pipe.text_encoder_2} if args.train_text_encoder and base.is_sdxl else {})}
     holder = nn.ModuleDict(trained)  # one module for checkpoints: parameters named "<component>.<path>"
     trainable = vislora.trainable_parameters(pipe)
-    optimizer = make_optimizer(trainable, args)
-    batches = Batches(items, classes, args.batch_size * world, args.seed)
+    optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
+    preserving = args.task == "dreambooth" and args.prior_preservation
+    batch = args.batch_size
+    if batch is None:  # the default: as many as one process's share of the largest bucket allows (args keep None,
+        largest = max(items.buckets.count(b) for b in set(items.buckets))  # so a resumed run hashes the same)
+        batch = max(1, min(DEFAULT_BATCH, largest // world))
+    batches = Batches(items, classes, batch * world, args.seed)
     digest = config_hash(args, NOT_TRAJECTORY, world=world, images=items.data.paths, captions=items.data.captions,
                          classes=[Path(p).name for p in classes.data.paths] if classes else None,
                          base=base.record)
@@ -339,6 +377,10 @@ def run(args: argparse.Namespace) -> dict:
                                          else list(dict.fromkeys(items.data.captions))[:2])
 
     step = state["step"]
+    window = verdict.watch_window(args.steps, least=5)  # a diffusion step's loss swings with its timestep
+    # Predicting zero scores about 1 per term (noise and v have unit variance): worse than that is diverging.
+    ceiling = (1.0 + args.noise_offset ** 2) * (1.0 + (args.prior_loss_weight if preserving else 0.0))
+    good, stopped = LastGood(trainable, step), None  # the weights to keep if the run diverges
     rss_before = peak_rss_mb()
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)
@@ -352,7 +394,7 @@ def run(args: argparse.Namespace) -> dict:
         rank = accelerator.process_index
         for micro in range(args.grad_accum):
             n = step * args.grad_accum + micro
-            mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
+            mine = slice(rank * batch, (rank + 1) * batch)
             # Gradients are averaged across processes only on the last micro-batch of the step.
             with contextlib.ExitStack() as stack:
                 if micro < args.grad_accum - 1:
@@ -365,31 +407,37 @@ def run(args: argparse.Namespace) -> dict:
                 parts = [denoise.training_batch(base, pipe.vae, text, data, picks, cache,
                                                 draw_seeds(args.seed, n, first, len(picks)), alphas, device,
                                                 args.noise_offset) for data, picks, cache, first in shares]
+                if preserving and classes is None:  # the base's own prediction for the class prompt
+                    parts.append(base_prediction_batch(base, pipe.unet, text, parts[0], args.class_prompt))
                 # One UNet call on instance and class samples together, split after (as diffusers' DreamBooth).
                 losses = denoise.unet_losses(unet, denoise.cat(parts), alphas, base.prediction, args.snr_gamma)
                 inst, prior = losses.split([len(parts[0]), len(losses) - len(parts[0])])
                 loss = inst.mean()
-                if classes is not None:
+                if preserving:
                     loss = loss + args.prior_loss_weight * prior.mean()
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
                                  device=device)
         finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
-        if state["bad_steps"] >= MAX_BAD_STEPS:
-            raise vislora.NonFiniteError(f"step {step + 1}: {MAX_BAD_STEPS} steps in a row had NaN/inf gradients; "
-                                         "lower --lr, or try --mixed-precision no")
         inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
         seconds = time.perf_counter() - started
-        row = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "instance_loss": inst_sum / count,
-               "prior_loss": prior_sum / count if classes else None, "seconds": seconds}
-        row["loss"] = row["instance_loss"] + (args.prior_loss_weight * row["prior_loss"] if classes else 0.0)
+        row = {"step": step + 1, "lr": step_size(optimizer), "instance_loss": inst_sum / count,
+               "prior_loss": prior_sum / count if preserving else None, "seconds": seconds}
+        row["loss"] = row["instance_loss"] + (args.prior_loss_weight * row["prior_loss"] if preserving else 0.0)
         state["history"].append(row)
         count_time(state, step, seconds)
         step += 1
         state["step"] = step
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
+        losses = [r["loss"] for r in state["history"]]
+        why = verdict.diverging(losses, state["bad_steps"], window, ceiling)
+        if why:  # every process sees the same reduced losses, so all stop at this step
+            stopped = f"step {step}: {why}"
+            break
+        if step % window == 0 and verdict.healthy(losses, window, ceiling):
+            good.keep(step)
         validating = bool(args.validate_every) and step % args.validate_every == 0 and step < args.steps
         if main and args.eval_images and (validating or step == args.steps):
             state["evals"].append(evaluation())
@@ -401,31 +449,26 @@ def run(args: argparse.Namespace) -> dict:
             save_training(run_dir, step, holder, optimizer, state, config_hash=digest, keep=args.keep)
         accelerator.wait_for_everyone()
     bar.close()
+    if stopped:
+        state["stopped"] = {"reason": stopped, "kept_step": good.restore()}
+        accelerator.print(f"{args.task}: {stopped}; stopped, keeping the weights of step {good.step}")
     return finish(args, accelerator, base, state, prompts, resolution,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
-                   "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
+                   "batch_size": batch, "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
                    "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
                    "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
-                   "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []})
-
-
-def make_optimizer(params: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW; bitsandbytes' 8-bit AdamW with --use-8bit-adam (an optional extra: pip install bitsandbytes)."""
-    if not args.use_8bit_adam:
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise DatasetError("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes") from None
-    return bnb.optim.AdamW8bit(params, lr=args.lr, weight_decay=1e-2)
+                   "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []},
+                  targets=as_targets(items.pixels, resolution))
 
 
 def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, prompts: list[str], resolution: int,
-           counts: dict) -> dict:
+           counts: dict, targets=None) -> dict:
     """Write the adapter, the last sample grid, the loss plot and the metrics (main process only)."""
     out = Path(args.out)
     history = state["history"]
     summary = {"task": args.task, "base": base.record, "preset": args.preset, "rank": args.rank,
+               "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
+               "preservation": args.preservation if args.task == "dreambooth" and args.prior_preservation else None,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],
                **loss_ends(history), **eval_ends(state["evals"]), **counts,
                "step_time_s": state["timed_seconds"] / max(state["timed_steps"], 1), "peak_rss_mb": peak_rss_mb(),
@@ -439,6 +482,7 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
                                        metadata=describe(args, base, resolution))
         summary["files"]["adapter"] = str(adapter)
         summary["files"]["samples"] = str(validate(base, args, prompts, state["step"], resolution))
+        summary["verdict"] = judge(args, base, state, summary, prompts, resolution, targets).to_dict()
         if history:
             keys = ("instance_loss", "prior_loss") if history[0]["prior_loss"] is not None else ("instance_loss",)
             marks = {"eval loss (fixed noise, timesteps)": [(e["step"], e["eval_loss"]) for e in state["evals"]]}
@@ -448,6 +492,28 @@ def finish(args, accelerator: Accelerator, base: DiffusionBase, state: dict, pro
         write_metrics(out, summary, history, HISTORY_COLUMNS)
     accelerator.wait_for_everyone()
     return summary
+
+
+def judge(args, base: DiffusionBase, state: dict, summary: dict, prompts: list[str], resolution: int, targets
+          ) -> verdict.Verdict:
+    """The run's verdict: the eval loss before and after; how far the adapter moves the validation samples
+    (and, for DreamBooth, the class prompt's: drift) at the validation seeds, strength 1 against 0; and how
+    much closer the validation samples come to the training pictures (`targets`, as shift.as_targets)."""
+    if state.get("stopped"):
+        return verdict.stopped_verdict(state["stopped"]["reason"], state["stopped"]["kept_step"],
+                                       {"lr": args.lr, "steps": args.steps})
+    other = args.class_prompt if args.task == "dreambooth" and args.class_prompt not in (None, *prompts) else None
+    shift = sample_shift(base.pipe, prompts + ([other] if other else []), list(args.validation_seeds),
+                         steps=args.sample_steps, guidance=args.guidance, size=resolution,
+                         targets=dict.fromkeys(prompts, targets) if targets is not None else None)
+    near_on, near_off = (sum(shift[p].get(k, 0.0) for p in prompts) for k in ("near_on", "near_off"))
+    spread_on, spread_off = (sum(s[k] for s in shift.values()) for k in ("spread_on", "spread_off"))
+    return verdict.diffusion_verdict(
+        eval_before=summary["eval_loss_before"], eval_after=summary["eval_loss_after"],
+        moved=sum(shift[p]["moved"] for p in prompts) / len(prompts), drift=shift[other]["moved"] if other else None,
+        drift_prompt=other, spread_ratio=spread_on / spread_off if spread_off > 0 else None,
+        toward=(near_off - near_on) / near_off if near_off > 0 else None, lr=args.lr,
+        steps=args.steps)
 
 
 def loss_ends(history: list[dict]) -> dict:
@@ -477,6 +543,8 @@ def report(summary: dict) -> None:
               f"the last {summary['loss_window']} steps; each step draws its own noise and timesteps)")
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
+    if "verdict" in summary:
+        print(verdict.line(summary["verdict"]))
 
 
 def main(argv: list[str] | None = None, task: str = "dreambooth") -> int:

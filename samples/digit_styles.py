@@ -7,7 +7,11 @@ returns them) and return the same kind; they work on ink = 1 - paper, so the pap
     thin(images, size=2)       thinner strokes: grey erosion of the ink
     italic(images, angle=15)   shear x' = x + tan(angle) * (cy - y): the top leans right by `angle` degrees
     mirror(images)             left-right flip
+    rot90(images)              a quarter turn counter-clockwise (the top goes to the left)
+    upside_down(images)        rotation by 180 degrees (its own inverse, so a scorer can undo it)
     STYLES                     name -> transform, including "plain" (identity)
+    INVERSES                   name -> the transform that undoes it, for the geometric styles (a scorer reads
+                               a drawing in such a style after undoing it)
 
 Measures take images in any of these forms: [N, H, W] grey or [N, H, W, 3] RGB, uint8 (0..255) or float
 (0..1), or a list of PIL images; all assume dark ink on light paper:
@@ -104,14 +108,33 @@ def mirror(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
 
 
+def rot90(images: np.ndarray) -> np.ndarray:
+    """A quarter turn counter-clockwise: the top of the digit goes to the left."""
+    return np.ascontiguousarray(np.rot90(np.asarray(images), k=1, axes=(1, 2)))
+
+
+def rot270(images: np.ndarray) -> np.ndarray:
+    """A quarter turn clockwise (undoes rot90)."""
+    return np.ascontiguousarray(np.rot90(np.asarray(images), k=-1, axes=(1, 2)))
+
+
+def upside_down(images: np.ndarray) -> np.ndarray:
+    """Rotation by 180 degrees; applied twice it is the identity, so `upside_down(drawn)` undoes the style."""
+    return np.ascontiguousarray(np.asarray(images)[:, ::-1, ::-1])
+
+
 def plain(images: np.ndarray) -> np.ndarray:
     """Identity (the base style)."""
     return np.asarray(images)
 
 
 STYLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "plain": plain, "bold": bold, "thin": thin, "italic": italic, "mirror": mirror,
+    "plain": plain, "bold": bold, "thin": thin, "italic": italic, "mirror": mirror, "rot90": rot90,
+    "upside_down": upside_down,
 }
+# Geometric styles lose no information: each has an exact inverse.
+INVERSES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mirror": mirror, "rot90": rot270,
+                                                            "upside_down": upside_down}
 
 
 def style_caption(digit: int, style: str, template: str = "a handwritten digit {word} in {style} style") -> str:

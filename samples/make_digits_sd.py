@@ -207,7 +207,8 @@ def check_vae(vae, mean: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, seed: int, progress: bool,
                init: Path | None = None, snr_gamma: float = 0.0, ema: float = 0.0, text_lr: float = 0.0,
-               digits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+               digits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               channels: tuple[int, ...] | None = None):
     """Train the UNet and, when text_lr > 0, the text encoder on the plain digits' latents (`digits`: what
     encode_digits(vae) returns, when already computed)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -221,7 +222,7 @@ def train_unet(vae, tokenizer, steps: int, batch: int, lr: float, drop: float, s
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, **TEXT_CONFIG))
-        unet = UNet2DConditionModel(**UNET_CONFIG)
+        unet = UNet2DConditionModel(**{**UNET_CONFIG, **({"block_out_channels": tuple(channels)} if channels else {})})
     else:
         scaling = vae.config.scaling_factor
         text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder", dtype=torch.float32)
@@ -311,6 +312,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "count repeats bit for bit")
     p.add_argument("--init", type=Path, default=None,
                    help="continue from a saved folder: its VAE (with --vae-steps 0), UNet and text encoder")
+    p.add_argument("--unet-channels", type=int, nargs="+",
+                   help="UNet block widths (default 32 64); e.g. 64 128 for a wider base to test recipes on")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="take the VAE from this saved folder instead of training one (a fresh UNet on it)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -334,10 +339,10 @@ def main(argv: list[str] | None = None) -> Path:
     with stage("tokenizer", log):
         tokenizer = build_tokenizer(args.out / "tokenizer")
     with stage("vae", log):
-        if args.init is not None and args.vae_steps == 0:
+        if args.vae_from is not None or (args.init is not None and args.vae_steps == 0):
             from diffusers import AutoencoderKL
 
-            vae = AutoencoderKL.from_pretrained(args.init / "vae", torch_dtype=torch.float32).eval()
+            vae = AutoencoderKL.from_pretrained((args.vae_from or args.init) / "vae", torch_dtype=torch.float32).eval()
         else:
             vae = train_vae(args.vae_steps, args.vae_batch, args.vae_lr, args.seed, progress)
     with stage("vae check", log):
@@ -346,7 +351,8 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"   plain digits through the VAE: {log['vae_reconstruction']}", flush=True)
     with stage("unet", log):
         unet, text_encoder = train_unet(vae, tokenizer, args.unet_steps, args.batch, args.unet_lr, args.drop,
-                                        args.seed, progress, args.init, args.snr_gamma, args.ema, args.text_lr, digits)
+                                        args.seed, progress, args.init, args.snr_gamma, args.ema, args.text_lr, digits,
+                                        args.unet_channels)
     with stage("save", log):
         scheduler = DPMSolverMultistepScheduler(**SCHEDULE)
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

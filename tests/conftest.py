@@ -106,3 +106,14 @@ def unet():
 @pytest.fixture
 def clip():
     return tiny_clip()
+
+
+# How many cases the property-based reader tests ran (tests/test_fuzz_readers.py), printed after the session.
+FUZZ_COUNTS: dict[str, int] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_COUNTS:
+        terminalreporter.write_sep("-", "property-based reader cases")
+        for what, count in FUZZ_COUNTS.items():
+            terminalreporter.write_line(f"{count:>7,} {what}")

@@ -9,8 +9,8 @@ import pytest
 from vislora.cli import COMMANDS, main
 
 # A default each command's help must show (an option written without help text included).
-SHOWN = {"classify": r"--epochs EPOCHS\s+\(default: 10\)", "predict": r"--top-k TOP_K\s+\(default: 5\)",
-         "dreambooth": r"--steps STEPS\s+\(default: 400\)", "style": r"--rank RANK\s+\(default: 4\)",
+SHOWN = {"classify": r"--batch-size BATCH_SIZE\s+per process \(default: 32\)", "predict": r"--top-k TOP_K\s+\(default: 5\)",
+         "dreambooth": r"--steps STEPS\s+[^\n]*\(default: 600\)", "style": r"--rank RANK\s+\(default: 4\)",
          "generate": r"--steps STEPS\s+\(default: 20\)", "merge": r"--to \{.*\}\s+\(default: vislora\)",
          "convert": r"--to \{", "resize": r"--to \{.*\}\s+\(default: vislora\)",
          "extract": r"\(default: 0.0\)", "inspect": "--json", "studio": r"--port PORT\s+\(default: 7860\)"}

@@ -145,3 +145,37 @@ def test_accelerate_state_reset_has_a_working_fallback(monkeypatch):
         assert forget_single_process_state()
         assert not PartialState._shared_state and not AcceleratorState._shared_state
     assert not forget_single_process_state()  # nothing to drop
+
+
+def test_a_kind_in_one_file_round_trips_through_the_vislora_and_kohya_formats(tmp_path, monkeypatch):
+    """tests/toy_kind.py declares its maths and its file-facing facts (LyCORIS parts, algo, rank read-back,
+    input width); one line adds it. vislora and kohya/LyCORIS files then write, read and load it exactly."""
+    import toy_kind
+
+    from vislora import formats
+    from vislora.formats.arch import in_features
+
+    monkeypatch.setitem(KINDS, "toy", toy_kind)  # the one line
+    model = _tiny()
+    vislora.inject(model, "lin", rank=3, alpha=6, linear="toy", init="random")
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        base = model.lin.base_layer(model.conv(x).mean((2, 3)))
+        adapted = model(x)
+    assert (adapted - base).abs().max() > 1e-3
+    slot = model.lin.adapters["default"]
+    for fmt in ("vislora", "kohya", "lycoris"):
+        path = vislora.save_adapter(model, tmp_path / f"toy_{fmt}.safetensors", format=fmt)
+        read = formats.read(path)
+        (module,) = read.modules.values()
+        assert module.kind == "toy" and (module.rank, module.alpha) == (3, 6.0)
+        assert torch.equal(module.factors["a"], slot.a.detach()) and torch.equal(module.factors["b"], slot.b.detach())
+        assert in_features("toy", module.factors) == 6
+        if fmt != "vislora":
+            assert set(formats.container.read(path)[0]) == {"lycoris_lin.toy_a.weight", "lycoris_lin.toy_b.weight",
+                                                            "lycoris_lin.alpha"}
+            assert '"algo": "toy"' in read.metadata["ss_network_args"]
+        other = _tiny()
+        vislora.load_adapter(other, path)
+        with torch.no_grad():
+            assert torch.equal(other(x), adapted)

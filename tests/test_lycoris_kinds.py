@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vislora.functional import Conv2dOp, RowLayout, dora, full, loha, lokr, op_for
+from vislora.kernels.fold import add_delta_weight
 
 lycoris = pytest.importorskip("lycoris.functional")
 from lycoris.functional import general as ly_general  # noqa: E402
@@ -107,7 +108,7 @@ def test_forward_equals_weight_merge(kind, shape):
         params["diff_b"] = _rand(shape[0])
     delta = kind.delta_weight(params, layout)
     assert delta.abs().max() > 0
-    merged = kind.add_delta_weight(layer.weight.detach(), params, layout, 0.7)
+    merged = add_delta_weight(kind.__name__.rsplit('.', 1)[-1], layer.weight.detach(), params, layout, 0.7)
     bias = layer.bias.detach() + (0.7 * params["diff_b"] if "diff_b" in params else 0)
     if isinstance(layout, Conv2dOp):
         want = layout.forward(x, merged, bias)

@@ -278,7 +278,7 @@ def _same_in_diffusers(base: Path, adapter: Path) -> torch.Tensor:
 def test_dreambooth_file_loads_in_diffusers_with_our_outputs(base, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "out"
-    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--lr", "1e-2")) == 0
+    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--optimizer", "adamw", "--lr", "1e-2")) == 0
     assert _same_in_diffusers(base, out / "adapter.safetensors") == 0  # the text encoder was not trained
 
 
@@ -287,7 +287,7 @@ def test_locon_and_text_encoder_file_loads_in_diffusers_with_our_outputs(base, t
     min-SNR, noise offset and gradient accumulation: diffusers reads the whole file, not only its attention."""
     pytest.importorskip("peft")
     out = tmp_path / "out"
-    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--lr", "1e-2", "--conv-rank", "2",
+    assert dreambooth_sd.main(_db(base, _images(tmp_path / "d", 2), out, "--optimizer", "adamw", "--lr", "1e-2", "--conv-rank", "2",
                                   "--conv-alpha", "1", "--train-text-encoder", "--snr-gamma", "5",
                                   "--noise-offset", "0.05", "--grad-accum", "2")) == 0
     tensors = container.read(out / "adapter.safetensors")[0]

@@ -31,7 +31,7 @@ from vislora.diffusion import denoise
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SD = ROOT / "samples" / "digits_sd"
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
-SMALL = ["--steps", "2", "--lr", "1e-3"]
+SMALL = ["--steps", "2", "--optimizer", "adamw", "--lr", "1e-3"]
 EVERY_4 = ["--checkpoint-every", "4", "--keep", "10", "--validate-every", "4"]
 
 
@@ -68,7 +68,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 def _dreambooth(world, out: Path, *extra: str) -> list[str]:
     return ["--model", str(world["base"]), "--instance-data", str(world["instance"]), "--instance-prompt",
             "a sks digit", "--prior-preservation", "--class-prompt", "a digit", "--num-class-images", "4",
-            "--class-data", str(world["root"] / "classes"), "--steps", "8", "--lr", "1e-2", "--out", str(out),
+            "--class-data", str(world["root"] / "classes"), "--steps", "8", "--optimizer", "adamw", "--lr", "1e-2", "--out", str(out),
             *FAST, *extra]
 
 
@@ -205,7 +205,7 @@ def test_resume_refuses_another_runs_checkpoints(dreambooth, world, tmp_path, ca
 def test_style_with_captions_and_buckets(world, tmp_path):
     out = tmp_path / "style"
     assert style_sd.main(["--model", str(world["base"]), "--data", str(world["style"]), "--trigger", "zxy",
-                          "--steps", "12", "--lr", "1e-2", "--batch-size", "2", "--out", str(out), *FAST]) == 0
+                          "--steps", "12", "--optimizer", "adamw", "--lr", "1e-2", "--batch-size", "2", "--out", str(out), *FAST]) == 0
     meta = container.read(out / "adapter.safetensors")[1]
     info = json.loads(meta[dreambooth_sd.METADATA_KEY])
     assert info["task"] == "style" and info["trigger"] == "zxy"

@@ -17,6 +17,7 @@ from .components import ADAPTABLE, components, is_pipeline, prefixed
 from .formats import arch
 from .config import AdapterConfig, kinds_for
 from .errors import AdapterCompatError
+from . import formats
 from .formats import FORMATS, AdapterFile, ModuleWeights
 from .functional import KINDS, dora
 from .inject import Placement, freeze_all_but_adapters, place
@@ -68,11 +69,11 @@ def _mismatches(full: str, w: ModuleWeights, layer: Any) -> list[tuple[str, str,
 
 
 def component_of(name: str) -> str:
-    """The component a file or model module name belongs to: kohya prefixes (lora_unet, lora_te1, ...), a
-    pipeline prefix (unet, text_encoder, ...), else "model"."""
-    for prefix in ("lora_unet", "lora_transformer", "lora_te1", "lora_te2", "lora_te3", "lora_te", "lycoris"):
-        if name.startswith(prefix + "_"):
-            return prefix
+    """The component a file or model module name belongs to: as a format's naming says (kohya's lora_unet,
+    lora_te1, ...), a pipeline prefix (unet, text_encoder, ...), else "model"."""
+    named = formats.component_of(name)
+    if named is not None:
+        return named
     head = name.partition(".")[0]
     return head if head in ADAPTABLE and "." in name else "model"
 

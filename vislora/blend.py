@@ -14,18 +14,13 @@ from typing import Any
 import torch
 
 from .functional import KINDS
-from .functional.fold import Term
-
-# Kinds (and whether the layout covers every row) whose delta W is up @ down once both are flattened to
-# matrices: the merged weight is then one addmm that reads the pristine weight once.
-_MATRIX_KINDS = {("lora", True), ("locon", True)}
-
+from .kernels import Term
 
 def terms_of(slots: list[Any], training: bool) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
     """One Term per adapter, with its own coefficient (and dropout while training), and the factors in order."""
     terms, factors = [], []
     for s in slots:
-        terms.append(Term(s.functions, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
+        terms.append(Term(s.kind, s.layout, s.coef, s.factor_names, s.dropout if training else 0.0))
         factors.extend(s.params.values())
     return tuple(terms), tuple(factors)
 
@@ -52,7 +47,7 @@ def stacked_terms(slots: list[Any], dtype: torch.dtype) -> tuple[tuple[Term, ...
     for kind, layout, parts in _stacks(slots, dtype):
         functions = KINDS[kind]
         for params, coef in parts:
-            terms.append(Term(functions, layout, coef, functions.FACTORS))
+            terms.append(Term(kind, layout, coef, functions.FACTORS))
             factors += [params[n] for n in functions.FACTORS]
     return tuple(terms), tuple(factors)
 
@@ -76,7 +71,9 @@ def merged_weight(pristine: torch.Tensor, slots: list[Any], out: torch.Tensor | 
         for params, coef in parts:
             if not math.isfinite(coef) or not all(torch.isfinite(t).all() for t in params.values()):
                 return None
-            if (kind, getattr(layout, "is_full", True)) in _MATRIX_KINDS:  # delta = up @ down as matrices
+            # delta W = up @ down as matrices (the kind's MATRIX_PRODUCT, on every row): the merged weight is one
+            # addmm that reads the pristine weight once
+            if getattr(KINDS[kind], "MATRIX_PRODUCT", False) and getattr(layout, "is_full", True):
                 up, down = params["up"], params["down"]
                 rows = total.shape[0]
                 target = out.view(rows, -1) if direct else None

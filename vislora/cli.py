@@ -6,7 +6,7 @@
     vislora style --model BASE --data DIR --out OUT ...                   Stable Diffusion style LoRA
     vislora generate --model DIR --lora FILE[:STRENGTH]... --prompt TEXT [--grid NAME=v1,v2 ...] --out PNG
     vislora inspect FILE [--json]                              format, kinds, ranks, coverage, base, metadata
-    vislora convert IN OUT --to kohya|lycoris|diffusers|peft|vislora
+    vislora convert IN OUT --to FORMAT                         any of vislora.formats.TARGETS
     vislora merge A:0.6 B:0.4 -o C [--rank r]                  exact, or by SVD
     vislora resize IN --rank r | --energy 0.9 -o OUT
     vislora extract --base B --tuned T --rank r -o OUT
@@ -115,7 +115,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "style": (_style, "train a style adapter from captioned images (recipes/style_sd.py)"),
     "generate": (_generate, "images from a diffusion pipeline with adapters mixed by strength, or an X/Y grid"),
     "inspect": (_tool("inspect"), "what an adapter file holds: format, kinds, ranks, coverage, base, metadata"),
-    "convert": (_tool("convert"), "an adapter file in another layout: kohya, lycoris, diffusers, peft, vislora"),
+    "convert": (_tool("convert"), "an adapter file in another layout (--to: a name in vislora.formats.TARGETS)"),
     "merge": (_tool("merge"), "blend adapter files into one: exact (ranks concatenated) or by SVD (--rank)"),
     "resize": (_tool("resize"), "an adapter at a lower rank by SVD (--rank r or --energy 0.9), error reported"),
     "extract": (_tool("extract"), "a LoRA from the difference of two checkpoints (LoCon for convs)"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Union
@@ -92,8 +94,9 @@ class AdapterConfig:
                 raise ValueError(f"{option} must be one of {kinds_for(base)}, got {getattr(self, option)!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (a stored 0 disables the adapter in other tools), got {self.alpha}")
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a finite number > 0 (a stored 0 disables the adapter in other tools), "
+                             f"got {self.alpha}")
 
     def preferred_kinds(self) -> dict[type, str]:
         """The kind this config asks for, per base layer class (see functional.kind_for)."""

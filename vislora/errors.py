@@ -40,3 +40,14 @@ class AdapterStateError(VisloraError, ValueError):
 
 class NonFiniteError(VisloraError):
     """A merge or a loaded tensor would put NaN or inf into the model."""
+
+
+class FactorShapeError(AdapterFormatError, AdapterCompatError):
+    """A file's factors disagree with each other (down [8, 32] with up [32, 7]): the file is malformed, and it
+    fits no model, so it is both kinds of error (category "shape-mismatch")."""
+
+    def __init__(self, message: str, *, path: object = None, category: str = "shape-mismatch") -> None:
+        self.path = None if path is None else str(path)
+        self.category = category
+        prefix = f"{self.path}: " if self.path else ""
+        VisloraError.__init__(self, f"{prefix}[{category}] {message}")

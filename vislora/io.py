@@ -21,6 +21,7 @@ from .formats import AdapterFile, ModuleWeights, arch
 from .functional import RowLayout
 from .inject import adapter_layers, adapter_names, check_new_name, configs, resolve_saved
 from .slot import AdapterSlot
+from .strengths import check_strength
 from .targets.families import FAMILIES, MODELSPEC_KEY
 
 __all__ = ["AdapterWarning", "LoadReport", "load_adapter", "read_adapter", "save_adapter", "adapter_file"]
@@ -84,7 +85,7 @@ def save_adapter(
     *,
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
-    format: str = "vislora",
+    format: str = formats.DEFAULT,
 ) -> Path:
     """Write adapter `name` (and its modules_to_save) to a safetensors file, atomically.
 
@@ -119,6 +120,7 @@ def load_adapter(
     trainable=True makes the loaded factors trainable and freezes the rest (to continue training).
     """
     check_new_name(model, name)
+    strength = check_strength(strength, f"load_adapter({str(path)!r}) strength")
     adapter = read_adapter(path)
     matched, unmatched = apply(model, adapter, name, strength=strength, strict=strict, trainable=trainable)
     return LoadReport(name, str(path), adapter.format, matched, unmatched, list(adapter.extra), adapter.metadata)

@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from .errors import AdapterStateError, NonFiniteError
+from . import kernels
 from .functional import RowLayout, op_for
 from .functional.dora import init_magnitude, per_channel
-from .functional.fold import Term, folded_forward
-from .functional.unfold import unfolded_forward
 from .blend import bias_deltas, merged_bias, merged_weight, stacked_terms, terms_of
 from .slot import AdapterSlot
 
@@ -96,33 +95,36 @@ class AdapterLayer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path (vislora.kernels) where it covers every active adapter and this layer; else the
+        reference: base(x) plus each adapter's functional delta_forward, through autograd."""
         slots = self.active()
         if not slots:
             return self.base_layer(x)
-        base = self.base_layer
-        dora_slots = [s for s in slots if s.dora_axis is not None]
-        if dora_slots or not all(s.fast for s in slots) or (
-                torch.is_grad_enabled() and (not self.op.foldable or self._base_trainable())):
-            # Our hand-written backwards cover frozen bases with plain zero padding, for kinds that bring
-            # them; autograd does the rest. DoRA's rescaling depends on W (see AdapterSlot.dora_forward).
-            y = base(x)
-            if dora_slots:
-                bias = base.bias
-                wx = y if bias is None else y - per_channel(bias, base.weight.dim()).to(y.dtype)
-                y = y + sum(s.dora_forward(x, wx, self.op, base.weight) for s in dora_slots)
-            for s in slots:
-                if s.dora_axis is None:
-                    y = y + s.delta_forward(x) * s.coef
-            return y
+        if not (all(s.fast for s in slots) and kernels.covers(self.op, self._base_trainable())):
+            return self.reference_forward(x, slots)
         if not torch.is_grad_enabled() and not (self.training and any(s.dropout for s in slots)):
             terms, factors = self._stacked(slots, x.dtype)
         else:
             terms, factors = terms_of(slots, self.training)
-        if self._should_fold(x, terms):
-            return folded_forward(x, base.weight, base.bias, self.op, terms, factors)
-        return unfolded_forward(x, base.weight, base.bias, self.op, terms, factors)
+        return kernels.forward(x, self.base_layer.weight, self.base_layer.bias, self.op, terms, factors)
 
-    def _stacked(self, slots: list[AdapterSlot], dtype: torch.dtype) -> tuple[tuple[Term, ...], tuple[torch.Tensor, ...]]:
+    def reference_forward(self, x: torch.Tensor, slots: list[AdapterSlot]) -> torch.Tensor:
+        """base(x) + sum_s coef_s * delta_s(x) through autograd, for any kind, a trainable base and DoRA (whose
+        rescaling depends on W: see AdapterSlot.dora_forward)."""
+        base = self.base_layer
+        y = base(x)
+        dora_slots = [s for s in slots if s.dora_axis is not None]
+        if dora_slots:
+            bias = base.bias
+            wx = y if bias is None else y - per_channel(bias, base.weight.dim()).to(y.dtype)
+            y = y + sum(s.dora_forward(x, wx, self.op, base.weight) for s in dora_slots)
+        for s in slots:
+            if s.dora_axis is None:
+                y = y + s.delta_forward(x) * s.coef
+        return y
+
+    def _stacked(self, slots: list[AdapterSlot],
+                 dtype: torch.dtype) -> tuple[tuple[kernels.Term, ...], tuple[torch.Tensor, ...]]:
         """The active adapters as one Term per (kind, layout) group, their factors concatenated along the
         rank with strength * scale folded in (inference only: the result carries no gradient).
 
@@ -143,19 +145,6 @@ class AdapterLayer(nn.Module):
 
     def _base_trainable(self) -> bool:
         return any(p.requires_grad for p in self.base_layer.parameters(recurse=False))
-
-    def _should_fold(self, x: torch.Tensor, terms: tuple[Term, ...]) -> bool:
-        """Fold when touching the weight once is cheaper than extra passes over the activations.
-
-        Folding costs about one pass over the [out, fan_in] weight; not folding costs passes over the
-        [tokens, fan_in] input and [tokens, out] output for each adapter.
-        """
-        if any(t.dropout for t in terms):
-            return False  # the adapter sees dropout(x) and the base sees x: not one weight
-        weight = self.base_layer.weight
-        fan_out = weight.shape[0]
-        fan_in = weight.numel() // fan_out
-        return self.op.tokens(x) * (fan_in + fan_out) >= weight.numel()
 
     # -- merge ------------------------------------------------------------------------------------------
     def snapshot(self) -> tuple[Any, ...]:

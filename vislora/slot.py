@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import KINDS, has_fast_path, scale
+from .functional import KINDS, scale
+from .kernels import has_kernel
 from .functional.dora import decomposed_weight, gain, output_delta
 
 
@@ -36,7 +37,7 @@ class AdapterSlot(nn.Module):
             raise ValueError(f"rank must be >= 1, got {rank}")
         self.kind, self.layout, self.rank, self.alpha, self.rslora = kind, layout, rank, float(alpha), rslora
         self.dropout, self.strength, self.enabled = float(dropout), 1.0, True
-        self.fast = has_fast_path(KINDS[kind])  # else forward and backward run through autograd
+        self.fast = has_kernel(kind)  # vislora.kernels runs it; False: the reference path, through autograd
         dtype = torch.promote_types(weight.dtype, torch.float32)  # fp16/bf16 bases train fp32 factors
         for name, value in KINDS[kind].init_params(weight.shape, rank, init, layout).items():
             self.register_parameter(name, nn.Parameter(value.to(device=weight.device, dtype=dtype)))

@@ -73,10 +73,21 @@ def _layers_per_block(root: torch.nn.Module) -> int | None:
     return int(lpb) if lpb is not None else None
 
 
-def _number(value: Any, where: str) -> float:
+# Strengths are blend factors around 1; beyond this one overflows fp16 outputs and draws black (1e30, 1e39).
+MAX_STRENGTH = 100.0
+
+
+def check_strength(value: Any, where: str) -> float:
+    """`value` as a float, refused unless it is a finite number with |value| <= MAX_STRENGTH."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{where}: a strength is a finite number, got {value!r}")
+    if abs(value) > MAX_STRENGTH:
+        raise ValueError(f"{where}: strength {value!r} is outside [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}]; adapters are "
+                         "blended at strengths around 1")
     return float(value)
+
+
+_number = check_strength
 
 
 def parse_lbw(text: str, where: str) -> tuple[dict[str, float], int]:

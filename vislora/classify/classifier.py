@@ -151,6 +151,19 @@ def hub_tag(model: nn.Module) -> str | None:
     return cfg.get("architecture")
 
 
+def base_title(base: BaseRecord) -> str:
+    """What the base is, in words for a plot's title: a local file names itself and the timm architecture it
+    was built as, with the kwargs that make it differ from that family's defaults; a hub base its pinned tag;
+    a random init its seed."""
+    custom = ", ".join(f"{k}={v}" for k, v in sorted(base.model_kwargs.items()))
+    built = f"timm {base.model}" + (f" with {custom}" if custom else "")
+    if base.source == "file":
+        return f"{Path(base.weights).name if base.weights else 'local weights'} ({built})"
+    if base.source == "hub":
+        return f"{base.hub_tag or base.model} (pretrained{', ' + custom if custom else ''})"
+    return f"{built}, random init (seed {base.init_seed})"
+
+
 def describe(kind: str, base: BaseRecord, class_to_idx: dict[str, int], preprocess: Preprocess) -> dict[str, str]:
     """The metadata entry of a classifier file."""
     return {METADATA_KEY: json.dumps({"kind": kind, "base": asdict(base), "class_to_idx": class_to_idx,

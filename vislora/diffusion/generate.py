@@ -24,8 +24,9 @@ import torch
 from .. import checks
 from ..bank import AdapterBank
 from ..console import guarded
-from .bases import add_source_options, add_threads_option, load_pipeline
 from ..helpformat import HelpFormatter
+from ..strengths import check_strength
+from .bases import add_source_options, add_threads_option, load_pipeline
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -68,8 +69,7 @@ def parse_lora(text: str) -> LoraArg:
             strength = float(tail)
         except ValueError:
             raise ValueError(f"--lora {text!r}: the strength after ':' must be a number, got {tail!r}") from None
-        if not math.isfinite(strength):
-            raise ValueError(f"--lora {text!r}: the strength must be finite, got {tail!r}")
+        check_strength(strength, f"--lora {text!r}")
         path = head
     if not path:
         raise ValueError(f"--lora {text!r}: no file given; write --lora FILE[:STRENGTH]")

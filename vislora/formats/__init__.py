@@ -2,17 +2,24 @@
 
 A format module `formats/<name>.py` has
 
-    FORMAT                                        its name (what LoadReport.format says)
-    detect(tensors, metadata) -> bool             whether a file is in this format
+    FORMAT                                        its name (what LoadReport.format says, what `--to` takes)
+    ALIASES                                       optional: other names users call it by (`--to lycoris`)
+    detect(tensors, metadata) -> bool             whether a file is in this format (formats of folders only,
+                                                     without one, are never detected in a file)
     read(tensors, metadata, path, **options)      -> AdapterFile: per-module factors in vislora's own shapes
                                                      (see vislora.functional) and each module's rank and alpha
     write(adapter: AdapterFile)                   -> (tensors, metadata) to store in a safetensors container
-    folder(path) -> (file, options) | None        optional: the file inside an adapter folder, and read options
+    save(path, adapter) -> Path                   optional, instead of write: formats that are a folder (PEFT)
+    read_folder(path, read_file) -> AdapterFile | None   optional: an adapter folder it knows, its files read
+                                                     with read_file(file, **options)
     resolve(file_module_names, model)             optional: {file name: (component, path)} for formats whose
                                                      names only resolve against a live model (kohya)
+    component_of(name) -> str | None              optional: the model component a file's module name names
 
-`FORMATS` lists them in detection order. Nothing here touches a model: vislora.apply matches an
-AdapterFile against one. The container (safetensors, read and written by our own code) is `container`.
+`FORMATS` lists them in detection order; `TARGETS` is every name `write` (and `vislora convert --to`)
+takes. A new format is one module here and one entry in FORMATS. Nothing here touches a model:
+vislora.apply matches an AdapterFile against one. The container (the safetensors library under our checks) is
+`container`; what every read refuses beyond it (bounded JSON, alphas, ranks, factor shapes) is `checks`.
 """
 
 from __future__ import annotations
@@ -20,55 +27,98 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from ..errors import AdapterFormatError
-from . import container, kohya, native, peft_diffusers, peft_folder
+from . import checks, container, kohya, native, peft_diffusers, peft_folder
 from .adapter import AdapterFile, ModuleWeights
 
-FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers)}
+FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers, peft_folder)}
+DEFAULT = native.FORMAT  # what vislora writes unless asked otherwise
 
 FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXTRA_DTYPES = FACTOR_DTYPES + (torch.int64,)  # int64: BatchNorm's num_batches_tracked
 
 
-def read(path: str | os.PathLike) -> AdapterFile:
-    """Parse an adapter file (or an adapter folder a format knows, or a set of PEFT folders, one per pipeline
-    component, read as one adapter) without touching any model."""
-    path, options = Path(path), {}
-    parts = peft_folder.components_in(path) if path.is_dir() else None
-    if parts:
-        return peft_folder.combine({comp: read(sub) for comp, sub in parts.items()}, path)
+def read(path: str | os.PathLike, *, values: bool = True) -> AdapterFile:
+    """Parse an adapter file, or an adapter folder a format knows (a PEFT folder, or a set of them, one per
+    pipeline component, read as one adapter), without touching any model.
+
+    values=False reads headers only (what `inspect` and the studio's catalogue need): factors are meta
+    tensors with their shapes and dtypes, so a file of any size is described in milliseconds, and tensor
+    values (NaN, inf) are checked only when a full read loads them."""
+    path = Path(path)
     if path.is_dir():
         for fmt in FORMATS.values():
-            found = fmt.folder(path) if hasattr(fmt, "folder") else None
-            if found is not None:
-                path, options = found
-                break
-    tensors, metadata = container.read(path)
-    check_values(tensors, path)
+            adapter = (fmt.read_folder(path, lambda file, **options: read_file(file, values=values, **options))
+                       if hasattr(fmt, "read_folder") else None)
+            if adapter is not None:
+                return adapter
+    return read_file(path, values=values)
+
+
+def read_file(path: str | os.PathLike, *, values: bool = True, **options: Any) -> AdapterFile:
+    """Parse one adapter file in whichever format detects it (`options` go to that format's read). The file is
+    parsed from its header first (meta tensors), so a bad header, alpha, rank or factor shape (formats.checks)
+    is refused before any data is mapped; then the data is mapped and its values checked."""
+    path = Path(path)
+    adapter = _parse(*container.read(path, values=False), path, options)  # the header's facts, checked
+    if not values:
+        return adapter
+    tensors, metadata = container.read(path)  # now map the data
+    adapter = _parse(tensors, metadata, path, options)
+    check_values(tensors, path)  # last: the only check that reads every byte
+    return adapter
+
+
+def parse(data: bytes, name: str = "<bytes>", *, values: bool = True) -> AdapterFile:
+    """`read` for one file's bytes in memory (`name` stands for its path in errors): the same checks in the
+    same order, without a file."""
+    adapter = _parse(*container.parse(data, name, values=False), Path(name), {})
+    if not values:
+        return adapter
+    tensors, metadata = container.parse(data, name)
+    adapter = _parse(tensors, metadata, Path(name), {})
+    check_values(tensors, Path(name))
+    return adapter
+
+
+def _parse(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, options: dict) -> AdapterFile:
     for fmt in FORMATS.values():
-        if fmt.detect(tensors, metadata):
-            return fmt.read(tensors, metadata, str(path), **options)
+        if hasattr(fmt, "detect") and fmt.detect(tensors, metadata):
+            return checks.check_adapter(fmt.read(tensors, metadata, str(path), **options))
     raise AdapterFormatError(f"no LoRA tensors found; keys look like {list(tensors)[:5]}", path=path,
                              category="not-an-adapter")
 
 
-# What users call the layouts they write: kohya and LyCORIS files are one layout, diffusers' is PEFT's key
-# layout, and "peft" is a PEFT adapter folder (formats/peft_folder.py).
-ALIASES = {"lycoris": kohya.FORMAT, "diffusers": peft_diffusers.FORMAT}
-TARGETS = (*FORMATS, *ALIASES, "peft")
+def by_name() -> dict[str, ModuleType]:
+    """Every name a format answers to (its FORMAT and ALIASES) -> the format."""
+    return {name: fmt for fmt in FORMATS.values() for name in (fmt.FORMAT, *getattr(fmt, "ALIASES", ()))}
 
 
-def write(path: str | os.PathLike, adapter: AdapterFile, format: str = native.FORMAT) -> Path:
-    """Write `adapter` in `format` (default vislora's own; any of TARGETS), atomically."""
-    if format == "peft":
-        return peft_folder.write_folder(path, adapter)
-    if ALIASES.get(format, format) not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose from {sorted(TARGETS)}")
-    tensors, metadata = FORMATS[ALIASES.get(format, format)].write(adapter)
+TARGETS = tuple(by_name())
+
+
+def write(path: str | os.PathLike, adapter: AdapterFile, format: str = DEFAULT) -> Path:
+    """Write `adapter` in `format` (default vislora's own; any name in by_name()), atomically."""
+    fmt = by_name().get(format)
+    if fmt is None:
+        raise ValueError(f"unknown format {format!r}; choose from {sorted(by_name())}")
+    if hasattr(fmt, "save"):
+        return fmt.save(path, adapter)
+    tensors, metadata = fmt.write(adapter)
     return container.write(path, tensors, metadata)
+
+
+def component_of(name: str) -> str | None:
+    """The model component a file's module name names, where a format's naming says (kohya's lora_te1_...)."""
+    for fmt in FORMATS.values():
+        found = getattr(fmt, "component_of", lambda n: None)(name)
+        if found is not None:
+            return found
+    return None
 
 
 def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -78,8 +128,9 @@ def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
             if not (key.endswith(".alpha") and t.numel() == 1 and not t.dtype.is_complex):
                 raise AdapterFormatError(f"{key!r} has dtype {t.dtype}; adapters store float32/float16/bfloat16",
                                          path=path, category="bad-dtype")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
             raise AdapterFormatError(f"{key!r} contains NaN or inf", path=path, category="non-finite")
 
 
-__all__ = ["AdapterFile", "FORMATS", "ModuleWeights", "check_values", "container", "read", "write"]
+__all__ = ["AdapterFile", "DEFAULT", "FORMATS", "ModuleWeights", "TARGETS", "by_name", "check_values", "checks",
+           "component_of", "container", "parse", "read", "read_file", "write"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..components import components, prefixed
+from ..functional import KINDS
 from ..targets.families import family_of  # noqa: F401 (re-exported for tools)
 
 BY_CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
@@ -43,18 +44,12 @@ class Arch:
 
 
 def in_features(kind: str, factors: Mapping[str, torch.Tensor]) -> int | None:
-    """The base weight's input width (dim 1) that a module's factors were made for."""
-    if kind in ("lora", "locon", "tucker") and "down" in factors:
-        return factors["down"].shape[1]
-    if kind == "loha":
-        return factors["w1_b"].shape[1]  # a conv's is flattened with its kernel, but cross-attention is Linear
-    if kind == "full":
-        return factors["diff"].shape[1]
-    if kind == "lokr":
-        w1 = factors["w1"].shape if "w1" in factors else (None, factors["w1_b"].shape[1])
-        d = factors["w2"].shape[1] if "w2" in factors else factors["w2_b"].shape[1]
-        return w1[1] * d
-    return None
+    """The base weight's input width (dim 1) that a module's factors were made for, as the kind reads it."""
+    read = getattr(KINDS.get(kind), "in_features", None)
+    try:
+        return None if read is None else read(factors)
+    except KeyError:  # factors missing: the shape checks report it
+        return None
 
 
 def of_file(modules: Mapping[str, Any]) -> Arch:

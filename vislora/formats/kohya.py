@@ -1,6 +1,7 @@
 """kohya sd-scripts and LyCORIS files: `<kohya name>.<part>` keys, alpha per module, `ss_*` metadata.
 
-Parts per module (formats spec sections 2-3), the kind chosen by which are present:
+Parts per module (formats spec sections 2-3; each kind declares its own as LYCORIS_PARTS in
+vislora.functional), the kind chosen by which are present:
     lora_down.weight, lora_up.weight [, lora_mid.weight]    LoRA (Linear), LoCon (conv), Tucker LoCon
     hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b [, hada_t1, hada_t2]              LoHa
     lokr_w1 | lokr_w1_a + lokr_w1_b, lokr_w2 | lokr_w2_a + lokr_w2_b [, lokr_t2] LoKr
@@ -20,31 +21,40 @@ from collections import Counter
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import AdapterFormatError
-from ..functional import lokr
+from ..functional import KINDS, complete, lokr
 from . import container, kohya_dit, kohya_names
 from .adapter import AdapterFile, ModuleWeights
 from .arch import of_file
+from .checks import matrix_factors
 from .kohya_names import KOHYA_PREFIXES
 
 FORMAT = "kohya"
+ALIASES = ("lycoris",)  # kohya and LyCORIS files are one layout
+component_of = kohya_names.component_of
 
-# file part -> (kind family, factor)
-PARTS: dict[str, tuple[str, str]] = {
-    "lora_down.weight": ("lora", "down"), "lora_up.weight": ("lora", "up"), "lora_mid.weight": ("lora", "mid"),
-    **{f"hada_{f}": ("loha", f) for f in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")},
-    **{f"lokr_{f}": ("lokr", f) for f in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")},
-    "diff": ("full", "diff"), "diff_b": ("full", "diff_b"),
-}
-FILE_PART = {(family, factor): part for part, (family, factor) in PARTS.items()}
-FAMILY_OF_KIND = {"lora": "lora", "locon": "lora", "tucker": "lora", "loha": "loha", "lokr": "lokr", "full": "full"}
 # LyCORIS parts vislora recognises but does not apply, by the algorithm they belong to.
 OTHER_ALGORITHMS = {"on_input": "IA3", "weight": "IA3", "oft_blocks": "OFT", "oft_diag": "OFT", "rescale": "OFT/BOFT",
                     "a1.weight": "GLoRA", "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA",
                     "bm.weight": "GLoRA", "w_norm": "norm", "b_norm": "norm", "scale": "A1111 absolute scale",
                     "bias": "LoRA bias"}
-_FLAT_B = {"loha": ("w1_b", "w2_b"), "lokr": ("w2_b",)}  # conv factors LyCORIS stores flattened (non-Tucker)
+
+
+def _parts(kind: str) -> dict[str, str]:
+    """factor -> file part, as the kind declares (none: the kind has no kohya/LyCORIS layout)."""
+    return getattr(KINDS[kind], "LYCORIS_PARTS", {})
+
+
+def _flat_in_files(kind: str, factors: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The factors LyCORIS stores flattened to 2-D for a conv (LoHa's and LoKr's `_b` factors)."""
+    return getattr(KINDS[kind], "flat_in_files", lambda f: ())(factors)
+
+
+def _rank(kind: str, factors: dict[str, torch.Tensor]) -> int | None:
+    """The rank alpha is divided by, from shapes (never from metadata); None: scale 1 whatever alpha says."""
+    return getattr(KINDS[kind], "file_rank", lambda f: None)(factors)
 
 
 def split(key: str) -> tuple[str, str] | None:
@@ -59,45 +69,37 @@ def detect(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
     return any(split(k) is not None for k in tensors)
 
 
-def _kind(family: str, factors: dict[str, torch.Tensor]) -> str:
-    if family != "lora":
-        return family
-    if "mid" in factors:
-        return "tucker"
-    return "locon" if factors["down"].dim() == 4 else "lora"
-
-
-def _rank(kind: str, factors: dict[str, torch.Tensor]) -> int | None:
-    """The rank alpha is divided by, from shapes (never from metadata); None: scale 1 whatever alpha says."""
-    if kind in ("lora", "locon", "tucker"):
-        return factors["down"].shape[0]
-    if kind == "loha":
-        return factors["w1_b"].shape[0]
-    if kind == "lokr":
-        return lokr.file_rank(factors)
+def _kind(parts: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """(kind, factors) of the first kind in KINDS whose parts hold all of these, complete, and that accepts
+    the factors (LoRA a 2-D down, LoCon a 4-D one); None if there is none."""
+    for kind, functions in KINDS.items():
+        names = {part: factor for factor, part in _parts(kind).items()}
+        if not set(parts) <= set(names):
+            continue
+        factors = {names[p]: t for p, t in parts.items()}
+        if complete(functions, set(factors)) and getattr(functions, "accepts", lambda f: True)(factors):
+            return kind, factors
     return None
 
 
 def _module(name: str, parts: dict[str, torch.Tensor], path: str) -> ModuleWeights:
-    unknown = sorted(p for p in parts if p not in PARTS and p not in ("alpha", "dora_scale"))
+    known = {part for kind in KINDS for part in _parts(kind).values()}
+    unknown = sorted(p for p in parts if p not in known and p not in ("alpha", "dora_scale"))
     if unknown:
         algos = sorted({OTHER_ALGORITHMS.get(p, "unknown") for p in unknown})
         raise AdapterFormatError(f"module {name!r} has parts {unknown} ({', '.join(algos)}), which vislora does not "
                                  "apply; loading the rest would change the file's effect", path=path,
                                  category="unsupported-kind")
-    families = {PARTS[p][0] for p in parts if p in PARTS}
-    if len(families) != 1:
-        raise AdapterFormatError(f"module {name!r} has parts of {sorted(families) or 'no'} adapter kinds: "
+    factor_parts = {p: t for p, t in parts.items() if p not in ("alpha", "dora_scale")}
+    if not any(set(factor_parts) <= set(_parts(k).values()) for k in KINDS):
+        raise AdapterFormatError(f"module {name!r} has parts of {'several' if factor_parts else 'no'} adapter kinds: "
                                  f"{sorted(parts)}", path=path, category="incomplete")
-    (family,) = families
-    factors = {PARTS[p][1]: t for p, t in parts.items() if p in PARTS}
-    needed = {"lora": ({"down", "up"},), "loha": ({"w1_a", "w1_b", "w2_a", "w2_b"},), "full": ({"diff"},),
-              "lokr": ({"w1"}, {"w1_a", "w1_b"})}[family]
-    if not any(n <= set(factors) for n in needed) or (family == "lokr" and not (
-            "w2" in factors or {"w2_a", "w2_b"} <= set(factors))):
+    found = _kind(factor_parts)
+    if found is None:
         raise AdapterFormatError(f"module {name!r} is incomplete: it has {sorted(parts)}", path=path,
                                  category="incomplete")
-    kind = _kind(family, factors)
+    kind, factors = found
+    matrix_factors(name, factors, ("down", "up", "mid", "w1_a", "w1_b", "w2_a", "w2_b", "w1", "w2"), path)
     rank = _rank(kind, factors)
     alpha_t = parts.get("alpha")
     if alpha_t is not None and alpha_t.numel() != 1:
@@ -174,17 +176,9 @@ def fit(w: ModuleWeights, weight_shape: tuple[int, ...]) -> ModuleWeights:
     """The module with factors in vislora's shapes for a base weight of this shape (a new object; tensors
     are reshaped views, never changed): conv LoHa/LoKr `_b` factors unflattened, 1 x 1 conv LoRA factors on
     a Linear squeezed (SD1 files on SD2-style linear proj_in), 2-D factors on a 1 x 1 conv unsqueezed."""
-    factors = dict(w.factors)
-    kind = w.kind
-    conv = len(weight_shape) == 4
-    if kind == "locon" and not conv and factors["down"].shape[2:] == (1, 1):
-        factors = {n: t.flatten(1) for n, t in factors.items()}
-        kind = "lora"
-    elif kind == "lora" and conv and weight_shape[2:] == (1, 1):
-        factors = {n: t[..., None, None] for n, t in factors.items()}
-        kind = "locon"
-    elif conv and kind in _FLAT_B and not ({"t1", "t2"} & set(factors)):
-        for name in _FLAT_B[kind]:
+    kind, factors = getattr(KINDS[w.kind], "fit", lambda f, shape: (w.kind, f))(dict(w.factors), weight_shape)
+    if len(weight_shape) == 4:
+        for name in _flat_in_files(kind, factors):
             kernel = weight_shape[2] * weight_shape[3]
             t = factors.get(name)
             if t is not None and t.dim() == 2 and t.shape[1] % kernel == 0:  # else the shape check reports it
@@ -196,15 +190,16 @@ def fit(w: ModuleWeights, weight_shape: tuple[int, ...]) -> ModuleWeights:
 
 def file_tensors(name: str, w: ModuleWeights) -> dict[str, torch.Tensor]:
     """The file tensors of one module in the kohya/LyCORIS layout (alpha as a positive 0-dim fp32 tensor)."""
-    family = FAMILY_OF_KIND[w.kind]
+    functions, parts = KINDS[w.kind], _parts(w.kind)
+    if not parts:
+        raise ValueError(f"{w.kind} adapters have no kohya/LyCORIS layout")
     factors = dict(w.factors)
     alpha = w.alpha * (w.rank ** 0.5 if w.rslora else 1.0)  # LyCORIS stores rsLoRA's alpha as alpha * sqrt(r)
-    if family in _FLAT_B and not ({"t1", "t2"} & set(factors)):
-        factors.update({n: factors[n].flatten(1) for n in _FLAT_B[family] if n in factors})
-    if _rank(w.kind, factors) is None and w.scale != 1.0 and family == "lokr":
-        factors["w1"] = factors["w1"] * w.scale  # whole LoKr factors read with scale 1: carry it in W1
-    out = {f"{name}.{FILE_PART[(family, f)]}": t for f, t in factors.items()}
-    if family != "full":
+    factors.update({n: factors[n].flatten(1) for n in _flat_in_files(w.kind, factors) if n in factors})
+    if _rank(w.kind, factors) is None and w.scale != 1.0 and hasattr(functions, "carry_scale"):
+        factors = functions.carry_scale(factors, w.scale)  # read back with scale 1: the kind carries it
+    out = {f"{name}.{parts[f]}": t for f, t in factors.items()}
+    if getattr(functions, "FILE_ALPHA", True):
         if not alpha > 0:
             raise ValueError(f"{name}: alpha {alpha} would disable the module in every consumer; kohya files "
                              "need alpha > 0")
@@ -216,25 +211,25 @@ def file_tensors(name: str, w: ModuleWeights) -> dict[str, torch.Tensor]:
 
 # -- metadata -----------------------------------------------------------------------------------------------
 BASE_VERSIONS = {"SD1.x": "sd_v1", "SD2.x": "sd_v2", "SDXL": "sdxl_base_v1-0"}
-ALGOS = {"lora": "lora", "locon": "locon", "tucker": "locon", "loha": "loha", "lokr": "lokr", "full": "full"}
 
 
 def ss_metadata(modules: dict[str, ModuleWeights], arch_name: str | None) -> dict[str, str]:
     """The `ss_*` keys UIs show: network module, dim and alpha (the most common), args, base model version."""
     kinds = Counter(w.kind for w in modules.values())
-    lycoris = any(k in ("loha", "lokr", "full", "tucker") for k in kinds) or any(
+    lycoris = any(getattr(KINDS[k], "NETWORK", "lycoris.kohya") != "networks.lora" for k in kinds) or any(
         w.magnitude is not None for w in modules.values())
-    linear = [w for w in modules.values() if w.kind == "lora"] or list(modules.values())
-    convs = [w for w in modules.values() if w.kind in ("locon", "tucker")]
+    linear = [w for w in modules.values() if KINDS[w.kind].BASES == (nn.Linear,)] or list(modules.values())
+    convs = [w for w in modules.values() if KINDS[w.kind].BASES == (nn.Conv2d,)]
     common = lambda ws, f: Counter(f(w) for w in ws).most_common(1)[0][0]  # noqa: E731
     args: dict[str, str] = {}
     if convs:
         args["conv_dim"] = str(common(convs, lambda w: w.rank))
         args["conv_alpha"] = f"{common(convs, lambda w: w.alpha):g}"
     if lycoris:
-        args["algo"] = ALGOS[kinds.most_common(1)[0][0]]
-        if "tucker" in kinds:
-            args["use_tucker"] = "True"
+        common_kind = kinds.most_common(1)[0][0]
+        args["algo"] = getattr(KINDS[common_kind], "ALGO", common_kind)
+        for kind in sorted(kinds):
+            args.update(getattr(KINDS[kind], "NETWORK_ARGS", {}))
     dora = [w.magnitude for w in modules.values() if w.magnitude is not None]
     if dora:
         args["dora_wd"] = "True"

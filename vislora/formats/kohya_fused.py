@@ -102,6 +102,8 @@ def _split(name: str, w: ModuleWeights, layer: Layer, path: str) -> list[ModuleW
         raise AdapterFormatError(f"module {name!r}: {up.shape[0]} output rows, but its parts need "
                                  f"{' + '.join(map(str, sizes))}", path=path, category="shape-mismatch")
     blocks = torch.split(up, sizes)
+    if up.is_meta:  # a header-only read: which columns each part uses is known only from the values
+        return [ModuleWeights("lora", {"down": down, "up": b}, w.rank, w.alpha, w.rslora) for b in blocks]
     used = [(b != 0).any(0).nonzero().flatten() for b in blocks]
     columns = torch.cat(used)
     if len(columns) == len(set(columns.tolist())):  # disjoint: each part keeps its own columns

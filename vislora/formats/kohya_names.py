@@ -26,6 +26,7 @@ from ..components import components
 from ..targets import adaptable_modules
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_", "lycoris_")
+KOHYA_COMPONENTS = ("lora_unet", "lora_transformer", "lora_te1", "lora_te2", "lora_te3", "lora_te", "lycoris")  # the longest match first
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 # ResnetBlock2D child -> its LDM name inside a ResBlock.
@@ -220,6 +221,11 @@ def build(model: Any) -> NameMap:
 UNET_ROOTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "conv_norm_out", "time_embedding",
               "add_embedding")
 TE_ROOTS = ("text_model", "encoder", "embeddings", "final_layer_norm", "text_projection")
+
+
+def component_of(name: str) -> str | None:
+    """The kohya prefix (lora_unet, lora_te1, lora_te2, lora_te, lycoris) a module name starts with, or None."""
+    return next((p for p in KOHYA_COMPONENTS if name.startswith(p + "_")), None)
 
 
 def name_for(full: str, has_te2: bool, ldm: dict[str, str] | None = None) -> str:

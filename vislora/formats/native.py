@@ -19,6 +19,7 @@ each listed module's kind says which factor tensors it has; every other tensor i
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from ..functional import KINDS, complete
 from ..functional.rows import sliced_up
 from ..version import __version__
 from .adapter import AdapterFile, ModuleWeights
+from .checks import finite_alpha, json_object
 from .peft_diffusers import FILE_FACTOR, METADATA_KEY, component, lora_adapter_metadata
 
 FORMAT = "vislora"
@@ -62,17 +64,21 @@ def _module(module: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor]
         missing = [factor_key(module, f) for f in KINDS[kind].FACTORS if f not in keys]
         raise AdapterFormatError(f"module {module!r} is listed in the metadata but has only {sorted(keys)} of its "
                                  f"factors; it lacks some of {missing}", path=path, category="incomplete")
-    w = ModuleWeights(kind, {f: tensors[k] for f, k in keys.items()}, int(entry["rank"]), float(entry["alpha"]),
-                      bool(entry.get("rslora", False)))
+    rank = entry["rank"]
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ValueError(f"module {module!r}: rank {rank!r} is not a whole number")
+    w = ModuleWeights(kind, {f: tensors[k] for f, k in keys.items()}, rank,
+                      finite_alpha(entry["alpha"], f"{MODULES_KEY} {module!r}", path), bool(entry.get("rslora", False)))
     if entry.get("dora"):
         if magnitude_key(module) not in tensors:
             raise AdapterFormatError(f"module {module!r} is DoRA in the metadata but has no {magnitude_key(module)}",
                                      path=path, category="incomplete")
         w.magnitude = tensors[magnitude_key(module)]
     if "slices" in entry:
-        w.slices = tuple(tuple(s) for s in entry["slices"])
+        w.slices = _slices(module, entry["slices"], w.factors["up"])
         w.out_features = w.factors["up"].shape[0]
-        w.factors["up"], stray = sliced_up(w.factors["up"], w.slices)
+        up = w.factors["up"]
+        w.factors["up"], stray = sliced_up(up, w.slices) if not up.is_meta else (_meta_sliced_up(up, w.slices), False)
         if stray:
             raise AdapterFormatError(f"{keys['up']}: entries outside the q/k/v slice blocks are non-zero", path=path,
                                      category="bad-slices")
@@ -83,13 +89,34 @@ def _module(module: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor]
     return w
 
 
+def _slices(module: str, raw: Any, up: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """The metadata's q/k/v row ranges, checked against up [out, k*r]: ordered, disjoint, inside the rows."""
+    slices = tuple(tuple(s) for s in raw)
+    end = 0
+    for s in slices:
+        if len(s) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in s) or not end <= s[0] < s[1]:
+            raise ValueError(f"module {module!r}: slices {raw!r} are not ordered, disjoint [start, stop) row ranges")
+        end = s[1]
+    if not slices or end > up.shape[0] or up.dim() != 2 or up.shape[1] % len(slices):
+        raise ValueError(f"module {module!r}: slices {raw!r} do not fit its up factor {list(up.shape)}")
+    return slices
+
+
+def _meta_sliced_up(fused: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """sliced_up's shape for a header-only read: the slices' rows stacked, one slice's rank wide."""
+    return torch.empty(sum(stop - start for start, stop in slices), fused.shape[1] // len(slices), dtype=fused.dtype,
+                       device="meta")
+
+
 def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str, **options: Any) -> AdapterFile:
+    table = json_object(metadata[MODULES_KEY], MODULES_KEY, path)
+    raw_config = json_object(metadata[CONFIG_KEY], CONFIG_KEY, path) if CONFIG_KEY in metadata else None
     try:
-        table = json.loads(metadata[MODULES_KEY])
-        config = AdapterConfig.from_dict(json.loads(metadata[CONFIG_KEY])) if CONFIG_KEY in metadata else None
+        config = AdapterConfig.from_dict(raw_config) if raw_config is not None else None
         modules = {m: _module(m, entry, tensors, path) for m, entry in table.items()}
-    except (ValueError, TypeError, KeyError) as e:
-        raise AdapterFormatError(f"vislora metadata is malformed: {e}", path=path, category="bad-metadata") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, re.error) as e:
+        raise AdapterFormatError(f"vislora metadata is malformed: {e}"[:500], path=path,
+                                 category="bad-metadata") from None
     used = {factor_key(m, f) for m, w in modules.items() for f in w.factors}
     used |= {magnitude_key(m) for m, w in modules.items() if w.magnitude is not None}
     stray = [k for k in tensors if k not in used and k.endswith(_FACTOR_SUFFIXES)]

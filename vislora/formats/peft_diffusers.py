@@ -20,8 +20,10 @@ from ..components import ADAPTABLE
 from ..errors import AdapterFormatError
 from ..targets.families import family_of
 from .adapter import AdapterFile, ModuleWeights
+from .checks import MAX_JSON_BYTES, finite_alpha, json_object, matrix_factors
 
 FORMAT = "peft_diffusers"
+ALIASES = ("diffusers",)  # diffusers' files use PEFT's key layout
 METADATA_KEY = "lora_adapter_metadata"
 # vislora factor -> PEFT's tensor name; lora_mid is LyCORIS's name for the Tucker core, which PEFT and
 # diffusers' load_lora_weights do not read (they refuse such files: lora_A's 1 x 1 shape does not fit).
@@ -90,11 +92,10 @@ def folder(path: Path) -> tuple[Path, dict[str, Any]] | None:
     weights, config_file = path / "adapter_model.safetensors", path / "adapter_config.json"
     if not config_file.is_file():
         return weights, {}
-    try:
-        return weights, {"peft_config": json.loads(config_file.read_text())}
-    except ValueError as e:
-        raise AdapterFormatError(f"adapter_config.json is not JSON: {e}", path=config_file,
-                                 category="bad-metadata") from None
+    if config_file.stat().st_size > MAX_JSON_BYTES:
+        raise AdapterFormatError(f"adapter_config.json is {config_file.stat().st_size:,} bytes (limit "
+                                 f"{MAX_JSON_BYTES:,})", path=config_file, category="bad-metadata")
+    return weights, {"peft_config": json_object(config_file.read_bytes(), "adapter_config.json", config_file)}
 
 
 def _kind(factors: dict[str, torch.Tensor]) -> str:
@@ -103,14 +104,23 @@ def _kind(factors: dict[str, torch.Tensor]) -> str:
     return "locon" if factors["down"].dim() == 4 else "lora"
 
 
-def _peft_alpha(config: dict[str, Any], module: str, rank: int) -> tuple[float, bool]:
+def _peft_alpha(config: dict[str, Any], module: str, rank: int, path: str) -> tuple[float, bool]:
     """PEFT's rule: alpha_pattern entry whose regex matches the module's tail, else lora_alpha."""
-    alpha = config.get("lora_alpha", rank)
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            alpha = value
+    alpha, where = config.get("lora_alpha", rank), "lora_alpha"
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise AdapterFormatError(f"alpha_pattern must map module patterns to alphas, got {patterns!r}"[:300],
+                                 path=path, category="bad-metadata")
+    for pattern, value in patterns.items():
+        try:
+            found = re.match(rf"(.*\.)?({pattern})$", module)
+        except re.error as e:
+            raise AdapterFormatError(f"alpha_pattern {pattern!r} is not a regular expression: {e}"[:300], path=path,
+                                     category="bad-metadata") from None
+        if found:
+            alpha, where = value, f"alpha_pattern {pattern!r}"
             break
-    return float(alpha), bool(config.get("use_rslora", False))
+    return finite_alpha(alpha, f"module {module!r} ({where})", path), bool(config.get("use_rslora", False))
 
 
 def scale_configs(metadata: dict[str, str], path: str) -> dict[str, dict[str, Any]]:
@@ -118,10 +128,7 @@ def scale_configs(metadata: dict[str, str], path: str) -> dict[str, dict[str, An
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return {}
-    try:
-        flat = json.loads(raw)
-    except ValueError as e:
-        raise AdapterFormatError(f"{METADATA_KEY} is not JSON: {e}", path=path, category="bad-metadata") from None
+    flat = json_object(raw, METADATA_KEY, path)
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         comp, _, field = key.rpartition(".") if key.count(".") == 1 else ("", "", key)
@@ -155,15 +162,19 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str,
         if "down" not in factors or "up" not in factors:
             raise AdapterFormatError(f"module {module!r} has {sorted(factors)} but needs both down (lora_A) "
                                      "and up (lora_B)", path=path, category="incomplete")
+        matrix_factors(module, factors, ("down", "up", "mid"), path)
         rank = factors["down"].shape[0]
         alpha_t = factors.pop("alpha", None)
         magnitude = factors.pop("magnitude", None)
         comp, _, local = module.partition(".")
         config = peft_config if peft_config is not None else configs.get(comp, configs.get("", None))
         if alpha_t is not None:
-            alpha, rslora = float(alpha_t.float().reshape(-1)[0]), False
+            if alpha_t.numel() != 1 or alpha_t.is_meta:
+                raise AdapterFormatError(f"{module}.alpha has shape {list(alpha_t.shape)}; it must be a scalar",
+                                         path=path, category="bad-alpha")
+            alpha, rslora = finite_alpha(alpha_t.float().reshape(-1)[0].item(), f"{module}.alpha", path), False
         elif config is not None:
-            alpha, rslora = _peft_alpha(config, local if comp in configs else module, rank)
+            alpha, rslora = _peft_alpha(config, local if comp in configs else module, rank, path)
         else:
             alpha, rslora = float(rank), False  # no alpha anywhere: scale 1, as every consumer does
         modules[module] = ModuleWeights(_kind(factors), factors, rank, alpha, rslora)

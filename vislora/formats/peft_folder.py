@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -22,6 +23,7 @@ from ..basics import write_bytes
 from . import container, peft_diffusers
 from .adapter import AdapterFile
 
+FORMAT = "peft"  # a folder, written by `save`, read by `read_folder`; never detected in a single file
 PREFIX = "base_model.model."
 TIMM_VIT = {"base_model_class": "VisionTransformer", "parent_library": "timm.models.vision_transformer"}
 
@@ -57,7 +59,7 @@ def _write_one(folder: Path, modules: dict, extra: dict[str, torch.Tensor]) -> N
     write_bytes(folder / "adapter_config.json", payload.encode())
 
 
-def write_folder(path: str | os.PathLike, adapter: AdapterFile) -> Path:
+def save(path: str | os.PathLike, adapter: AdapterFile) -> Path:
     """Write `adapter` as a PEFT folder at `path` (subfolders per component for pipeline adapters)."""
     path = Path(path)
     groups: dict[str, tuple[dict, dict]] = {}
@@ -73,6 +75,17 @@ def write_folder(path: str | os.PathLike, adapter: AdapterFile) -> Path:
 
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "adapter_model.bin")
+
+
+def read_folder(path: Path, read_file: Callable[..., AdapterFile]) -> AdapterFile:
+    """A PEFT folder (its adapter_model.safetensors read with the scale settings of adapter_config.json), or a
+    set of them, one per pipeline component, read as one adapter. Any folder is taken for one, so a folder
+    without the file gets the container's missing-file error."""
+    parts = components_in(path)
+    if parts:
+        return combine({comp: read_folder(sub, read_file) for comp, sub in parts.items()}, path)
+    file, options = peft_diffusers.folder(path)
+    return read_file(file, **options)
 
 
 def components_in(path: Path) -> dict[str, Path] | None:

@@ -15,18 +15,31 @@ Each kind module declares:
     shapes(weight_shape, rank, layout)            -> {factor name: shape}; used to initialise and to check files
     init_params(weight_shape, rank, init, layout) -> {factor name: tensor}
     delta_weight(params, layout)                  -> tensor shaped like the base weight
-    add_delta_weight(weight, params, layout, c)   -> weight + c * delta W, fused where possible
-    delta_forward(x, params, layout)              -> delta W applied to x, without forming delta W
+    delta_forward(x, params, layout)              -> delta W applied to x, differentiable by autograd
     stack(params_list, coefs, layout)             -> one params dict of the kind whose delta is sum_i coef_i * delta_i
                                                      (optional: a kind without it blends one adapter at a time)
 
-and, optionally, the fast training path (a kind without it trains through autograd):
+and its file-facing facts, which vislora.formats, blend and tools read (none names a kind):
 
-    inner(x, params, layout)                      -> what backward needs of the forward besides x
-    forward_into(y, x, params, layout, c)         y += c * delta_forward(x) in place; returns `inner`
-    backward(x, grad_out, params, layout, into=None, coef=1.0, saved=None)
-                                                  -> {factor name: gradient of <grad_out, delta_forward(x)>};
-                                                     with `into`, adds coef * (its gradient w.r.t. x) to it
+    LYCORIS_PARTS                                 {factor: kohya/LyCORIS key part}; none: no kohya layout
+    ALGO, NETWORK                                 LyCORIS's algo name; the network module that writes it
+                                                     ("networks.lora" for kohya's own, else "lycoris.kohya")
+    NETWORK_ARGS                                  optional: ss_network_args the kind needs (use_tucker)
+    accepts(factors) -> bool                      optional: whether a file's factors are this kind (LoRA's
+                                                     2-D down against LoCon's 4-D one, same key parts)
+    file_rank(params) -> int | None               the rank a file's alpha divides; None (or absent): no
+                                                     rank, read back as rank = alpha = 1 (scale 1)
+    in_features(params) -> int                    the base weight's input width the factors were made for
+    MATRIX_PRODUCT = True                         optional: delta W = up @ down as matrices, so adapters
+                                                     stack (merge, blend) exactly by concatenating the rank
+    fit(factors, weight_shape) -> (kind, factors) optional: a file's factors for a layer (LoRA on a 1 x 1
+                                                     conv is LoCon)
+    flat_in_files(factors) -> names               optional: factors LyCORIS stores flattened for convs
+    carry_scale(params, scale), FILE_ALPHA        optional: where a rank-less kind keeps a scale; False:
+                                                     files carry no alpha
+
+This is the reference: AdapterLayer trains any kind through autograd on `delta_forward`. Kinds may also have
+a fast path in vislora.kernels (hand-written backward passes, weight folds), tested equal to this one.
 
 `layout` is what the kind needs to know of its base layer: a `RowLayout` for Linear (which output rows),
 the base layer's `Conv2dOp` for convolutions (kernel geometry). The scale rule is `scale` below.
@@ -46,9 +59,6 @@ from .rows import RowLayout
 KINDS: dict[str, ModuleType] = {"lora": lora, "locon": locon, "tucker": tucker, "loha": loha, "lokr": lokr,
                                 "full": full}
 
-FAST_PATH = ("inner", "forward_into", "backward")
-
-
 def scale(alpha: float, rank: int, rslora: bool = False) -> float:
     """alpha / rank, or alpha / sqrt(rank) for rsLoRA: the factor training fixed between delta and output."""
     return alpha / (math.sqrt(rank) if rslora else rank)
@@ -58,11 +68,6 @@ def complete(kind: ModuleType, names: set[str] | frozenset[str]) -> bool:
     """Whether these factor names make one adapter of the kind (one of its variants)."""
     test = getattr(kind, "complete", None)
     return test(set(names)) if test is not None else set(kind.FACTORS) <= set(names)
-
-
-def has_fast_path(kind: ModuleType) -> bool:
-    """Whether the kind brings its own forward/backward (else AdapterLayer runs it through autograd)."""
-    return all(hasattr(kind, f) for f in FAST_PATH)
 
 
 def applies(name: str, base: nn.Module) -> bool:
@@ -81,5 +86,5 @@ def kind_for(base: nn.Module, preferred: dict[type, str]) -> str:
     raise TypeError(f"no adapter kind applies to {type(base).__name__}")
 
 
-__all__ = ["complete", "KINDS", "RowLayout", "Conv2dOp", "LinearOp", "op_for", "scale", "has_fast_path", "applies",
+__all__ = ["complete", "KINDS", "RowLayout", "Conv2dOp", "LinearOp", "op_for", "scale", "applies",
            "kind_for", "lora", "locon", "tucker"]

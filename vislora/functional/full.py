@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _dense
+from .ops import apply_delta
 
 FACTORS = ("diff", "diff_b")
 BASES = (nn.Linear, nn.Conv2d)
@@ -53,16 +53,22 @@ def delta_bias(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
     return params.get("diff_b")
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
-                     coef: float) -> torch.Tensor:
-    return _dense.add(weight, params["diff"], coef)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: object) -> torch.Tensor:
     """diff applied to x, plus diff_b on the output channels where present."""
-    y = _dense.apply(x, params["diff"], layout)
+    y = apply_delta(x, params["diff"], layout)
     bias = params.get("diff_b")
     if bias is None:
         return y
     channel_axis_shape = (-1, 1, 1) if y.dim() == 4 else (-1,)  # conv outputs [n, out, h, w]; Linear [..., out]
     return y + bias.to(y.dtype).reshape(channel_axis_shape)
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {"diff": "diff", "diff_b": "diff_b"}
+ALGO = "full"
+NETWORK = "lycoris.kohya"
+FILE_ALPHA = False  # files carry no alpha: the scale is 1
+
+
+def in_features(params: dict[str, torch.Tensor]) -> int:
+    return params["diff"].shape[1]

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from . import _dense
+from .ops import apply_delta
 
 FACTORS = ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")
 BASES = (nn.Linear, nn.Conv2d)
@@ -80,10 +80,25 @@ def delta_weight(params: dict[str, torch.Tensor], layout: object) -> torch.Tenso
     return flat.reshape(flat.shape[0], *w1_b.shape[1:])
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
-                     coef: float) -> torch.Tensor:
-    return _dense.add(weight, delta_weight(params, layout).reshape(weight.shape), coef)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: object) -> torch.Tensor:
-    return _dense.apply(x, delta_weight(params, layout), layout)
+    return apply_delta(x, delta_weight(params, layout), layout)
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {f: f"hada_{f}" for f in FACTORS}
+ALGO = "loha"
+NETWORK = "lycoris.kohya"
+
+
+def flat_in_files(params: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The factors LyCORIS stores flattened for a conv, [r, in * kh * kw]: w1_b and w2_b (none with cores)."""
+    return () if "t1" in params else ("w1_b", "w2_b")
+
+
+def file_rank(params: dict[str, torch.Tensor]) -> int:
+    return params["w1_b"].shape[0]
+
+
+def in_features(params: dict[str, torch.Tensor]) -> int:
+    """The input width (a conv's is flattened with its kernel in files; cross-attention is Linear)."""
+    return params["w1_b"].shape[1]

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from . import _dense
+from .ops import apply_delta
 
 FACTORS = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")
 BASES = (nn.Linear, nn.Conv2d)
@@ -126,10 +126,28 @@ def check(weight_shape: tuple[int, ...], params: dict[str, torch.Tensor]) -> lis
     return []
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
-                     coef: float) -> torch.Tensor:
-    return _dense.add(weight, delta_weight(params, layout), coef)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: object) -> torch.Tensor:
-    return _dense.apply(x, delta_weight(params, layout), layout)
+    return apply_delta(x, delta_weight(params, layout), layout)
+
+
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {f: f"lokr_{f}" for f in FACTORS}
+ALGO = "lokr"
+NETWORK = "lycoris.kohya"
+
+
+def flat_in_files(params: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The factors LyCORIS stores flattened for a conv: a low-rank w2_b, [r, d * kh * kw] (not with t2)."""
+    return () if "t2" in params else ("w2_b",)
+
+
+def in_features(params: dict[str, torch.Tensor]) -> int:
+    """b * d: W1's columns times W2's."""
+    b = params["w1"].shape[1] if "w1" in params else params["w1_b"].shape[1]
+    d = params["w2"].shape[1] if "w2" in params else params["w2_b"].shape[1]
+    return b * d
+
+
+def carry_scale(params: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """Both sides whole: readers take scale 1 whatever alpha says, so a scale other than 1 goes into W1."""
+    return {**params, "w1": params["w1"] * scale}

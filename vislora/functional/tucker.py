@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import kaiming, last
-from .locon import up_grad
+from .lora import file_rank, in_features  # noqa: F401  (read from down, as LoRA's)
 from .ops import Conv2dOp
 
 FACTORS = ("down", "mid", "up")
@@ -57,44 +57,14 @@ def stack(params_list: list[dict[str, torch.Tensor]], coefs: list[float], layout
             "up": torch.cat([p["up"] * c for p, c in zip(params_list, coefs)], 1)}
 
 
-def add_delta_weight(weight: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
-                     coef: float) -> torch.Tensor:
-    """weight + coef * delta W (a new tensor)."""
-    return weight + (delta_weight(params, layout) * coef).to(weight.dtype)
-
-
-def inner(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> tuple[torch.Tensor, ...]:
-    """What backward needs of the forward besides x: (reduced [n, r, h, w], hidden [n, r, h', w'])."""
-    reduced = F.conv2d(x, params["down"].to(x.dtype))
-    return reduced, layout.forward(reduced, params["mid"].to(x.dtype), None)
-
-
 def delta_forward(x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp) -> torch.Tensor:
-    return F.conv2d(inner(x, params, layout)[1], params["up"].to(x.dtype))
+    """1 x 1 down, the k x k core (the base geometry), 1 x 1 up: [n, in, h, w] -> [n, out, h', w']."""
+    reduced = F.conv2d(x, params["down"].to(x.dtype))
+    return F.conv2d(layout.forward(reduced, params["mid"].to(x.dtype), None), params["up"].to(x.dtype))
 
 
-def forward_into(y: torch.Tensor, x: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
-                 coef: float) -> tuple[torch.Tensor, ...]:
-    """y += coef * delta_forward(x), in place; returns `inner`."""
-    saved = inner(x, params, layout)
-    y.add_(F.conv2d(saved[1], params["up"].to(x.dtype)), alpha=coef)
-    return saved
-
-
-def backward(
-    x: torch.Tensor, grad_out: torch.Tensor, params: dict[str, torch.Tensor], layout: Conv2dOp,
-    into: torch.Tensor | None = None, coef: float = 1.0, saved: tuple[torch.Tensor, ...] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Gradients of sum(grad_out * delta_forward(x)) for {down, mid, up}; with `into`, adds coef * (w.r.t. x).
-    `saved` is what `inner` gave in forward, when it was kept; otherwise it is computed again."""
-    down, mid, up = params["down"], params["mid"], params["up"]
-    d, m, u = down.to(x.dtype), mid.to(x.dtype), up.to(x.dtype)
-    reduced, hidden = inner(x, params, layout) if saved is None else saved  # [n, r, h, w], [n, r, h', w']
-    g_up = up_grad(grad_out, hidden)
-    g_hidden = F.conv2d(grad_out, u.transpose(0, 1))
-    g_mid = layout.weight_grad(reduced, m.shape, g_hidden)
-    g_reduced = layout.input_grad(g_hidden, m, reduced)
-    g_down = torch.einsum("nrhw,nihw->ri", g_reduced, x)[..., None, None]
-    if into is not None:
-        into.add_(torch.einsum("nrhw,ri->nihw", g_reduced, d[:, :, 0, 0]), alpha=coef)
-    return {"down": g_down.to(down.dtype), "mid": g_mid.to(mid.dtype), "up": g_up.to(up.dtype)}
+# -- file-facing facts (vislora.formats, blend and tools read these) ----------------------------------------
+LYCORIS_PARTS = {"down": "lora_down.weight", "mid": "lora_mid.weight", "up": "lora_up.weight"}
+ALGO = "locon"
+NETWORK = "lycoris.kohya"
+NETWORK_ARGS = {"use_tucker": "True"}  # what LyCORIS's network needs to build this kind

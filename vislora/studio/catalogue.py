@@ -1,7 +1,7 @@
 """What the page shows about each adapter file, before any model is involved.
 
-`describe(path)` is the one place that reads per-file facts; it asks `vislora.read_adapter` today and is
-the seam where `vislora inspect`'s report plugs in. Compatibility with the loaded model is not guessed
+`describe(path)` is the one place that reads per-file facts; it reads headers only (formats.read with
+values=False) and is the seam where `vislora inspect`'s report plugs in. Compatibility with the loaded model is not guessed
 here: the studio loads each readable file into its AdapterBank, and the loader's own typed error (which
 names the mismatching tensor and, for cross-attention widths, the architecture) is the reason shown.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VisloraError
-from ..io import read_adapter
+from ..formats import read
 
 # Cross-attention width (the input width of attn2.to_k / to_v) -> the base family a UNet adapter was made for.
 ARCH_BY_CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
@@ -58,9 +58,10 @@ def base_family(modules: dict) -> str:
 
 
 def describe(key: str, path: Path) -> AdapterFacts:
-    """Read one file's facts; a file that cannot be read gets the reader's typed message as its error."""
+    """Read one file's facts from its header (no tensor data: a folder of large files lists at once); a file
+    that cannot be read gets the reader's typed message as its error."""
     try:
-        parsed = read_adapter(path)
+        parsed = read(path, values=False)
     except VisloraError as e:
         return AdapterFacts(key, error=_short(str(e), path))
     modules = parsed.modules

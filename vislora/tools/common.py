@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Iterable, TypeVar
 
 import torch
 
-from .. import formats
+from .. import checks, formats
 from ..errors import AdapterCompatError
 from ..formats import FORMATS, AdapterFile, ModuleWeights, kohya
 from ..formats.arch import of_file
@@ -17,8 +18,37 @@ from ..functional import KINDS, RowLayout
 from .skeleton import base_model
 
 T = TypeVar("T")
-TARGETS = ("kohya", "lycoris", "diffusers", "peft", "vislora")
 BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+# What resize, extract and merge factor to, checked before any file is read (vislora.checks rules).
+TARGET_RULES = {"rank": checks.count(1), "energy": checks.number(0, 1, low_open=True, example="0.9")}
+
+
+def check_target(rank: int | None, energy: float | None) -> None:
+    """Exactly one of a rank >= 1 and an energy share in (0, 1]: what resize and extract factor to."""
+    if (rank is None) == (energy is None):
+        raise ValueError("give exactly one of rank and energy")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a whole number >= 1, got {rank!r}")
+    if energy is not None and not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+
+
+def check_output(path: str | os.PathLike, to: str) -> None:
+    """Refuse an output `path` that cannot receive a --to `to` adapter, before anything is read."""
+    path = Path(path)
+    if to == "peft" and path.exists() and not path.is_dir():
+        raise checks.UsageError(f"{path} is a file; --to peft writes an adapter folder: give a folder path")
+    if to != "peft" and path.is_dir():
+        raise checks.UsageError(f"{path} is a folder; give a file path such as {path / 'adapter.safetensors'}")
+
+
+def add_target_option(parser: Any, **options: Any) -> None:
+    """--to, choosing among the formats' names (formats.TARGETS); default vislora's own unless required."""
+    if not options.get("required"):
+        options.setdefault("default", formats.DEFAULT)
+    parser.add_argument("--to", choices=sorted(formats.TARGETS), **options)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
@@ -58,23 +88,10 @@ def read(path: str | os.PathLike, base: str | None = None, allow_partial: bool =
     return normalise(formats.read(path), base, allow_partial)
 
 
-def layout(w: ModuleWeights, weight_shape: tuple[int, ...]) -> Any:
-    """The layout argument a kind's delta_weight needs, from the base weight's shape alone."""
-    if len(weight_shape) == 2:
-        return RowLayout(weight_shape[0], w.slices) if w.slices else RowLayout.full(weight_shape[0])
-    return None  # conv kinds build delta W from their factors' shapes
-
-
-def weight_shape(w: ModuleWeights) -> tuple[int, ...]:
-    """The base weight's shape implied by a module's factors."""
-    f = w.factors
-    if w.kind == "full":
-        return tuple(f["diff"].shape)
-    if w.kind in ("lora", "locon", "tucker"):
-        out = w.out_features if w.slices else f["up"].shape[0]
-        kernel = tuple(f["mid"].shape[2:]) if "mid" in f else tuple(f["down"].shape[2:])
-        return (out, f["down"].shape[1], *kernel)
-    return tuple(KINDS[w.kind].delta_weight(f, None).shape)
+def layout(w: ModuleWeights) -> RowLayout | None:
+    """The layout argument a kind's delta_weight needs without a model: the module's row slices, where it has
+    some; None otherwise (every row; conv kinds build delta W from their factors' shapes)."""
+    return RowLayout(w.out_features, w.slices) if w.slices else None
 
 
 def delta(w: ModuleWeights) -> torch.Tensor:
@@ -83,14 +100,19 @@ def delta(w: ModuleWeights) -> torch.Tensor:
         raise AdapterCompatError("DoRA modules change the weight's norm, which needs the base weight; they cannot "
                                  "be merged, resized or re-factored without the model", category="dora")
     factors = {n: t.float() for n, t in w.factors.items()}
-    shape = weight_shape(w)
-    return KINDS[w.kind].delta_weight(factors, layout(w, shape)) * w.scale
+    return KINDS[w.kind].delta_weight(factors, layout(w)) * w.scale
+
+
+def exact(w: ModuleWeights) -> bool:
+    """Whether scale * delta W is up @ down as matrices (the kind's MATRIX_PRODUCT; DoRA aside): such modules
+    concatenate along the rank with no approximation."""
+    return getattr(KINDS[w.kind], "MATRIX_PRODUCT", False) and getattr(w, "magnitude", None) is None
 
 
 def product(w: ModuleWeights) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
     """(up [out, k] with the scale folded in, down [k, n], the weight's shape) where scale * delta W is that
     product (LoRA, LoCon), else None."""
-    if w.kind not in ("lora", "locon") or getattr(w, "magnitude", None) is not None:
+    if not exact(w):
         return None
     factors, rank = w.plain() if w.slices else (dict(w.factors), w.rank)
     up, down = factors["up"].float(), factors["down"].float()
@@ -98,7 +120,11 @@ def product(w: ModuleWeights) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ..
 
 
 def write(path: str | os.PathLike, adapter: AdapterFile, to: str) -> Path:
-    """Write in a target format (formats.TARGETS); what the layout cannot hold is a typed error."""
+    """Write in a target format (a name in formats.TARGETS); what the layout cannot hold is a typed error. The
+    metadata that described the source file's layout (its module table, PEFT scales, format tag) is left behind:
+    the target format writes its own."""
+    carried = {k: v for k, v in adapter.metadata.items() if k not in formats.native.RESERVED}
+    adapter = dataclasses.replace(adapter, metadata=carried)
     try:
         return formats.write(path, adapter, to)
     except ValueError as e:

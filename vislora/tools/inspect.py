@@ -9,7 +9,6 @@ terminal must never receive its control characters (line breaks and tabs are tex
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import unicodedata
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import formats
+from ..checks import Parser
 from ..formats.arch import of_file
 from ..helpformat import HelpFormatter
 from .blocks import coverage
@@ -69,8 +69,9 @@ def _size(path: Path) -> int:
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """Everything `inspect` shows, as JSON-ready data."""
-    adapter = formats.read(path)
+    """Everything `inspect` shows, as JSON-ready data, from the file's header alone (any size reads in
+    milliseconds; alphas, ranks and factor shapes are checked, tensor values only when a file is loaded)."""
+    adapter = formats.read(path, values=False)
     modules = adapter.modules
     arch = of_file(modules)
     per_comp, per_block, unresolved = coverage(adapter)
@@ -129,8 +130,7 @@ def _indented(text: str, spaces: int) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora inspect", description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = Parser(prog="vislora inspect", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("file", help="adapter .safetensors file or PEFT adapter folder")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = p.parse_args(argv)

@@ -34,8 +34,10 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
 def _truncate(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, shape: tuple[int, ...], rank: int | None,
               energy: float | None, dtype: torch.dtype) -> Approximation:
     """LoRA/LoCon factors from an SVD (u [out, k], s [k], vh [k, n]) of a delta shaped `shape`."""
+    if rank is not None and rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")  # never silently 1
     r = rank if rank is not None else rank_for_energy(s, energy if energy is not None else 1.0)
-    r = max(1, min(r, s.numel()))
+    r = min(r, s.numel())
     total = (s ** 2).sum()
     kept = (s[:r] ** 2).sum()
     rel = float(((total - kept).clamp_min(0) / total).sqrt()) if total > 0 else 0.0

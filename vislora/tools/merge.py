@@ -8,18 +8,18 @@ and the relative Frobenius error of each module is reported.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 
+from ..checks import Parser, UsageError, check
 from ..errors import AdapterCompatError
+from .. import formats
 from ..formats import AdapterFile, ModuleWeights
+from ..helpformat import HelpFormatter
+from ..strengths import check_strength
 from . import common
 from .lowrank import approximate, approximate_product
-from ..helpformat import HelpFormatter
-
-EXACT_KINDS = ("lora", "locon")
 
 
 @dataclass
@@ -33,7 +33,7 @@ def _concat(parts: list[tuple[ModuleWeights, float]]) -> ModuleWeights:
     """[down_1; down_2; ...] and [w_1 s_1 up_1, w_2 s_2 up_2, ...]: rank sum_i r_i, scale 1."""
     downs, ups = [], []
     for w, weight in parts:
-        if w.kind not in EXACT_KINDS or getattr(w, "magnitude", None) is not None:
+        if not common.exact(w):
             raise AdapterCompatError(f"an exact merge concatenates LoRA/LoCon factors; a {w.kind}"
                                      f"{' (DoRA)' if getattr(w, 'magnitude', None) is not None else ''} module "
                                      "cannot be; use --rank r to merge by SVD", category="unsupported-kind")
@@ -50,6 +50,10 @@ def _concat(parts: list[tuple[ModuleWeights, float]]) -> ModuleWeights:
 
 def merge(inputs: list[tuple[AdapterFile, float]], rank: int | None = None) -> tuple[AdapterFile, MergeReport]:
     """The blended adapter and, for SVD merges, its approximation error."""
+    for adapter, weight in inputs:
+        check_strength(weight, f"merge weight of {adapter.path}")
+    if rank is not None:
+        common.check_target(rank, None)
     paths = sorted({p for a, _ in inputs for p in a.modules})
     modules, errors = {}, []
     for path in common.progress(paths, "merge", len(paths)):
@@ -66,33 +70,40 @@ def merge(inputs: list[tuple[AdapterFile, float]], rank: int | None = None) -> t
         modules[path] = approx.weights
         errors.append(approx.rel_error)
     report = MergeReport(len(modules), max(errors, default=0.0), sum(errors) / len(errors) if errors else 0.0)
-    merged = AdapterFile("", "vislora", modules, {}, None, {"vislora.merged_from": ", ".join(
+    merged = AdapterFile("", formats.DEFAULT, modules, {}, None, {"vislora.merged_from": ", ".join(
         f"{a.path}:{w:g}" for a, w in inputs)})
     return merged, report
 
 
 def parse_input(spec: str) -> tuple[str, float]:
-    """"file.safetensors:0.6" -> (file, 0.6); no weight means 1."""
+    """"file.safetensors:0.6" -> (file, 0.6); no weight means 1. A weight must be a finite strength
+    (|w| <= strengths.MAX_STRENGTH): "FILE:nan" or "FILE:1e39" would write NaN/inf factors."""
     path, sep, weight = spec.rpartition(":")
     if sep and path:
         try:
-            return path, float(weight)
+            value = float(weight)
         except ValueError:
-            pass
+            return spec, 1.0
+        return path, check_strength(value, f"{spec!r}: the weight after ':'")
     return spec, 1.0
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora merge", description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = Parser(prog="vislora merge", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="FILE[:WEIGHT] ...")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--rank", type=int, help="factor the blend by SVD to this rank (default: exact concatenation)")
-    p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
+    common.add_target_option(p)
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)
-    inputs = [(common.read(path, args.base, args.allow_partial), w) for path, w in map(parse_input, args.inputs)]
+    check(args, {"rank": common.TARGET_RULES["rank"]})
+    common.check_output(args.output, args.to)
+    try:
+        specs = [parse_input(spec) for spec in args.inputs]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    inputs = [(common.read(path, args.base, args.allow_partial), w) for path, w in specs]
     merged, report = merge(inputs, args.rank)
     out = common.write(args.output, merged, args.to)
     text = f"wrote {out}: {report.modules} modules"

@@ -7,13 +7,14 @@ sqrt(discarded s_i^2 / all s_i^2) (Eckart-Young); the report gives its maximum a
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
+from .. import formats
+from ..checks import Parser, check
 from ..formats import AdapterFile
+from ..helpformat import HelpFormatter
 from . import common
 from .lowrank import approximate, approximate_product
-from ..helpformat import HelpFormatter
 
 
 @dataclass
@@ -31,8 +32,7 @@ class ResizeReport:
 
 
 def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None = None) -> tuple[AdapterFile, ResizeReport]:
-    if (rank is None) == (energy is None):
-        raise ValueError("give exactly one of rank and energy")
+    common.check_target(rank, energy)
     report = ResizeReport()
     modules = {}
     for path, w in common.progress(adapter.modules.items(), "resize", len(adapter.modules)):
@@ -44,21 +44,22 @@ def resize(adapter: AdapterFile, rank: int | None = None, energy: float | None =
         report.errors[path] = approx.rel_error
         report.ranks[path] = (w.rank, approx.weights.rank)
     meta = dict(adapter.metadata, **{"vislora.resized": f"rank={rank}" if rank else f"energy={energy}"})
-    return AdapterFile(adapter.path, "vislora", modules, dict(adapter.extra), None, meta), report
+    return AdapterFile(adapter.path, formats.DEFAULT, modules, dict(adapter.extra), None, meta), report
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislora resize", description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = Parser(prog="vislora resize", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("src")
     p.add_argument("-o", "--output", required=True)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--rank", type=int)
     group.add_argument("--energy", type=float, help="share of sum s_i^2 to keep per module, e.g. 0.9")
-    p.add_argument("--to", default="vislora", choices=sorted(common.TARGETS))
+    common.add_target_option(p)
     p.add_argument("--base", choices=sorted(common.BASES))
     p.add_argument("--allow-partial", action="store_true")
     args = p.parse_args(argv)
+    check(args, common.TARGET_RULES)
+    common.check_output(args.output, args.to)
     adapter = common.read(args.src, args.base, args.allow_partial)
     resized, report = resize(adapter, args.rank, args.energy)
     out = common.write(args.output, resized, args.to)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +54,24 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    if any(row.get("val_loss") is not None for row in history):
-        left.plot(epochs, [row.get("val_loss") for row in history], marker="o", label="validation")
-        right.plot(epochs, [row.get("val_top1") for row in history], marker="o", label="top-1")
-        right.plot(epochs, [row.get("val_top5") for row in history], marker="o", label="top-5")
+    validated = [row for row in history if row.get("val_loss") is not None]  # not every epoch is validated
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
+    left.plot(epochs, [row["train_loss"] for row in history], marker="o" if len(epochs) <= 40 else None,
+              label="train")
+    if validated:
+        at = [row["epoch"] for row in validated]
+        left.plot(at, [row["val_loss"] for row in validated], marker="o", label="validation")
+        right.plot(at, [row["val_top1"] for row in validated], marker="o", label="top-1")
+        if any(row.get("val_top5") is not None for row in validated):  # None: at most 5 classes
+            right.plot(at, [row["val_top5"] for row in validated], marker="o", label="top-5")
     left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no validation set: the accuracy panel stays empty
+            ax.legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -14,8 +14,7 @@ from accelerate import Accelerator, PartialState
 
 from ..console import guarded
 from .accelerate_state import forget_single_process_state
-
-MAX_BAD_STEPS = 3  # consecutive non-finite steps before a run gives up
+from .verdict import BAD_STEPS as MAX_BAD_STEPS  # consecutive non-finite steps before a run gives up
 
 
 def make_accelerator(mixed_precision: str = "auto", cpu: bool = False) -> Accelerator:
@@ -83,3 +82,25 @@ def count_time(state: dict, step: int, seconds: float) -> None:
     if step > 0:
         state["timed_seconds"] += seconds
         state["timed_steps"] += 1
+
+
+class LastGood:
+    """A copy of the trainable weights at the last step a run looked healthy (see verdict.healthy), put back
+    when the run diverges, so the adapter it writes is the last good one. Only the trained weights are
+    copied (an adapter's factors: megabytes), on the device they live on."""
+
+    def __init__(self, params: list[torch.nn.Parameter], step: int) -> None:
+        self.params = params
+        self.keep(step)
+
+    @torch.no_grad()
+    def keep(self, step: int) -> None:
+        self.step = step
+        self.weights = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def restore(self) -> int:
+        """Put the kept weights back; returns their step."""
+        for p, kept in zip(self.params, self.weights):
+            p.copy_(kept)
+        return self.step

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from . import bitmask
-from .fold import Term, compute_dtype, factor_grads, no_autocast, save, saved, split
+from .ops import input_grad
+from .fold import KERNELS, Term, compute_dtype, factor_grads, no_autocast, save, saved, split
 
 
 def _keep_mask(t: torch.Tensor, p: float) -> torch.Tensor:
@@ -35,7 +36,8 @@ class _UnfoldedForward(torch.autograd.Function):
             kept, sizes = [], []  # per term: [packed mask], then the kind's rank-sized activations
             for term, params in zip(terms, split(terms, factors)):
                 mask = _keep_mask(x, term.dropout) if term.dropout else None
-                inner = term.kind.forward_into(y, _dropped(x, term.dropout, mask), params, term.layout, term.coef)
+                dropped = _dropped(x, term.dropout, mask)
+                inner = KERNELS[term.kind].forward_into(y, dropped, params, term.layout, term.coef)
                 kept += ([] if mask is None else [bitmask.pack(mask)]) + list(inner)
                 sizes.append(len(inner))
         save(ctx, x, weight, factors, kept, op=op, terms=terms, dtype=dtype, inner_sizes=sizes)
@@ -49,7 +51,7 @@ class _UnfoldedForward(torch.autograd.Function):
         offset = 5  # x, weight, bias, op, terms come before the factors
         kept = iter(kept)
         with no_autocast(x):
-            grad_x = ctx.op.input_grad(grad_y, weight.to(ctx.dtype), x) if need_x else None
+            grad_x = input_grad(ctx.op, grad_y, weight.to(ctx.dtype), x) if need_x else None
             for term, params, size in zip(ctx.terms, split(ctx.terms, factors), ctx.inner_sizes):
                 mask = bitmask.unpack(next(kept), x.shape) if term.dropout else None
                 inner = tuple(next(kept) for _ in range(size))

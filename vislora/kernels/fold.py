@@ -12,17 +12,23 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import torch
+
+from ..functional import KINDS
+from . import locon, lora, tucker
+from .ops import input_grad, tokens
+
+# The kinds with a fast path: each module has inner, forward_into and backward (see vislora.kernels).
+KERNELS = {"lora": lora, "locon": locon, "tucker": tucker}
 
 
 @dataclass(frozen=True)
 class Term:
     """One adapter's share of a layer's output: its kind, layout, coefficient and factor names."""
 
-    kind: ModuleType  # a vislora.functional kind module
+    kind: str  # a key of KERNELS (and of vislora.functional.KINDS)
     layout: Any
     coef: float
     names: tuple[str, ...]  # factor names, in the order their tensors are passed
@@ -38,10 +44,21 @@ def split(terms: tuple[Term, ...], factors: tuple[torch.Tensor, ...]) -> list[di
     return out
 
 
+def add_delta_weight(kind: str, weight: torch.Tensor, params: dict[str, torch.Tensor], layout: object,
+                     coef: float) -> torch.Tensor:
+    """weight + coef * delta W, a new tensor: the kind's fused product where its kernel has one, else summed in
+    the wider dtype and cast back."""
+    fused = getattr(KERNELS.get(kind), "add_delta_weight", None)
+    if fused is not None:
+        return fused(weight, params, layout, coef)
+    delta = KINDS[kind].delta_weight(params, layout).reshape(weight.shape)  # LoHa's flattened conv factors
+    return weight + (delta * coef).to(weight.dtype)
+
+
 def folded_weight(weight: torch.Tensor, terms: tuple[Term, ...], factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """W + sum_i c_i * delta W_i, a new tensor (the base weight is never written)."""
     for term, params in zip(terms, split(terms, factors)):
-        weight = term.kind.add_delta_weight(weight, params, term.layout, term.coef)
+        weight = add_delta_weight(term.kind, weight, params, term.layout, term.coef)
     return weight
 
 
@@ -62,7 +79,8 @@ def factor_grads(ctx, x, grad_y, terms, factors, first: int, into: torch.Tensor 
         if not any(needed) and into is None:
             grads.extend([None] * len(term.names))
             continue
-        g = term.kind.backward(x, grad_y, params, term.layout, into, term.coef, None if inners is None else inners[i])
+        inner = None if inners is None else inners[i]
+        g = KERNELS[term.kind].backward(x, grad_y, params, term.layout, into, term.coef, inner)
         grads.extend(g[n].mul_(term.coef) if need else None for n, need in zip(term.names, needed))
     return grads
 
@@ -109,9 +127,9 @@ class _FoldedForward(torch.autograd.Function):
                 # Through a rebuilt W_eff (cost ~ rank * weight size), or through the base weight with each
                 # adapter's thin input gradient added in (cost ~ rank * tokens * fan_in). Rebuilding wins
                 # once the layer sees more tokens than it has output channels.
-                via_weight = op.tokens(x) >= weight.shape[0]
+                via_weight = tokens(op, x) >= weight.shape[0]
                 w = folded_weight(weight, terms, factors) if via_weight else weight
-                grad_x = op.input_grad(grad_y, w.to(ctx.dtype), x)
+                grad_x = input_grad(op, grad_y, w.to(ctx.dtype), x)
             grads = factor_grads(ctx, x, grad_y, terms, factors, 5, None if grad_x is None or via_weight else grad_x)
         return (grad_x, None, None, None, None, *grads)
 
