@@ -103,9 +103,9 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
     train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps, never derived from epochs")
     train.add_argument("--optimizer", choices=OPTIMIZERS,
                        help="prodigy (the default: finds its own step size; docs/defaults.md) or adamw (the default "
-                            "with --use-8bit-adam)")
+                            "with --lr or --use-8bit-adam)")
     train.add_argument("--lr", type=float, help="default: 1.0 with prodigy (a multiplier of its own estimate), "
-                       "1e-4 with adamw")
+                       "1e-4 with adamw; given without --optimizer, it is AdamW's fixed step size")
     train.add_argument("--lr-schedule", choices=("constant", "cosine"),
                        help="default: cosine with prodigy (its step size otherwise keeps growing), constant with adamw")
     train.add_argument("--warmup", type=float, default=0.0, help="share of the steps with linear warm-up")
@@ -166,8 +166,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.task == "dreambooth" and args.prior_preservation and not args.class_prompt:
         raise checks.UsageError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
     # The defaults that depend on other flags, resolved before the run folder's identity is taken.
-    if args.optimizer is None:
-        args.optimizer = "adamw" if args.use_8bit_adam else OPTIMIZERS[0]
+    if args.optimizer is None:  # an lr given alone is a fixed step size, as it always was: AdamW at that lr
+        args.optimizer = "adamw" if args.use_8bit_adam or args.lr is not None else OPTIMIZERS[0]
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
     if args.task == "dreambooth" and args.preservation is None:

@@ -143,3 +143,21 @@ def test_a_resumed_prodigy_run_equals_an_unbroken_one(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(first["history"]) == strip(second["history"])
     assert first["history"][-1]["lr"] != first["history"][0]["lr"]  # the step size moved (estimate, schedule)
+
+
+@pytest.mark.parametrize("flags, optimizer, lr", [
+    ([], "prodigy", 1.0),                                   # the default: Prodigy finds its own step size
+    (["--lr", "1e-2"], "adamw", 1e-2),                      # an lr alone is a fixed step size, as it always was
+    (["--optimizer", "prodigy", "--lr", "0.5"], "prodigy", 0.5),
+    (["--optimizer", "adamw"], "adamw", 1e-4),
+])
+def test_an_lr_given_alone_means_adamw_at_that_lr(tmp_path, flags, optimizer, lr):
+    data = tmp_path / "data"
+    data.mkdir()
+    from PIL import Image
+    Image.new("RGB", (32, 32), "white").save(data / "0.png")
+    args = dreambooth_sd.parse_args(["--model", str(BASE), "--instance-data", str(data), "--instance-prompt",
+                                     "a sks digit", "--out", str(tmp_path / "out"), *flags])
+    dreambooth_sd.check_args(args)
+    assert (args.optimizer, args.lr) == (optimizer, lr)
+    assert args.lr_schedule == ("cosine" if optimizer == "prodigy" else "constant")
