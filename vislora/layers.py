@@ -128,11 +128,16 @@ class AdapterLayer(nn.Module):
         """The active adapters as one Term per (kind, layout) group, their factors concatenated along the
         rank with strength * scale folded in (inference only: the result carries no gradient).
 
-        Cached on the layer; the key holds each slot's strength and each factor's identity, storage and
-        version counter, so set_strength, load/unload and optimizer steps (in-place writes bump the
-        version) all rebuild it. Kinds without `stack` run one Term per adapter.
+        Cached on the layer for frozen adapters only; the key holds each slot's strength and each factor's
+        identity, storage and version counter, so set_strength and load/unload rebuild it. Factors being
+        trained are never cached: optimizers that write through `p.data` (Prodigy, bitsandbytes' 8-bit Adam)
+        do not bump the version counter, and a stale stack would evaluate the adapter as it was.
+        Kinds without `stack` run one Term per adapter.
         """
         slots = sorted(slots, key=self._order().__getitem__)  # by name: the load order changes no bit
+        if any(p.requires_grad for s in slots for p in s.params.values()):
+            self._stack_key = None
+            return stacked_terms(slots, dtype)
         key = (dtype, tuple((id(s), s.strength, *((id(p), p.data_ptr(), p._version) for p in s.params.values()))
                             for s in slots))
         if self._stack_key == key:
