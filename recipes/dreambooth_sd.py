@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 
 from vislora import checks
-from vislora.diffusion import (METADATA_KEY, Captioned, Session, Task, bucketed, check_run_folder,  # noqa: F401
-                               check_trigger, draw_class_images, image_files, multiple_of, options, report,
-                               run_main, scan_captioned, start, train, training_size, trigger_words,
-                               warn_long_prompts)
+from vislora.diffusion import (Captioned, Session, Task, bucketed, check_run_folder, check_trigger, draw_class_images,
+                               image_files, options, report, run_main, scan_captioned, start, train, training_size,
+                               trigger_words, warn_long_prompts)
+from vislora.diffusion import METADATA_KEY, multiple_of  # noqa: F401  (named here by scripts that read the files)
 
 PRESERVATION = ("base-prediction", "class-images")
-NOT_TRAJECTORY = options.NOT_TRAJECTORY
 
 
 # -- 1. the flags ----------------------------------------------------------------------------------------------

@@ -22,8 +22,6 @@ from vislora.diffusion import (Session, Task, bucketed, check_caption_files, che
                                image_files, options, report, run_main, scan_captioned, start, train,
                                training_size, trigger_words, warn_long_prompts)
 
-NOT_TRAJECTORY = options.NOT_TRAJECTORY
-
 
 # -- 1. the flags ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

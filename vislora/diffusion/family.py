@@ -29,7 +29,7 @@ class Family:
 
     denoiser:        the name of the pipeline component the adapters train and the loss calls ("unet"); it
                      also names its parameters in checkpoints
-    text_encoders:   the text encoder components that --train-text-encoder trains, by name
+    text_encoders:   the text encoder components --train-text-encoder trains, each with its adapter preset
     multiple_of:     image sides must divide by this (the VAE's downsampling times the denoiser's)
     resolution:      the training size in pixels a base was made for
     schedule:        the objective's table over timesteps that batches and losses read (alphas_cumprod)
@@ -42,7 +42,7 @@ class Family:
     """
 
     denoiser: str
-    text_encoders: Callable[[DiffusionBase], list[str]]
+    text_encoders: Callable[[DiffusionBase], dict[str, str]]
     multiple_of: Callable[[DiffusionBase], int]
     resolution: Callable[[DiffusionBase], int]
     schedule: Callable[[DiffusionBase], torch.Tensor]
@@ -77,7 +77,8 @@ def _unet_eval_loss(base: DiffusionBase, text: TextCache, items: Items, cached, 
 # the noise offset adds its variance to the noise's.
 UNET = Family(
     denoiser="unet",
-    text_encoders=lambda base: ["text_encoder", *(["text_encoder_2"] if base.is_sdxl else [])],
+    text_encoders=lambda base: {"text_encoder": "text.attn",
+                                **({"text_encoder_2": "text2.attn"} if base.is_sdxl else {})},
     multiple_of=_unet_multiple_of,
     resolution=lambda base: base.pipe.unet.config.sample_size * base.pipe.vae_scale_factor,
     schedule=lambda base: torch.as_tensor(base.pipe.scheduler.alphas_cumprod, dtype=torch.float32),

@@ -100,8 +100,8 @@ def adapter_targets(base: DiffusionBase, family: Family, args: argparse.Namespac
     if args.conv_rank:
         targets["unet.conv"] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
     if args.train_text_encoder:
-        for i, _ in enumerate(family.text_encoders(base)):
-            targets[f"text{i + 1 if i else ''}.attn"] = dict(lora)
+        for preset in family.text_encoders(base).values():
+            targets[preset] = dict(lora)
     check_presets(base.pipe, list(targets))
     return targets
 
@@ -151,7 +151,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     text = TextCache(base, args.cache and not args.train_text_encoder)
     alphas = family.schedule(base)
 
-    encoders = family.text_encoders(base) if args.train_text_encoder else []
+    encoders = family.text_encoders(base) if args.train_text_encoder else {}
     trained = {family.denoiser: denoiser, **{name: getattr(pipe, name) for name in encoders}}
     holder = nn.ModuleDict(trained)  # one module for checkpoints: parameters named "<component>.<path>"
     trainable = trainable_parameters(pipe)
