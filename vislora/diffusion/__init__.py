@@ -23,7 +23,7 @@ _EXPORTS = {
     "bucketed": "training_data", "draw_class_images": "training_data", "check_trigger": "triggers",
     "trigger_words": "triggers",
     # model families
-    "Family": "family", "family_of": "family", "multiple_of": "family",
+    "TrainingFamily": "family", "family_of": "family", "multiple_of": "family",
     # bases and pipelines
     "DiffusionBase": "bases", "load_pipeline": "bases", "add_source_options": "bases",
     "add_threads_option": "bases", "encode_prompts": "pipeline",

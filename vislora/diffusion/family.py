@@ -7,6 +7,8 @@ and objectives, behind one table entry, so the loop itself names no UNet and no 
 
 A diffusion-transformer family with a flow-matching objective (Flux, SD3) is another entry: its own
 denoiser, its own batch (noisy latents and velocity target), loss, preservation target and evaluation loss.
+How files name each family's layers (telling a Flux file from an SD3 one) is another table,
+vislora/targets/families.py.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .preserve import base_prediction_batch
 
 
 @dataclass(frozen=True)
-class Family:
+class TrainingFamily:
     """One model family's training calls.
 
     denoiser:        the name of the pipeline component the adapters train and the loss calls ("unet"); it
@@ -75,7 +77,7 @@ def _unet_eval_loss(base: DiffusionBase, text: TextCache, items: Items, cached, 
 
 # Noise-prediction (epsilon or v): both targets have unit variance, so predicting zero scores about 1, and
 # the noise offset adds its variance to the noise's.
-UNET = Family(
+UNET = TrainingFamily(
     denoiser="unet",
     text_encoders=lambda base: {"text_encoder": "text.attn",
                                 **({"text_encoder_2": "text2.attn"} if base.is_sdxl else {})},
@@ -91,7 +93,7 @@ UNET = Family(
 )
 
 
-def family_of(base: DiffusionBase) -> Family:
+def family_of(base: DiffusionBase) -> TrainingFamily:
     """The base's family (today every base vislora trains is a UNet pipeline)."""
     return UNET
 

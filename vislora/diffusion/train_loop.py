@@ -32,7 +32,7 @@ from ..train.trainstate import resume_training, save_training
 from . import denoise
 from .bases import DiffusionBase, load_pipeline
 from .batches import Batches, draw_seeds
-from .family import Family, family_of
+from .family import TrainingFamily, family_of
 from .latents import Items, TextCache, cache_latents
 from .options import DEFAULT_BATCH, NOT_TRAJECTORY
 from .pipeline import check_presets
@@ -46,7 +46,7 @@ class Session:
 
     accelerator: Accelerator
     base: DiffusionBase
-    family: Family
+    family: TrainingFamily
     targets: dict[str, dict]
 
     @property
@@ -92,7 +92,7 @@ def check_run_folder(args: argparse.Namespace) -> None:
     runfolder.check_folder(args.out, run_identity(args), resume=args.resume, overwrite=args.overwrite)
 
 
-def adapter_targets(base: DiffusionBase, family: Family, args: argparse.Namespace) -> dict[str, dict]:
+def adapter_targets(base: DiffusionBase, family: TrainingFamily, args: argparse.Namespace) -> dict[str, dict]:
     """LoRA on --preset (and the text encoder(s) with --train-text-encoder), LoCon on the UNet convs with
     --conv-rank; checked against the pipeline's components before anything else is done."""
     lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
