@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None, task: str = "dreambooth") -> argpa
                       "(default OUT/class_images; --preservation class-images)")
     data.add_argument("--num-class-images", type=int, default=100)
     data.add_argument("--prior-loss-weight", type=float, default=1.0)
-    options.add_training_options(p)
+    options.add_training_options(p, train_text_encoder=True)
     args = p.parse_args(argv)
     args.task = "dreambooth"
     return args

@@ -15,7 +15,7 @@ from .latents import Items
 from ..basics import derive_seed
 from ..train.sampling import epoch_order
 
-_DRAWS, _CLASS_ORDER = 3, 4  # derive_seed purposes (sampling, buckets: 0-2; denoise's evaluation: 5)
+_DRAWS, _CLASS_ORDER, _NEIGHBOURS = 3, 4, 6  # derive_seed purposes (sampling, buckets: 0-2; denoise's evaluation: 5)
 
 
 class Batches:
@@ -49,3 +49,8 @@ def draw_seeds(seed: int, n: int, first: int, count: int) -> list[int]:
     """Sample j of a share starting at `first` in global batch n draws its noise, timestep and latent from
     a generator seeded by (seed, n, first + j): its place in the global batch, not the process that trains it."""
     return [derive_seed(seed, n, first + j, purpose=_DRAWS) for j in range(count)]
+
+
+def neighbour_seeds(seed: int, n: int, first: int, count: int) -> list[int]:
+    """The seeds that pick the preservation prompts of a share, by place in the global batch as draw_seeds."""
+    return [derive_seed(seed, n, first + j, purpose=_NEIGHBOURS) for j in range(count)]

@@ -38,7 +38,8 @@ class TrainingFamily:
     batch:           one share of a training batch: noisy latents, conditioning and target per sample
     join:            parts (instance, class) one after another: one denoiser call for all
     losses:          per-sample losses [B] of one denoiser call on a joined batch
-    preserve:        the class prompt's batch whose target is the frozen base's own prediction
+    preserve:        the preservation batch (one prompt, or one per sample) whose target is the frozen
+                     base's own prediction
     eval_loss:       the objective at fixed noise and timesteps (a float)
     zero_loss:       the loss of predicting zero, per unit of the objective: worse than that is diverging
     """
@@ -51,7 +52,7 @@ class TrainingFamily:
     batch: Callable[..., object]
     join: Callable[[list], object]
     losses: Callable[[nn.Module, object, torch.Tensor, DiffusionBase, float | None], torch.Tensor]
-    preserve: Callable[[DiffusionBase, nn.Module, TextCache, object, str], object]
+    preserve: Callable[[DiffusionBase, nn.Module, TextCache, object, str | list[str]], object]
     eval_loss: Callable[..., float]
     zero_loss: Callable[[float], float]
 

@@ -25,6 +25,7 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
                   "model_config", "revision", "eval_images"}  # the base itself is hashed by its record
 # Chosen by measurement on two digits bases of different widths (docs/defaults.md), with Prodigy.
 DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
+STYLE_STEPS, STYLE_CONV_RANK = 1000, 4  # a style reshapes every drawing: LoCon, and longer
 
 _MODEL_RULES = {"resolution": checks.count(8)}
 _TRAINING_RULES = {
@@ -54,19 +55,23 @@ def parser(description: str, task: str) -> checks.Parser:
     return p
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """The adapter, training, validation and output groups."""
+def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STEPS, conv_rank: int = 0,
+                         train_text_encoder: bool = False) -> None:
+    """The adapter, training, validation and output groups, with the recipe's own defaults where they differ
+    (docs/defaults.md: a style trains LoCon on the convs and longer; DreamBooth trains the text encoder)."""
     adapt = p.add_argument_group("adapter")
     adapt.add_argument("--preset", nargs="+", default=["unet.attn"], help="presets or patterns (default unet.attn)")
     adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
-    adapt.add_argument("--conv-rank", type=int, default=0, help="LoCon on the UNet convs with this rank (0: none)")
+    adapt.add_argument("--conv-rank", type=int, default=conv_rank,
+                       help="LoCon on the UNet convs with this rank (0: none)")
     adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
-    adapt.add_argument("--train-text-encoder", action="store_true", help="also LoRA on the text encoder(s)")
+    adapt.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=train_text_encoder,
+                       help=f"also LoRA on the text encoder(s) (default: {'on' if train_text_encoder else 'off'})")
     adapt.add_argument("--dropout", type=float, default=0.0)
     adapt.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row")
     train = p.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps, never derived from epochs")
+    train.add_argument("--steps", type=int, default=steps, help="optimizer steps, never derived from epochs")
     train.add_argument("--optimizer", choices=OPTIMIZERS,
                        help="prodigy (the default: finds its own step size; docs/defaults.md) or adamw (the default "
                             "with --lr or --use-8bit-adam)")

@@ -31,13 +31,15 @@ from ..train.runs import LastGood, config_hash, count_time, lr_at, make_accelera
 from ..train.trainstate import resume_training, save_training
 from . import denoise
 from .bases import DiffusionBase, load_pipeline
-from .batches import Batches, draw_seeds
+from .batches import Batches, draw_seeds, neighbour_seeds
 from .family import TrainingFamily, family_of
 from .latents import Items, TextCache, cache_latents
 from .options import DEFAULT_BATCH, NOT_TRAJECTORY
 from .pipeline import check_presets
+from .preserve import NeighbourPrompts
 from .run_end import finish, validate
 from .shift import as_targets
+from .triggers import trigger_words
 
 
 @dataclass
@@ -157,6 +159,9 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     trainable = trainable_parameters(pipe)
     optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
     preserving = task.preservation is not None
+    neighbours = (NeighbourPrompts(task.class_prompt, pipe.tokenizer,
+                                   set(trigger_words(task.info.get("instance_prompt") or "", task.class_prompt)))
+                  if task.preservation == "base-prediction" else None)
     batch = args.batch_size
     if batch is None:  # the default: as many as one process's share of the largest bucket allows (args keep None,
         largest = max(items.buckets.count(b) for b in set(items.buckets))  # so a resumed run hashes the same)
@@ -219,8 +224,9 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                     shares.append((classes, batches.prior(n)[mine], cached_class, batches.global_batch + mine.start))
                 parts = [family.batch(base, text, data, picks, cache, draw_seeds(args.seed, n, first, len(picks)),
                                       alphas, device, args.noise_offset) for data, picks, cache, first in shares]
-                if preserving and classes is None:  # the base's own prediction for the class prompt
-                    parts.append(family.preserve(base, denoiser, text, parts[0], task.class_prompt))
+                if neighbours is not None:  # the base's own prediction for the class prompt and its neighbours
+                    prompts = neighbours(neighbour_seeds(args.seed, n, mine.start, len(parts[0])))
+                    parts.append(family.preserve(base, denoiser, text, parts[0], prompts))
                 # One denoiser call on instance and class samples together, split after (as diffusers' DreamBooth).
                 losses = family.losses(wrapped[family.denoiser], family.join(parts), alphas, base, args.snr_gamma)
                 inst, prior = losses.split([len(parts[0]), len(losses) - len(parts[0])])
