@@ -111,8 +111,12 @@ def test_dreambooth_outputs_and_metadata(dreambooth, world):
         os.listdir(dreambooth))
     assert sorted(os.listdir(dreambooth / "samples")) == ["step-000004.png", "step-000008.png"]
     tensors, meta = container.read(dreambooth / "adapter.safetensors")
-    # 4 attention projections x (attn1, attn2) x 4 transformer blocks in the tiny UNet, lora_A and lora_B each.
-    assert len(tensors) == 2 * 32 and all(k.startswith("unet.") and ".attn" in k for k in tensors)
+    # 4 attention projections x (attn1, attn2) x 4 transformer blocks in the tiny UNet, and (DreamBooth trains
+    # the text encoder by default) 4 x 2 layers of its CLIP's self-attention, lora_A and lora_B each.
+    unet = [k for k in tensors if k.startswith("unet.")]
+    text = [k for k in tensors if k.startswith("text_encoder.")]
+    assert len(unet) == 2 * 32 and all(".attn" in k for k in unet)
+    assert len(text) == 2 * 8 and all(".self_attn." in k for k in text) and len(tensors) == len(unet) + len(text)
     info = json.loads(meta[dreambooth_sd.METADATA_KEY])
     assert info["instance_prompt"] == "a sks digit" and info["class_prompt"] == "a digit"
     assert info["base"]["source"] == "folder" and len(info["base"]["unet_sha256"]) == 64

@@ -27,7 +27,8 @@ from ..inject import inject, trainable_parameters
 from ..train import runfolder, verdict
 from ..train.metrics import peak_rss_mb
 from ..train.optimizers import make_optimizer, step_size
-from ..train.runs import LastGood, config_hash, count_time, lr_at, make_accelerator, optimizer_step
+from ..train.runs import (LastGood, average_gradients, config_hash, count_time, lr_at, make_accelerator,
+                          optimizer_step)
 from ..train.trainstate import resume_training, save_training
 from . import denoise
 from .bases import DiffusionBase, load_pipeline
@@ -187,7 +188,10 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
 
     if main and args.eval_images and state["step"] == 0:
         state["evals"] = [evaluation()]
-    wrapped = {k: accelerator.prepare(m) for k, m in trained.items()}
+    # Only the denoiser runs through its distributed wrapper. The text encoders are called by the pipeline's
+    # prompt encoding directly, so a wrapper would never see their gradients: they are averaged by hand.
+    wrapped = {family.denoiser: accelerator.prepare(denoiser)}
+    encoder_params = [p for name in encoders for p in getattr(pipe, name).parameters() if p.requires_grad]
     optimizer = accelerator.prepare(optimizer)
     accelerator.print(f"{task.name}: {report.trainable_params:,} trainable parameters in {len(report.matched)} "
                       f"modules; {len(items.pixels)} images{f' + {len(classes.pixels)} class images' if classes else ''}"
@@ -202,7 +206,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     rss_before = peak_rss_mb()
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)
-    for m in wrapped.values():
+    for m in trained.values():
         m.train()
     while step < args.steps:
         started = time.perf_counter()
@@ -236,6 +240,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
                                  device=device)
+        average_gradients(accelerator, encoder_params)
         finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
         inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
@@ -261,7 +266,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
             state["evals"].append(evaluation())
         if main and validating:
             state["samples"].append(str(validate(session, args, task.prompts, step, task.resolution)))
-            for m in wrapped.values():
+            for m in trained.values():
                 m.train()
         if main and ((args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.steps):
             save_training(run_dir, step, holder, optimizer, state, config_hash=digest, keep=args.keep)

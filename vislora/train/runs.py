@@ -65,6 +65,17 @@ def run_main(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace
     return guarded(call)
 
 
+def average_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Each gradient of `params` becomes its mean over the processes (one all-reduce for all): for modules that
+    train outside a distributed wrapper. Nothing to do in one process."""
+    if accelerator.num_processes == 1 or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+    for p, g in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
 def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, params: list, clip_grad: float) -> bool:
     """Clip the gradient norm (0: no clipping), step unless it is NaN/inf, zero the gradients. Returns whether
     the step was taken; with fp16 the grad scaler skips non-finite steps itself, so it counts as taken."""
