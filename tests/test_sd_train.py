@@ -100,10 +100,13 @@ def _fixed_losses(base_dir: Path, adapter: Path, folder: Path, caption: str | No
     items = load_items(data, bucket_sizes(32, dreambooth_sd.multiple_of(base), square=caption is not None))
     cached = cache_latents(base.pipe.vae, items, torch.device("cpu"), False)
     alphas = torch.as_tensor(base.pipe.scheduler.alphas_cumprod, dtype=torch.float32)
-    args = (base, base.pipe.unet, base.pipe.vae, TextCache(base, True), items, cached, alphas, "cpu")
-    before = denoise.eval_loss(*args)
+    def loss() -> float:  # the prompts encoded anew: the file may hold a text-encoder adapter
+        return denoise.eval_loss(base, base.pipe.unet, base.pipe.vae, TextCache(base, True), items, cached, alphas,
+                                 "cpu")
+
+    before = loss()
     vislora.load_adapter(base.pipe, adapter)
-    return before, denoise.eval_loss(*args)
+    return before, loss()
 
 
 def test_dreambooth_outputs_and_metadata(dreambooth, world):
@@ -147,14 +150,15 @@ def test_dreambooth_lowers_the_eval_loss(dreambooth, world):
 
 def test_the_file_reproduces_the_trained_model(dreambooth, world):
     """The last checkpoint holds the trained weights as the run had them; the adapter file, loaded into a
-    fresh base, gives the same UNet output (and one that differs from the base's)."""
+    fresh base, gives the same UNet and text-encoder outputs (and ones that differ from the base's)."""
     trained = load_pipeline(str(world["base"])).pipe
-    vislora.inject(trained, {"unet.attn": {"rank": 4, "alpha": 4}})
+    vislora.inject(trained, {"unet.attn": {"rank": 4, "alpha": 4}, "text.attn": {"rank": 4, "alpha": 4}})
     saved = container.read(dreambooth / "checkpoints" / "ckpt-000000008" / "trainable.safetensors")[0]
-    params = dict(trained.unet.named_parameters())
+    assert {name.split(".")[0] for name in saved} == {"unet", "text_encoder"}
     with torch.no_grad():
         for name, value in saved.items():
-            params[name.removeprefix("unet.")].copy_(value)
+            component, path = name.split(".", 1)
+            dict(getattr(trained, component).named_parameters())[path].copy_(value)
     loaded = load_pipeline(str(world["base"])).pipe
     vislora.load_adapter(loaded, dreambooth / "adapter.safetensors")
     plain = load_pipeline(str(world["base"])).pipe
@@ -163,10 +167,12 @@ def test_the_file_reproduces_the_trained_model(dreambooth, world):
     x = torch.randn(2, 4, config.sample_size, config.sample_size, generator=g)
     h = torch.randn(2, plain.tokenizer.model_max_length, config.cross_attention_dim, generator=g)
     t = torch.tensor([50, 700])
+    ids = plain.tokenizer(["a sks digit"], padding="max_length", return_tensors="pt").input_ids
     with torch.no_grad():
         a, b, c = (p.unet(x, t, h).sample for p in (trained, loaded, plain))
-    assert (a - c).abs().max() > 1e-3
-    assert torch.equal(a, b)
+        ta, tb, tc = (p.text_encoder(ids).last_hidden_state for p in (trained, loaded, plain))
+    assert (a - c).abs().max() > 1e-3 and (ta - tc).abs().max() > 1e-4
+    assert torch.equal(a, b) and torch.equal(ta, tb)
 
 
 def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path, capsys):
@@ -221,12 +227,14 @@ def test_style_with_captions_and_buckets(world, tmp_path):
     shapes = {tuple(x.shape) for x in items.pixels}
     assert len(shapes) == 2 and all(h * w <= 32 * 32 and h != w for _, h, w in shapes)
     # The run's evaluation loss over the 8 style pictures falls, and the adapter file, loaded into a fresh base,
-    # gives the same numbers: the file holds the trained model (UNet attention only, the style default).
+    # gives the same numbers: the file holds the trained model (the style default: LoRA on the UNet's attention,
+    # LoCon on its convs).
     metrics = json.loads((out / "metrics.json").read_text())
     before, after = metrics["eval_loss_before"], metrics["eval_loss_after"]
     assert metrics["eval_images"] == 8 and after < 0.9 * before, (before, after)
     tensors = container.read(out / "adapter.safetensors")[0]
-    assert tensors and all(k.startswith("unet.") and ".attn" in k and ".lora_" in k for k in tensors)
+    assert tensors and all(k.startswith("unet.") and ".lora_" in k for k in tensors)
+    assert any(".attn" in k for k in tensors) and any(".resnets.0.conv1." in k for k in tensors)
     file_before, file_after = _fixed_losses(world["base"], out / "adapter.safetensors", world["style"], None, "zxy")
     assert file_before == pytest.approx(before, rel=1e-6) and file_after == pytest.approx(after, rel=1e-6)
 
