@@ -29,11 +29,12 @@ BASE = SAMPLES / "digits_sd"
 QUIET = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--eval-images", "0"]
 N, STEPS, GUIDANCE = 32, 10, 5.0
 SUBJECT = 5
-# What the defaults reach here, with a margin for 32 drawings per prompt (docs/defaults.md measured fidelity
-# 0.47, preservation mean 0.86 and worst 0.19 (digit 2); bold 53% of the way, legible 1.0). The scorecard's goals
-# (fidelity 0.9, worst preserved digit 0.75, a style 80% of the way) are not reached yet.
-FIDELITY, PRESERVED_MEAN, PRESERVED_WORST = 0.3, 0.75, 0.05
-STYLE_MOVED, LEGIBLE = 0.35, 0.85
+# What the defaults reach here, with a margin for 32 drawings per prompt. This test's own runs measured fidelity
+# 0.72, the other digits 0.99 mean and 0.94 worst (digit 3); bold (80 pictures) 54% of the way, legible 1.0.
+# The preservation goals are asserted; the scorecard's fidelity (0.9) and style (80% of the way) goals are not
+# reached yet (docs/defaults.md).
+FIDELITY, PRESERVED_MEAN, PRESERVED_WORST = 0.55, 0.9, 0.75
+STYLE_MOVED, LEGIBLE = 0.45, 0.85
 
 
 def _draw(pipe, prompts: list[str]) -> np.ndarray:
