@@ -132,7 +132,42 @@ def flux2_klein(root: Path):
                               text_encoder=text, tokenizer=tok, transformer=_flux2_transformer(16))
 
 
-BUILDERS = {"FluxPipeline": flux, "StableDiffusion3Pipeline": sd3, "Flux2KleinPipeline": flux2_klein}
+def pixtral_processor():
+    """A Pixtral processor (what Flux2Pipeline takes as its tokenizer) over a word-level vocabulary of letters,
+    with a chat template that writes each message as `role: text`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PixtralImageProcessor, PixtralProcessor, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    words = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + WORDS + [":"])}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", model_max_length=64)
+    chat = ("{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+            "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}\n{% endfor %}")
+    return PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=4), tokenizer=tok, patch_size=4,
+                            spatial_merge_size=1, chat_template=chat)
+
+
+def flux2(root: Path):
+    """Mistral3 with 30 text layers (the pipeline stacks hidden states 10, 20 and 30) and a 1-layer Pixtral."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    processor = pixtral_processor()
+    config = Mistral3Config(
+        vision_config=PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, head_dim=8, image_size=32, patch_size=4),
+        text_config=MistralConfig(vocab_size=len(processor.tokenizer), hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=30, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                  max_position_embeddings=128),
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("[IMG]"), spatial_merge_size=1)
+    return Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flux2_vae(),
+                         text_encoder=Mistral3ForConditionalGeneration(config).eval(), tokenizer=processor,
+                         transformer=_flux2_transformer(16))
+
+
+BUILDERS = {"FluxPipeline": flux, "StableDiffusion3Pipeline": sd3, "Flux2KleinPipeline": flux2_klein, "Flux2Pipeline": flux2}
 FAMILY = {"FluxPipeline": "Flux.1", "StableDiffusion3Pipeline": "SD3", "Flux2KleinPipeline": "Flux.2",
           "Flux2Pipeline": "Flux.2"}
 
