@@ -1,7 +1,7 @@
 """`vislora generate` and the studio's generation on diffusion-transformer pipelines, unchanged: FluxPipeline,
-StableDiffusion3Pipeline, Flux2KleinPipeline and Flux2Pipeline, tiny and config-built, saved as folders (tests/dit_pipelines.py).
-An adapter file changes the image; the studio draws the command's pixels; a negative prompt a pipeline cannot
-use is refused, not ignored."""
+StableDiffusion3Pipeline, Flux2KleinPipeline and Flux2Pipeline, tiny and config-built, saved as folders
+(tests/dit_pipelines.py). An adapter file changes the image; the studio draws the command's pixels; a negative
+prompt a pipeline cannot use is refused, not ignored."""
 
 from __future__ import annotations
 
