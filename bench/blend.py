@@ -19,14 +19,13 @@ import gc
 import random
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import interleaved, ratio, table  # noqa: E402
+from harness import add_clock_option, clock_of, interleaved, ratio, table  # noqa: E402
 from train_step import CASES, UNET_ATTN, VIT_LINEAR, shallow_copy  # noqa: E402
 
 import vislora  # noqa: E402
@@ -37,11 +36,11 @@ TARGETS = {"vit": ("vit.all", VIT_LINEAR), "unet": ("unet.attn", UNET_ATTN)}
 RANK = 8
 
 
-def ours(model, target: str, n: int) -> tuple[torch.nn.Module, vislora.AdapterBank]:
+def ours(model, target: str, n: int, rank: int = RANK) -> tuple[torch.nn.Module, vislora.AdapterBank]:
     m = shallow_copy(model)
     for i in range(n):
         torch.manual_seed(i)
-        vislora.inject(m, target, rank=RANK, name=f"a{i}", init="random", trainable=False)
+        vislora.inject(m, target, rank=rank, name=f"a{i}", init="random", trainable=False)
     bank = vislora.AdapterBank(m)
     bank.set_strengths({f"a{i}": 1.0 / n for i in range(n)})
     return m, bank
@@ -63,13 +62,13 @@ def peft_model(model, regex: str, n: int, rank: int = RANK) -> torch.nn.Module:
     return m
 
 
-def diffusers_model(model, regex: str, n: int) -> torch.nn.Module:
+def diffusers_model(model, regex: str, n: int, rank: int = RANK) -> torch.nn.Module:
     """diffusers' path: unet.add_adapter per adapter, then unet.set_adapters(names, weights)."""
     import peft
 
     m = shallow_copy(model)
     for i in range(n):
-        m.add_adapter(peft.LoraConfig(r=RANK, lora_alpha=RANK, target_modules=regex, init_lora_weights=False),
+        m.add_adapter(peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=regex, init_lora_weights=False),
                       adapter_name=f"a{i}")
     m.set_adapters([f"a{i}" for i in range(n)], weights=[1.0 / n] * n)
     return m
@@ -152,12 +151,9 @@ def main() -> None:
     ap.add_argument("--adapters", default="1,2,4,8")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reblend-adapters", type=int, default=2)
-    ap.add_argument("--cpu-time", action="store_true", help="one thread; time.process_time instead of wall time")
+    add_clock_option(ap)
     args = ap.parse_args()
-    clock = time.perf_counter
-    if args.cpu_time:
-        torch.set_num_threads(1)
-        clock = time.process_time
+    clock = clock_of(args)
     counts = [int(c) for c in args.adapters.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}, {args.rounds} rounds, "
           f"{'CPU' if args.cpu_time else 'wall'} time")

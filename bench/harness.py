@@ -36,6 +36,19 @@ def interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int =
     return times
 
 
+def add_clock_option(parser) -> None:
+    parser.add_argument("--cpu-time", action="store_true", help="one thread; time.process_time instead of wall time")
+
+
+def clock_of(args) -> Callable[[], float]:
+    """The clock --cpu-time picks: one thread and this process's CPU time (a machine shared with other work),
+    else wall time."""
+    if getattr(args, "cpu_time", False):
+        torch.set_num_threads(1)
+        return time.process_time
+    return time.perf_counter
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc malloc to keep freed memory for reuse instead of handing it back to the kernel.
 

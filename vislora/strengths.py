@@ -6,6 +6,9 @@
     {"IN04": 0, "OUT03": 0.5}                   per LoRA Block Weight id
     "lbw:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"     an A1111 LoRA Block Weight list (17 / 26 values; SDXL 12 / 20)
     "lbw:MIDD"  or  {"*": 0.7, "lbw": "OUTD"}   a named lbw preset, times a global factor
+    {"double.1": 0, "single": 0.5}              diffusion transformers: Flux double / single, SD3 joint blocks
+    "lbw:1,<19 double>,<38 single>"             a Flux block vector (ComfyUI Inspire Pack's): BASE, then every
+                                                double and single block by index (58 values on Flux.1-dev)
 
 A layer's strength is the product of the global factor ("*", default 1) and every key that matches it, times
 its lbw value. A key matches a layer when it is a dotted prefix of the layer's path ("unet", "unet.up_blocks.1",
@@ -16,6 +19,7 @@ its lbw value. A key matches a layer when it is a dotted prefix of the layer's p
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Union
@@ -39,27 +43,61 @@ class LayerPlace:
     component: str
     local: str
     block: str | None  # "BASE", "IN04", "M00", "OUT11", or None (not in a UNet block / not an SD model)
+    # on a diffusion transformer's pipeline: (position in the block vector, its length); see `dit_position`
+    dit: tuple[int, int] | None = None
 
 
-def place(component: str, local: str, layers_per_block: int | None) -> LayerPlace:
-    """The place of a layer; `layers_per_block` is the UNet's (None: the component is no UNet)."""
+_DIT_BLOCK = re.compile(r"^(single_)?transformer_blocks\.(\d+)(?:\.|$)")
+
+
+def dit_position(local: str, blocks: tuple[int, int], in_transformer: bool) -> tuple[int, int]:
+    """A layer's place in a transformer's block vector BASE, double (or joint) 0..D-1, single 0..S-1 (the layout
+    of ComfyUI Inspire Pack's Flux vectors: 1 + 19 + 38 = 58 values on Flux.1-dev). BASE is every layer outside
+    the blocks: text encoders, embedders, the final layer."""
+    doubles, singles = blocks
+    m = _DIT_BLOCK.match(local) if in_transformer else None
+    if m is None:
+        return 0, 1 + doubles + singles
+    index = int(m[2])
+    return (1 + doubles + index if m[1] else 1 + index), 1 + doubles + singles
+
+
+def place(component: str, local: str, layers_per_block: int | None,
+          dit_blocks: tuple[int, int] | None = None) -> LayerPlace:
+    """The place of a layer; `layers_per_block` is the UNet's (None: the component is no UNet); `dit_blocks`
+    the (double, single) block counts of the pipeline's diffusion transformer (None: there is none)."""
     full = f"{component}.{local}" if component else local
     if component.startswith(_TEXT_PREFIX):
         block = "BASE"
     else:
         block = None if layers_per_block is None else ldm_block(local, layers_per_block)
-    return LayerPlace(full, component, local, block)
+    dit = None
+    if dit_blocks is not None:
+        dit = dit_position(local, dit_blocks, not component.startswith(_TEXT_PREFIX))
+    return LayerPlace(full, component, local, block, dit)
 
 
 def adapter_places(model: Any, name: str) -> list[tuple[LayerPlace, AdapterLayer]]:
     """Every layer that carries adapter `name`, with its place (what strength specs address), in model order."""
     found = []
-    for comp, root in components(model).items():
+    parts = components(model)
+    dit = next((b for b in map(_dit_blocks, parts.values()) if b is not None), None)
+    for comp, root in parts.items():
         lpb = _layers_per_block(root)
         for local, module in root.named_modules():
             if isinstance(module, AdapterLayer) and name in module.adapters:
-                found.append((place(comp, local, lpb), module))
+                found.append((place(comp, local, lpb, dit), module))
     return found
+
+
+def _dit_blocks(root: torch.nn.Module) -> tuple[int, int] | None:
+    """A diffusion transformer's (double or joint, single) block counts, else None (a UNet has its
+    transformer_blocks deeper down, never at its root)."""
+    double = getattr(root, "transformer_blocks", None)
+    if not isinstance(double, torch.nn.ModuleList):
+        return None
+    single = getattr(root, "single_transformer_blocks", None)
+    return len(double), len(single) if isinstance(single, torch.nn.ModuleList) else 0
 
 
 def _layers_per_block(root: torch.nn.Module) -> int | None:
@@ -161,6 +199,8 @@ def _lbw_values(name: str, text: Any, places: list[LayerPlace], where: str) -> l
         text = ",".join(map(str, text)) if isinstance(text, (list, tuple)) else text
     if not isinstance(text, str):
         raise ValueError(f"{where}: lbw takes a string of values or a preset name, got {text!r}")
+    if any(p.dit for p in places):
+        return _dit_lbw_values(text, places, where)
     by_id, given = parse_lbw(text, where)
     if not any(p.block for p in places):
         raise ValueError(f"{where}: lbw weights address Stable Diffusion UNet blocks and text encoders; "
@@ -170,6 +210,22 @@ def _lbw_values(name: str, text: Any, places: list[LayerPlace], where: str) -> l
         warnings.warn(f"{where}: {given} lbw values give none for {', '.join(missing)}, where {name!r} has layers; "
                       "they get 0, as in sd-webui-lora-block-weight (26 values set every block)", stacklevel=4)
     return [1.0 if p.block is None else by_id[p.block] for p in places]
+
+
+def _dit_lbw_values(text: str, places: list[LayerPlace], where: str) -> list[float]:
+    """A transformer's block vector (BASE, then each double / joint block, then each single block) -> per layer."""
+    length = next(p.dit[1] for p in places if p.dit)
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    for v in values:
+        _number(v, where)
+    if len(values) != length:
+        raise ValueError(f"{where}: this model's lbw vector is {length} comma-separated numbers: BASE (text encoders "
+                         f"and the layers outside the blocks), then one per double (or joint) block, then one per "
+                         f"single block; got {text!r}")
+    return [values[p.dit[0]] if p.dit else 1.0 for p in places]
 
 
 def check_names(known: list[str], names: list[str]) -> None:

@@ -245,6 +245,17 @@ def _loading_bars(show: bool) -> Iterator[None]:
             lib.enable_progress_bar() if on else lib.disable_progress_bar()
 
 
+def load_sampler(model: str, *, config: str | None = None, revision: str | None = None,
+                 progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Any diffusers pipeline, loaded from the same sources under the same checks as `load_pipeline`, for
+    drawing only: UNet pipelines and diffusion transformers (Flux.1, Flux.2, SD3) alike. (pipe, provenance)."""
+    with _loading_bars(progress):
+        pipe, record = _load(model, config, revision)
+    pipe.set_progress_bar_config(disable=True)
+    record.update(pipeline=type(pipe).__name__)
+    return pipe, record
+
+
 def load_pipeline(model: str, *, config: str | None = None, revision: str | None = None,
                   progress: bool = False) -> DiffusionBase:
     """A Stable Diffusion pipeline from a diffusers folder, a hub id (at `revision`: a branch, tag or commit),

@@ -11,6 +11,7 @@ The PNG keeps the settings in its text chunks, as A1111 does: `parameters` in A1
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import re
@@ -26,7 +27,7 @@ from ..bank import AdapterBank
 from ..console import guarded
 from ..helpformat import HelpFormatter
 from ..strengths import check_strength
-from .bases import add_source_options, add_threads_option, load_pipeline
+from .bases import add_source_options, add_threads_option, load_sampler
 
 _GENERIC_STEMS = {"adapter", "adapter_model", "pytorch_lora_weights", "lora"}
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-]")
@@ -113,18 +114,18 @@ class Source:
 
 
 def source_pipeline(source: Source, device: str, dtype: torch.dtype) -> tuple[Any, Source]:
-    """The pipeline of vislora.diffusion.bases.load_pipeline (a diffusers folder, a hub id, or one .safetensors
-    file with its configs; pickles refused with UnsafeFormatError) moved to `device` in `dtype`, ready to
-    sample, and its source pinned: a hub id's revision becomes the commit it resolved to, so the settings
-    written with an image load the same weights later, whatever the branch has become."""
-    base = load_pipeline(source.model, config=source.config, revision=source.revision)
-    pipe = base.pipe
+    """The pipeline of vislora.diffusion.bases.load_sampler (a diffusers folder, a hub id, or one .safetensors
+    file with its configs; pickles refused with UnsafeFormatError; UNet pipelines, Flux.1, Flux.2 and SD3)
+    moved to `device` in `dtype`, ready to sample, and its source pinned: a hub id's revision becomes the commit
+    it resolved to, so the settings written with an image load the same weights later, whatever the branch has
+    become."""
+    pipe, record = load_sampler(source.model, config=source.config, revision=source.revision)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # it blacks out images of digits as readily as anything else
     pipe.to(device)
     # load_pipeline gives fp32; casting to fp32 again only makes diffusers warn about it.
     pipe = pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
-    return pipe, replace(source, revision=base.record.get("commit") or source.revision)
+    return pipe, replace(source, revision=record.get("commit") or source.revision)
 
 
 def pipeline_on(model: str, device: str, dtype: torch.dtype, config: str | None = None,
@@ -141,9 +142,39 @@ def run(pipe, s: Settings, n: int, desc: str, on_step_end: Any = None):
     """
     pipe.set_progress_bar_config(desc=desc, leave=False, disable=None)  # tqdm hides itself off a terminal
     generator = torch.Generator(pipe.device).manual_seed(s.seed)
-    return pipe(s.prompt, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
+    # prompt= by name: Flux.2's pipelines take an input image first
+    return pipe(prompt=s.prompt, **negative_prompt(pipe, s.negative_prompt), num_inference_steps=s.steps,
                 guidance_scale=s.guidance, num_images_per_prompt=n, generator=generator, height=s.height,
                 width=s.width, callback_on_step_end=on_step_end).images
+
+
+# Pipelines that draw without a negative prompt, and why: a negative prompt given to them is refused, not ignored.
+NO_NEGATIVE = {
+    "FluxPipeline": "Flux.1's guidance is distilled into the model; it draws without a negative prompt",
+    "Flux2Pipeline": "Flux.2 takes no negative prompt",
+    "Flux2KleinPipeline": "klein's guidance contrasts the prompt with an empty one; it takes no negative prompt",
+}
+
+
+def negative_prompt(pipe: Any, text: str) -> dict[str, Any]:
+    """The pipeline call's negative-prompt argument: none where the pipeline has no use for one (Flux; a
+    ValueError if `text` is given), else `negative_prompt` (None for an empty text)."""
+    reason = NO_NEGATIVE.get(type(pipe).__name__)
+    if reason is None and "negative_prompt" not in inspect.signature(pipe.__call__).parameters:
+        reason = f"{type(pipe).__name__} takes no negative prompt"
+    if reason is None:
+        return {"negative_prompt": text or None}
+    if text:
+        raise ValueError(f"--negative-prompt: {reason}; leave it out")
+    return {}
+
+
+def default_size(pipe: Any) -> int:
+    """The image side a pipeline draws by default: its denoiser's sample size times the VAE's scale (a UNet's
+    config; a transformer pipeline's default_sample_size: Flux 128 latents, SD3 its transformer's)."""
+    unet = getattr(pipe, "unet", None)
+    latent = unet.config.sample_size if unet is not None else pipe.default_sample_size
+    return int(latent) * getattr(pipe, "vae_scale_factor", 8)
 
 
 def contact_sheet(cells: list[list[Any]], col_labels: list[str], row_labels: list[str]):
@@ -195,9 +226,8 @@ def png_info(s: Settings, sampler: str, extra: dict[str, Any] | None = None):
 
 def prepare(pipe, s: Settings) -> AdapterBank:
     """The pipeline's bank with s.adapters loaded at their strengths; fills in the image size (for the PNG)."""
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    s.height = s.height or pipe.unet.config.sample_size * scale
-    s.width = s.width or pipe.unet.config.sample_size * scale
+    s.height = s.height or default_size(pipe)
+    s.width = s.width or default_size(pipe)
     bank = AdapterBank(pipe)
     for a in s.adapters:
         bank.load(a.name, a.path, strength=a.strength)
