@@ -31,7 +31,7 @@ def pipeline(cls_name: str, transformer):
 
 
 @pytest.mark.parametrize("family, cls_name", PIPELINES)
-def test_diffusers_loads_our_file_with_the_same_outputs(tmp_path, family, cls_name):
+def test_diffusers_loads_our_file_with_the_same_outputs(tmp_path, family, cls_name, caplog):
     model = tiny(family)
     base = run(model, family)
     vislora.inject(model, "transformer.all", rank=2, alpha=3, init="random")
@@ -41,7 +41,7 @@ def test_diffusers_loads_our_file_with_the_same_outputs(tmp_path, family, cls_na
     assert (ours - base).abs().max() > 1e-2  # the adapter changes the output
     path = vislora.save_adapter(model, tmp_path / "a.safetensors", format="diffusers")
     pipe = pipeline(cls_name, tiny(family))
-    logging.getLogger("diffusers").setLevel(logging.ERROR)  # "no keys for text_encoder": there is none
+    caplog.set_level(logging.ERROR, logger="diffusers")  # "no keys for text_encoder": there is none
     pipe.load_lora_weights(str(path))
     assert (run(pipe.transformer, family) - ours).abs().max() < 1e-5
 
@@ -67,13 +67,13 @@ def test_we_read_what_diffusers_saves(tmp_path, family, cls_name):
 
 
 @pytest.mark.parametrize("cls_name", ["Flux2Pipeline", "Flux2KleinPipeline"])
-def test_diffusers_reads_our_flux2_kohya_file(tmp_path, cls_name):
+def test_diffusers_reads_our_flux2_kohya_file(tmp_path, cls_name, caplog):
     """Flux.2's original names (fused qkv, linear1 = to_qkv_mlp_proj): diffusers' kohya converter gives our output."""
     model = tiny("Flux.2")
     vislora.inject(model, "transformer.blocks", rank=2, alpha=3, init="random")
     ours = run(model, "Flux.2")
     path = vislora.save_adapter(model, tmp_path / "k.safetensors", format="kohya")
     pipe = pipeline(cls_name, tiny("Flux.2"))
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    caplog.set_level(logging.ERROR, logger="diffusers")
     pipe.load_lora_weights(str(path))
     assert (run(pipe.transformer, "Flux.2") - ours).abs().max() < 1e-5
