@@ -179,7 +179,7 @@ def to_kohya(modules: dict[str, ModuleWeights], sections: tuple[Section, ...]) -
                 groups.setdefault(name, (layer, {}))[1][j] = w
                 break
         else:
-            out[local if local.startswith(TRANSFORMER_PREFIX + "_") else mangle(local)] = w
+            out[local if local.startswith(("lora_", "lycoris_")) else mangle(local)] = w  # kohya names stay
     for name, (layer, present) in groups.items():
         out[name] = _fuse(name, layer, present)
     return out
