@@ -139,7 +139,7 @@ def _fuse(name: str, layer: Layer, present: dict[int, ModuleWeights]) -> ModuleW
         return _swapped(name, next(iter(present.values())), layer)
     if any(w.kind != "lora" or w.slices or w.magnitude is not None for w in present.values()):
         raise ValueError(f"{name} fuses {', '.join(layer.parts)}: only plain LoRA parts fuse exactly; write "
-                         "--to diffusers for other kinds")
+                         "--to lycoris (one module per diffusers layer, any kind)")
     first = next(iter(present.values()))
     width = first.factors["down"].shape[1]
     rank = sum(w.rank for w in present.values())
