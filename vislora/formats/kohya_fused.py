@@ -65,6 +65,8 @@ def _regex(sections: tuple[Section, ...]) -> list[tuple[re.Pattern, Section]]:
 
 
 def _swap(t: torch.Tensor) -> torch.Tensor:
+    if t.is_meta:  # a header-only read: the shape is all there is (and cat on meta would load torch's compiler)
+        return t
     half = t.shape[0] // 2
     return torch.cat([t[half:], t[:half]])
 
@@ -108,9 +110,16 @@ def _split(name: str, w: ModuleWeights, layer: Layer, path: str) -> list[ModuleW
     columns = torch.cat(used)
     if len(columns) == len(set(columns.tolist())):  # disjoint: each part keeps its own columns
         return [None if len(c) == 0 else ModuleWeights(
-            "lora", {"down": down[c], "up": b[:, c]}, len(c), w.alpha * len(c) / w.rank, w.rslora)
+            "lora", {"down": down[_columns(c)], "up": b[:, _columns(c)]}, len(c), w.alpha * len(c) / w.rank, w.rslora)
             for b, c in zip(blocks, used)]
     return [ModuleWeights("lora", {"down": down, "up": b.contiguous()}, w.rank, w.alpha, w.rslora) for b in blocks]
+
+
+def _columns(c: torch.Tensor) -> torch.Tensor | slice:
+    """Index for columns `c` (sorted): a slice where they are a run (what our writer makes), so the part's
+    factors are views of the file's memory map, not copies."""
+    first, last = int(c[0]), int(c[-1])
+    return slice(first, last + 1) if last - first + 1 == len(c) else c
 
 
 def to_diffusers(modules: dict[str, ModuleWeights], sections: tuple[Section, ...], path: str
