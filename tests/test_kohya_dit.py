@@ -144,3 +144,41 @@ def test_inspect_shows_family_and_block_coverage(tmp_path):
     vislora.inject(sd3, "transformer.attn", rank=2, init="random")
     info = describe(vislora.save_adapter(sd3, tmp_path / "sd3.safetensors", format="kohya"))
     assert info["base"]["family"] == "SD3" and info["blocks"] == {"joint.0": 12, "joint.1": 8, "joint.2": 7}
+
+
+def test_inspect_reads_only_the_header_of_a_large_kohya_flux_file(tmp_path):
+    """A 1.2 GB kohya Flux.1-dev file (fused layers split on reading) is described from its header alone."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from dit_files import sparse_kohya_flux
+
+    path, small = tmp_path / "big.safetensors", tmp_path / "small.safetensors"
+    modules = sparse_kohya_flux(path)
+    sparse_kohya_flux(small, rank=1)
+    assert path.stat().st_size > 1.1e9
+    probe = textwrap.dedent(f"""
+        import json, resource, time
+        from vislora.tools.inspect import describe
+        def rss():
+            return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+        describe({str(small)!r})  # what describe imports on first use is not the file's cost
+        before = max(rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        start = time.perf_counter()
+        info = describe({str(path)!r})
+        seconds = time.perf_counter() - start
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        print(json.dumps({{"seconds": seconds, "grew_mb": grew, "info": info}}, default=str))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                    text=True).stdout.splitlines()[-1])
+    print(f"inspect on a {path.stat().st_size / 1e9:.2f} GB kohya Flux file: {out['seconds']:.3f} s, "
+          f"RSS +{out['grew_mb']:.0f} MB")
+    info = out["info"]
+    assert modules == 314 and info["base"]["family"] == "Flux.1"
+    # 19 double blocks: 2 fused qkv -> 3 parts each, 8 more layers; 38 single: linear1 -> 4 parts, 2 more
+    assert info["modules"] == 19 * (2 * 3 + 8) + 38 * (4 + 2) + 10
+    assert info["blocks"]["double.18"] == 14 and info["blocks"]["single.37"] == 6
+    assert out["seconds"] < 2.0 and out["grew_mb"] < 100  # the file is 1,200 MB
