@@ -4,6 +4,8 @@
                                               # reads it with read_adapter (every check, every value) and with
                                               # inspect's header-only read, 3 fresh processes each
     python bench/load_file.py --mb 1000 --runs 1
+    python bench/load_file.py --layout kohya-flux --mb 600   # a kohya Flux.1-dev LoRA as kohya trains it: BFL's
+                                              # fused layers (qkv, linear1) at one rank, bf16, split on reading
     python bench/load_file.py --root /tmp/old      # an older vislora (git archive OLD vislora | tar -x -C /tmp/old)
 
 Wall time depends on what else the machine runs; CPU time (the process's own) much less so: compare that
@@ -46,6 +48,43 @@ def make(path: Path, mb: int) -> None:
     write(path, AdapterFile(str(path), "vislora", modules))
 
 
+def make_kohya_flux(path: Path, mb: int) -> None:
+    """A kohya Flux.1-dev LoRA of about `mb` MB as sd-scripts trains one: every original layer (fused qkv of both
+    streams, fused single-block linear1, MLPs, modulation, embedders, final layer; 314 modules) at one rank,
+    dense random factors (a LoRA trained on the fused layer), bf16. Shapes from the full-size model built on the
+    meta device."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from vislora.formats import container
+    from vislora.formats.kohya_flux import SECTIONS
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(in_channels=64, guidance_embeds=True)
+    shapes = {}
+    for section in SECTIONS:
+        group = section.kohya.partition("_blocks")[0].rpartition("_")[2]  # double / single / none
+        blocks = {"double": model.transformer_blocks, "single": model.single_transformer_blocks}.get(group, [None])
+        for i in range(len(blocks)):
+            prefix = section.diffusers.format(i=i)
+            for key, layer in section.layers.items():
+                parts = [model.get_submodule(prefix + p) for p in layer.parts]
+                shapes[section.kohya.format(i=i) + key] = (parts[0].in_features, sum(p.out_features for p in parts))
+    rank = max(1, round(mb * 1e6 / (2 * sum(i + o for i, o in shapes.values()))))
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, (inp, out) in shapes.items():
+        tensors[f"{name}.lora_down.weight"] = (torch.randn(rank, inp, generator=gen) * 0.01).bfloat16()
+        tensors[f"{name}.lora_up.weight"] = (torch.randn(out, rank, generator=gen) * 0.01).bfloat16()
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container.write(path, tensors, {"ss_network_module": "networks.lora_flux", "ss_network_dim": str(rank),
+                                    "modelspec.architecture": "flux-1-dev/lora"})
+
+
+MAKERS = {"vislora": make, "kohya-flux": make_kohya_flux}
+
+
 def child(path: Path, how: str) -> None:
     import vislora  # noqa: F401  (imported before the baseline, as any caller has)
     from vislora import formats
@@ -85,6 +124,8 @@ def measure(path: Path, how: str, runs: int, root: Path | None) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=int, default=300)
+    p.add_argument("--layout", choices=sorted(MAKERS), default="vislora", help="the file made when --path is not "
+                   "given: vislora's own (rank-64 4096-wide modules, fp32) or a kohya Flux.1-dev LoRA")
     p.add_argument("--path", type=Path)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--only", choices=("read", "header"))
@@ -95,12 +136,13 @@ def main() -> None:
     if args.root:  # the editable install's finder would win over sys.path: drop it
         sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
         sys.path.insert(0, str(args.root))
-    path = args.path or Path(f"/tmp/vislora-bench/adapter-{args.mb}mb.safetensors")
+    suffix = "" if args.layout == "vislora" else f"-{args.layout}"
+    path = args.path or Path(f"/tmp/vislora-bench/adapter-{args.mb}mb{suffix}.safetensors")
     if args.child:
         child(path, args.child)
         return
     if not path.exists():
-        make(path, args.mb)
+        MAKERS[args.layout](path, args.mb)
     size = path.stat().st_size / 1e6
     for how in (args.only,) if args.only else ("read", "header"):
         r = measure(path, how, args.runs, args.root)

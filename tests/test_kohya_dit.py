@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import vislora
-from dit_models import full_size, run, tiny
-from vislora.formats import AdapterFile, ModuleWeights, container, kohya
+from dit_files import FULL_PICKS, delta, full_size_flux_adapter
+from dit_models import run, tiny
+from vislora.formats import AdapterFile, container, kohya
 
 
 def _saved(tmp_path, family):
@@ -51,32 +52,10 @@ def test_kohya_file_loads_with_the_same_output_and_round_trips_bit_exactly(tmp_p
         assert w.scale == mine[path_].scale
 
 
-def _delta(w: ModuleWeights) -> torch.Tensor:
-    return w.scale * w.factors["up"].double() @ w.factors["down"].double()
-
-
 def test_our_flux_file_reads_as_diffusers_converter_reads_it_at_full_size():
     from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
 
-    model = full_size("Flux.1-dev")
-    picks = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
-             "transformer_blocks.18.attn.add_q_proj", "transformer_blocks.18.attn.add_v_proj",
-             "transformer_blocks.5.attn.to_out.0", "transformer_blocks.5.ff_context.net.0.proj",
-             "transformer_blocks.7.norm1.linear", "single_transformer_blocks.0.attn.to_q",
-             "single_transformer_blocks.0.attn.to_k", "single_transformer_blocks.0.attn.to_v",
-             "single_transformer_blocks.0.proj_mlp", "single_transformer_blocks.37.proj_mlp",
-             "single_transformer_blocks.37.proj_out", "norm_out.linear", "proj_out"]
-    g = torch.Generator().manual_seed(0)
-    modules = {}
-    for i, p in enumerate(picks):
-        out, inp = model.get_submodule(p).weight.shape
-        rank = 1 + i % 4
-        modules[f"transformer.{p}"] = ModuleWeights("lora", {"down": torch.randn(rank, inp, generator=g),
-                                                             "up": torch.randn(out, rank, generator=g)}, rank, 2.0 * rank)
-    for p in picks[8:12]:  # one scale across the parts of single block 0's linear1, another elsewhere
-        modules[f"transformer.{p}"].alpha = 0.5 * modules[f"transformer.{p}"].rank
-    for p in picks[-2:]:  # diffusers reads final_layer_* without their alpha ("TODO: alphas"): scale 1 there
-        modules[f"transformer.{p}"].alpha = float(modules[f"transformer.{p}"].rank)
+    modules, picks = full_size_flux_adapter(), FULL_PICKS
     tensors, _ = kohya.write(AdapterFile("", "vislora", modules))
     assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in tensors
     theirs = _convert_kohya_flux_lora_to_diffusers(dict(tensors))
@@ -84,9 +63,9 @@ def test_our_flux_file_reads_as_diffusers_converter_reads_it_at_full_size():
     for p in picks:
         key = f"transformer.{p}" if f"transformer.{p}.lora_A.weight" in theirs else p  # final_layer: no prefix
         a, b = theirs[f"{key}.lora_A.weight"], theirs[f"{key}.lora_B.weight"]
-        want = _delta(modules[f"transformer.{p}"])
+        want = delta(modules[f"transformer.{p}"])
         torch.testing.assert_close(b.double() @ a.double(), want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(_delta(ours[f"lora_transformer_{p.replace('.', '_')}"]), want, rtol=1e-5,
+        torch.testing.assert_close(delta(ours[f"lora_transformer_{p.replace('.', '_')}"]), want, rtol=1e-5,
                                    atol=1e-5)
     # the k of add_qkv was not adapted: diffusers gives it a zero delta, vislora no module
     k = theirs["transformer.transformer_blocks.18.attn.add_k_proj.lora_B.weight"]
@@ -165,3 +144,41 @@ def test_inspect_shows_family_and_block_coverage(tmp_path):
     vislora.inject(sd3, "transformer.attn", rank=2, init="random")
     info = describe(vislora.save_adapter(sd3, tmp_path / "sd3.safetensors", format="kohya"))
     assert info["base"]["family"] == "SD3" and info["blocks"] == {"joint.0": 12, "joint.1": 8, "joint.2": 7}
+
+
+def test_inspect_reads_only_the_header_of_a_large_kohya_flux_file(tmp_path):
+    """A 1.2 GB kohya Flux.1-dev file (fused layers split on reading) is described from its header alone."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from dit_files import sparse_kohya_flux
+
+    path, small = tmp_path / "big.safetensors", tmp_path / "small.safetensors"
+    modules = sparse_kohya_flux(path)
+    sparse_kohya_flux(small, rank=1)
+    assert path.stat().st_size > 1.1e9
+    probe = textwrap.dedent(f"""
+        import json, resource, time
+        from vislora.tools.inspect import describe
+        def rss():
+            return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+        describe({str(small)!r})  # what describe imports on first use is not the file's cost
+        before = max(rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        start = time.perf_counter()
+        info = describe({str(path)!r})
+        seconds = time.perf_counter() - start
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        print(json.dumps({{"seconds": seconds, "grew_mb": grew, "info": info}}, default=str))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                    text=True).stdout.splitlines()[-1])
+    print(f"inspect on a {path.stat().st_size / 1e9:.2f} GB kohya Flux file: {out['seconds']:.3f} s, "
+          f"RSS +{out['grew_mb']:.0f} MB")
+    info = out["info"]
+    assert modules == 314 and info["base"]["family"] == "Flux.1"
+    # 19 double blocks: 2 fused qkv -> 3 parts each, 8 more layers; 38 single: linear1 -> 4 parts, 2 more
+    assert info["modules"] == 19 * (2 * 3 + 8) + 38 * (4 + 2) + 10
+    assert info["blocks"]["double.18"] == 14 and info["blocks"]["single.37"] == 6
+    assert out["seconds"] < 2.0 and out["grew_mb"] < 100  # the file is 1,200 MB

@@ -15,6 +15,7 @@ A format module `formats/<name>.py` has
     resolve(file_module_names, model)             optional: {file name: (component, path)} for formats whose
                                                      names only resolve against a live model (kohya)
     component_of(name) -> str | None              optional: the model component a file's module name names
+    WRITES = False                                optional: read only (not a `write` / `--to` target)
 
 `FORMATS` lists them in detection order; `TARGETS` is every name `write` (and `vislora convert --to`)
 takes. A new format is one module here and one entry in FORMATS. Nothing here touches a model:
@@ -32,10 +33,11 @@ from typing import Any
 import torch
 
 from ..errors import AdapterFormatError
-from . import checks, container, kohya, native, peft_diffusers, peft_folder
+from . import checks, container, kohya, lycoris, native, original, peft_diffusers, peft_folder, xlabs
 from .adapter import AdapterFile, ModuleWeights
 
-FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, peft_diffusers, peft_folder)}
+FORMATS: dict[str, ModuleType] = {m.FORMAT: m for m in (native, kohya, lycoris, xlabs, original, peft_diffusers,
+                                                           peft_folder)}
 DEFAULT = native.FORMAT  # what vislora writes unless asked otherwise
 
 FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -98,14 +100,14 @@ def by_name() -> dict[str, ModuleType]:
     return {name: fmt for fmt in FORMATS.values() for name in (fmt.FORMAT, *getattr(fmt, "ALIASES", ()))}
 
 
-TARGETS = tuple(by_name())
+TARGETS = tuple(name for name, fmt in by_name().items() if getattr(fmt, "WRITES", True))
 
 
 def write(path: str | os.PathLike, adapter: AdapterFile, format: str = DEFAULT) -> Path:
     """Write `adapter` in `format` (default vislora's own; any name in by_name()), atomically."""
     fmt = by_name().get(format)
-    if fmt is None:
-        raise ValueError(f"unknown format {format!r}; choose from {sorted(by_name())}")
+    if fmt is None or format not in TARGETS:
+        raise ValueError(f"unknown format {format!r} to write; choose from {sorted(TARGETS)}")
     if hasattr(fmt, "save"):
         return fmt.save(path, adapter)
     tensors, metadata = fmt.write(adapter)
@@ -128,8 +130,18 @@ def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
             if not (key.endswith(".alpha") and t.numel() == 1 and not t.dtype.is_complex):
                 raise AdapterFormatError(f"{key!r} has dtype {t.dtype}; adapters store float32/float16/bfloat16",
                                          path=path, category="bad-dtype")
-        if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
+        if t.is_floating_point() and not t.is_meta and not finite(t):
             raise AdapterFormatError(f"{key!r} contains NaN or inf", path=path, category="non-finite")
+
+
+def finite(t: torch.Tensor) -> bool:
+    """Whether every value is finite, from the smallest and largest (aminmax propagates NaN, and an inf is
+    one of them): one pass, no temporaries, ~30x faster than isfinite(t).all() on CPU half types (2-core
+    CPU VM, shared: 0.011 s against 0.31 s for 38 M bf16 values)."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 __all__ = ["AdapterFile", "DEFAULT", "FORMATS", "ModuleWeights", "TARGETS", "by_name", "check_values", "checks",

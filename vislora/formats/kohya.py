@@ -31,8 +31,7 @@ from .arch import of_file
 from .checks import matrix_factors
 from .kohya_names import KOHYA_PREFIXES
 
-FORMAT = "kohya"
-ALIASES = ("lycoris",)  # kohya and LyCORIS files are one layout
+FORMAT = "kohya"  # kohya and LyCORIS files are one layout (`lycoris` writes transformers LyCORIS' way)
 component_of = kohya_names.component_of
 
 # LyCORIS parts vislora recognises but does not apply, by the algorithm they belong to.
@@ -82,7 +81,9 @@ def _kind(parts: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]
     return None
 
 
-def _module(name: str, parts: dict[str, torch.Tensor], path: str) -> ModuleWeights:
+def module_weights(name: str, parts: dict[str, torch.Tensor], path: str) -> ModuleWeights:
+    """One module from its kohya/LyCORIS parts (`lora_down.weight`, `hada_w1_a`, `alpha`, ...): the kind the
+    parts make, its factors, rank and alpha; unknown or mixed parts are an error naming them."""
     known = {part for kind in KINDS for part in _parts(kind).values()}
     unknown = sorted(p for p in parts if p not in known and p not in ("alpha", "dora_scale"))
     if unknown:
@@ -130,7 +131,7 @@ def read(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str, 
     if leftovers:
         raise AdapterFormatError(f"{len(leftovers)} keys are not kohya/LyCORIS tensors, e.g. {leftovers[:5]} "
                                  "(a file mixing naming schemes?)", path=path, category="unknown-keys")
-    modules = {name: _module(name, parts, path) for name, parts in sorted(grouped.items())}
+    modules = {name: module_weights(name, parts, path) for name, parts in sorted(grouped.items())}
     modules = kohya_dit.read(modules, path, metadata)  # Flux / SD3 original names onto diffusers' split modules
     return AdapterFile(path, FORMAT, modules, {}, None, metadata)
 
@@ -141,10 +142,13 @@ def resolve(names: list[str], model: Any) -> dict[str, tuple[str, str]]:
     return {n: table[n] for n in names if n in table}
 
 
-def write(adapter: AdapterFile, naming: str = "auto") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def write(adapter: AdapterFile, naming: str = "auto", dit_naming: str = "kohya"
+          ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata in the kohya/LyCORIS layout. Module paths become kohya names: SD1/SD2 UNets in
-    diffusers naming, SDXL UNets in SGM naming (naming="auto"; "diffusers" or "ldm" to choose), text
-    encoders lora_te / lora_te1 / lora_te2, other models lycoris_. Names already in kohya form stay."""
+    diffusers naming, SDXL UNets in SGM naming (naming="auto"; "diffusers" or "ldm" to choose), diffusion
+    transformers in their original layout (dit_naming="kohya", fused layers fused) or as `lycoris_` diffusers
+    paths ("lycoris", see kohya_dit.write), text encoders lora_te / lora_te1 / lora_te2, other models
+    lycoris_. Names already in kohya form stay."""
     if adapter.extra:
         raise ValueError(f"kohya/LyCORIS files hold adapters only; the {len(adapter.extra)} full tensors "
                          f"(modules_to_save, e.g. {sorted(adapter.extra)[:3]}) would be lost; write vislora or peft")
@@ -156,7 +160,7 @@ def write(adapter: AdapterFile, naming: str = "auto") -> tuple[dict[str, torch.T
     has_te2 = any(p.startswith(("text_encoder_2.", "lora_te2_")) for p in adapter.modules)
     tensors: dict[str, torch.Tensor] = {}
     named: dict[str, ModuleWeights] = {}
-    original = kohya_dit.write(adapter.modules, adapter.metadata)  # Flux / SD3: original names, fused qkv
+    original = kohya_dit.write(adapter.modules, adapter.metadata, dit_naming)  # Flux / SD3: fused qkv, or lycoris_
     for path, w in (original or adapter.modules).items():
         name = path if split(path + ".x") else kohya_names.name_for(path, has_te2, ldm)
         if name in named:

@@ -47,16 +47,29 @@ def read(modules: dict[str, ModuleWeights], path: str, metadata: dict[str, str])
     return kohya_fused.to_diffusers(modules, sections, path) if sections else modules
 
 
-def write(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> dict[str, ModuleWeights] | None:
-    """Transformer modules under their original-layout kohya names (fused where the original is), or None
-    when the adapter is not of a mapped family (by its names, else by its `modelspec.architecture`, which
-    adapter files taken from a model carry: q/v alone do not tell Flux.1 from SD3)."""
+def write(modules: dict[str, ModuleWeights], metadata: dict[str, str], naming: str = "kohya"
+          ) -> dict[str, ModuleWeights] | None:
+    """Transformer modules under kohya names, or None when the adapter is not of a mapped family (by its
+    names, else by its `modelspec.architecture`, which adapter files taken from a model carry: q/v alone do
+    not tell Flux.1 from SD3). naming "kohya": the original layout's names, fused where the original layer
+    is (LoRA only there); "lycoris": `lycoris_` + the diffusers path, one module each, any kind (what
+    LyCORIS' wrapper writes on a diffusers transformer: SimpleTuner's files). Names already in a kohya
+    form stay."""
     sections = NAME_MAPS.get(_family(modules, metadata))
     if not sections:
         return None
     transformer = {p: w for p, w in modules.items() if not p.startswith(("text_encoder", "lora_te"))}
     rest = {p: w for p, w in modules.items() if p not in transformer}
+    if naming == "lycoris":
+        return {**{_lycoris_name(p): w for p, w in transformer.items()}, **rest}
     return {**kohya_fused.to_kohya(transformer, sections), **rest}
+
+
+def _lycoris_name(path: str) -> str:
+    local = path.removeprefix("transformer.")
+    if local.startswith(kohya_fused.TRANSFORMER_PREFIX + "_"):
+        return "lycoris" + local[len(kohya_fused.TRANSFORMER_PREFIX):]
+    return local if local.startswith(("lora_", "lycoris_")) else f"lycoris_{local.replace('.', '_')}"
 
 
 def modelspec(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> dict[str, str]:

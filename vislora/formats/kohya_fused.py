@@ -65,6 +65,8 @@ def _regex(sections: tuple[Section, ...]) -> list[tuple[re.Pattern, Section]]:
 
 
 def _swap(t: torch.Tensor) -> torch.Tensor:
+    if t.is_meta:  # a header-only read: the shape is all there is (and cat on meta would load torch's compiler)
+        return t
     half = t.shape[0] // 2
     return torch.cat([t[half:], t[:half]])
 
@@ -108,9 +110,16 @@ def _split(name: str, w: ModuleWeights, layer: Layer, path: str) -> list[ModuleW
     columns = torch.cat(used)
     if len(columns) == len(set(columns.tolist())):  # disjoint: each part keeps its own columns
         return [None if len(c) == 0 else ModuleWeights(
-            "lora", {"down": down[c], "up": b[:, c]}, len(c), w.alpha * len(c) / w.rank, w.rslora)
+            "lora", {"down": down[_columns(c)], "up": b[:, _columns(c)]}, len(c), w.alpha * len(c) / w.rank, w.rslora)
             for b, c in zip(blocks, used)]
     return [ModuleWeights("lora", {"down": down, "up": b.contiguous()}, w.rank, w.alpha, w.rslora) for b in blocks]
+
+
+def _columns(c: torch.Tensor) -> torch.Tensor | slice:
+    """Index for columns `c` (sorted): a slice where they are a run (what our writer makes), so the part's
+    factors are views of the file's memory map, not copies."""
+    first, last = int(c[0]), int(c[-1])
+    return slice(first, last + 1) if last - first + 1 == len(c) else c
 
 
 def to_diffusers(modules: dict[str, ModuleWeights], sections: tuple[Section, ...], path: str
@@ -139,7 +148,7 @@ def _fuse(name: str, layer: Layer, present: dict[int, ModuleWeights]) -> ModuleW
         return _swapped(name, next(iter(present.values())), layer)
     if any(w.kind != "lora" or w.slices or w.magnitude is not None for w in present.values()):
         raise ValueError(f"{name} fuses {', '.join(layer.parts)}: only plain LoRA parts fuse exactly; write "
-                         "--to diffusers for other kinds")
+                         "--to lycoris (one module per diffusers layer, any kind)")
     first = next(iter(present.values()))
     width = first.factors["down"].shape[1]
     rank = sum(w.rank for w in present.values())
@@ -179,7 +188,7 @@ def to_kohya(modules: dict[str, ModuleWeights], sections: tuple[Section, ...]) -
                 groups.setdefault(name, (layer, {}))[1][j] = w
                 break
         else:
-            out[local if local.startswith(TRANSFORMER_PREFIX + "_") else mangle(local)] = w
+            out[local if local.startswith(("lora_", "lycoris_")) else mangle(local)] = w  # kohya names stay
     for name, (layer, present) in groups.items():
         out[name] = _fuse(name, layer, present)
     return out

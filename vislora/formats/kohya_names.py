@@ -6,7 +6,8 @@ the map is built from the model: every adaptable module of every component, unde
 
     lora_unet_<diffusers path>     SD1.x/SD2.x kohya files, and diffusers-named SDXL files
     lora_unet_<LDM/SGM path>       A1111-style SD1 files and kohya's SDXL files (input_blocks, middle_block, ...)
-    lycoris_<path>                 LyCORIS' standalone wrapper (any model, path relative to the wrapped root)
+    lycoris_<path>                 LyCORIS' standalone wrapper (any model, path relative to the wrapped root; a
+                                   diffusion transformer's diffusers paths: SimpleTuner's LyCORIS files)
     lora_te_<path>                 the single text encoder; lora_te1_ / lora_te2_ (/ lora_te3_) with two (three)
     lora_transformer_<path>        a diffusion transformer's diffusers path (OneTrainer's naming; kohya's own
                                    original-layout Flux / SD3 names are mapped onto these by kohya_dit)
@@ -210,8 +211,9 @@ def build(model: Any) -> NameMap:
             names.add("diffusers", where, mangle(prefix, te_path(root, path) if text else path))
             if text and te_path(root, path) != path:
                 names.add("raw", where, mangle(prefix, path))
-            if ldm is not None:
+            if ldm is not None or prefix == "lora_transformer":  # LyCORIS' wrapper on the denoiser itself
                 names.add("lycoris", where, mangle("lycoris", path))
+            if ldm is not None:
                 sgm = ldm_path(path, ldm)
                 if sgm is not None:
                     names.add("ldm", where, mangle(prefix, sgm))

@@ -17,7 +17,7 @@ from typing import Iterable
 class Family:
     """`paths`: regexes over diffusers module paths from the denoiser's root (no anchors), matched bare, under
     the component prefix, and underscore-mangled under `lora_<component>_` (OneTrainer, and kohya_dit's
-    reading of original names); `names`: regexes over other spellings (kohya's original layouts)."""
+    reading of original names) or `lycoris_` (LyCORIS' wrapper on the denoiser: SimpleTuner); `names`: regexes over other spellings (kohya's original layouts)."""
 
     name: str
     component: str  # the pipeline component that holds the denoiser
@@ -27,7 +27,7 @@ class Family:
 
     def signatures(self) -> tuple[str, ...]:
         dotted = tuple(rf"^(?:{self.component}\.)?{p}" for p in self.paths)
-        mangled = tuple(rf"^lora_{self.component}_" + p.replace(r"\.", "_") for p in self.paths)
+        mangled = tuple(rf"^(?:lora_{self.component}|lycoris)_" + p.replace(r"\.", "_") for p in self.paths)
         return dotted + mangled + self.names
 
 

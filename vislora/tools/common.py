@@ -14,11 +14,13 @@ from .. import checks, formats
 from ..errors import AdapterCompatError
 from ..formats import FORMATS, AdapterFile, ModuleWeights, kohya
 from ..formats.arch import of_file
+from ..targets.families import family_named
 from ..functional import KINDS, RowLayout
 from .skeleton import base_model
 
 T = TypeVar("T")
-BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+BASES = {"sd15": "SD1.x", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux1": "Flux.1", "flux2": "Flux.2",
+         "sd3": "SD3"}
 
 
 # What resize, extract and merge factor to, checked before any file is read (vislora.checks rules).
@@ -63,12 +65,14 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterabl
 def normalise(adapter: AdapterFile, base: str | None = None, allow_partial: bool = False) -> AdapterFile:
     """The file with module paths (component-prefixed for SD pipelines) and factors in vislora's shapes.
 
-    kohya/LyCORIS names resolve against a meta-device stand-in of the base (`base`, else the one the
-    shapes point to, else SD1.x); names that resolve nowhere are an error unless allow_partial."""
+    kohya/LyCORIS names resolve against a meta-device stand-in of the base (`base`, else the one the names
+    or shapes point to, else the one its `modelspec.architecture` names, else SD1.x); names that resolve
+    nowhere are an error unless allow_partial."""
     fmt = FORMATS.get(adapter.format)
     if not hasattr(fmt, "resolve"):
         return adapter
-    arch = BASES.get(base, base) or of_file(adapter.modules).name or "SD1.x"
+    named = family_named(adapter.metadata)
+    arch = BASES.get(base, base) or of_file(adapter.modules).name or (named and named.name) or "SD1.x"
     model = base_model(arch)
     found = fmt.resolve(list(adapter.modules), model)
     missing = [n for n in adapter.modules if n not in found]
