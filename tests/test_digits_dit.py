@@ -53,3 +53,16 @@ def test_shipped_base_opens_offline_and_draws(monkeypatch):
                   generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     assert abs(float(images[0].mean()) - float(images[1].mean())) > 1e-3  # the prompt reaches the drawing
+
+
+@pytest.mark.skipif(not MODEL.exists(), reason="samples/digits_dit is not shipped in this checkout")
+def test_fast_sampling_draws_what_the_pipeline_draws():
+    """make_digits_dit.legibility's shortcut (one weighted zero token) gives the default pipeline's drawings."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(MODEL, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    args = dict(prompt=["a handwritten digit seven"] * 2, num_inference_steps=3, guidance_scale=5.0, output_type="np")
+    plain = pipe(**args, generator=torch.Generator().manual_seed(0)).images
+    fast = pipe(**args, generator=torch.Generator().manual_seed(0), **make_digits_dit.fast_sampling(pipe)).images
+    assert np.abs(plain - fast).max() < 1e-4
