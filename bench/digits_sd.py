@@ -2,9 +2,10 @@
 
     python bench/digits_sd.py                          # samples/digits_sd, guidance 5 and 7, 64 images per digit
     python bench/digits_sd.py --guidance 7 --grid docs/digits_sd_grid.png
+    python bench/digits_sd.py --model samples/digits_dit     # the transformer base, same scorer
 
 For each prompt "a handwritten digit zero" ... "nine" it draws --n images (fixed seeds, one batch per prompt,
-DPM-Solver++ with --steps steps) and classifies them with samples/digit_scorer.py (an SVC on 8x8 scans).
+the folder's sampler with --steps steps) and classifies them with samples/digit_scorer.py (an SVC on 8x8 scans).
 Printed: accuracy per digit and the mean for each guidance scale, the same scorer on held-out real scans as the
 reference, and what the empty prompt "" draws (a mix of digits when the prompt carries the information).
 """
@@ -27,9 +28,10 @@ from digits import DIGIT_WORDS, digit_caption  # noqa: E402
 
 
 def load(model: Path):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    # the folder's own pipeline class: StableDiffusionPipeline (digits_sd), StableDiffusion3Pipeline (digits_dit)
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

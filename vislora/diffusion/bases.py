@@ -222,7 +222,13 @@ def add_source_options(parser: Any) -> None:
 
 
 def architecture(pipe: Any) -> str:
-    """"sdxl" (two text encoders), "sd1"/"sd2" by cross-attention width, else "custom"."""
+    """"sd3" / "flux1" / "flux2" (by the transformer's class), "sdxl" (two text encoders), "sd1"/"sd2" by
+    cross-attention width, else "custom"."""
+    from .flow_text import transformer_family
+
+    family = transformer_family(pipe)
+    if family is not None:
+        return family.lower().replace(".", "")
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     return ARCH_BY_CROSS_WIDTH.get(pipe.unet.config.cross_attention_dim, "custom")
@@ -263,11 +269,14 @@ def load_pipeline(model: str, *, config: str | None = None, revision: str | None
     offline use), in fp32."""
     with _loading_bars(progress):
         pipe, record = _load(model, config, revision)
-    if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
-        raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet and vae to train on")
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None or getattr(pipe, "vae", None) is None:
+        raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet (or transformer) and vae to "
+                             "train on")
     pipe.set_progress_bar_config(disable=True)
-    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
+    flow = getattr(pipe, "unet", None) is None  # SD3 and Flux: flow matching (vislora.diffusion.flow)
+    prediction = "flow" if flow else pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction", "flow"):
         raise BaseModelError(f"--model {model}: prediction type {prediction!r} is not trained here "
                              "(epsilon and v_prediction are)")
     arch = architecture(pipe)

@@ -95,7 +95,11 @@ UNET = TrainingFamily(
 
 
 def family_of(base: DiffusionBase) -> TrainingFamily:
-    """The base's family (today every base vislora trains is a UNet pipeline)."""
+    """The base's family: flow matching for a diffusion-transformer pipeline (SD3, Flux.1, Flux.2), else UNET."""
+    if base.prediction == "flow":
+        from .flow_family import FLOW  # it builds on this module's table entry type
+
+        return FLOW
     return UNET
 
 

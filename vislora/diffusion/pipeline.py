@@ -55,6 +55,11 @@ def check_prompts(pipe: Any, prompts: dict[str, str]) -> list[str]:
 def encode_prompts(pipe: Any, prompts: list[str], *, device: torch.device | str | None = None) -> PromptEmbeds:
     """SD1/2: the text encoder's last hidden state. SDXL (as diffusers does): both encoders' penultimate
     hidden states side by side [B, 77, 768 + 1280], and the second encoder's pooled projection."""
+    from .flow_text import encode_flow_prompts, transformer_family
+
+    if transformer_family(pipe) is not None:  # SD3, Flux.1, Flux.2: the pipeline's own encode_prompt
+        emb = encode_flow_prompts(pipe, prompts, device=device)
+        return PromptEmbeds(emb.hidden, emb.pooled)
     hidden, pooled = [], None
     pairs = _tokenizers(pipe)
     for tokenizer, encoder in pairs:
@@ -75,6 +80,19 @@ def sdxl_time_ids(original: tuple[int, int], crop: tuple[int, int], target: tupl
 
 
 # -- drawing ----------------------------------------------------------------------------------------------
+def denoiser_of(pipe: Any) -> Any:
+    """The pipeline's UNet, or its transformer (SD3, Flux)."""
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
+def default_size(pipe: Any) -> int:
+    """The side in pixels the base draws by default: the denoiser's sample size (Flux: the pipeline's) x the VAE's."""
+    denoiser = denoiser_of(pipe)
+    sample = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
+    return sample * pipe.vae_scale_factor
+
+
+
 @torch.no_grad()
 def generate(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 20, guidance: float = 7.5,
              size: int | None = None) -> list:
@@ -82,8 +100,9 @@ def generate(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 20
     same images, whatever else is drawn in the batch."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
-    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    device = pipe.unet.device
+    denoiser = denoiser_of(pipe)
+    size = size or default_size(pipe)
+    device = denoiser.device
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]
     return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                 generator=generators, output_type="pil").images

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..merge import disabled
-from .pipeline import generate
+from .pipeline import denoiser_of, generate
 
 
 def _pixels(images: list) -> np.ndarray:
@@ -56,12 +56,13 @@ def sample_shift(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int,
     nearest of them, on (`near_on`) and off (`near_off`)."""
     asked = [p for p in prompts for _ in seeds]
     each = seeds * len(prompts)
-    was_training = pipe.unet.training
-    pipe.unet.eval()
+    denoiser = denoiser_of(pipe)
+    was_training = denoiser.training
+    denoiser.eval()
     on = _pixels(generate(pipe, asked, each, steps=steps, guidance=guidance, size=size))
     with disabled(pipe):
         off = _pixels(generate(pipe, asked, each, steps=steps, guidance=guidance, size=size))
-    pipe.unet.train(was_training)
+    denoiser.train(was_training)
     result = {}
     for i, prompt in enumerate(prompts):
         rows = slice(i * len(seeds), (i + 1) * len(seeds))
