@@ -40,7 +40,7 @@ def subject(tmp_path_factory) -> Path:
 
 def _args(subject: Path, out: Path, *extra: str) -> list[str]:
     return ["--model", str(DIGITS_DIT), "--instance-data", str(subject), "--instance-prompt", "a sks digit",
-            "--preset", "transformer.attn", "--steps", "8", "--optimizer", "adamw", "--lr", "3e-3",
+            "--steps", "8", "--optimizer", "adamw", "--lr", "3e-3",
             "--checkpoint-every", "4", "--out", str(out), *FAST, *extra]
 
 
@@ -56,8 +56,11 @@ def test_flow_steps_lower_the_eval_loss(run):
     before, after = metrics["eval_loss_before"], metrics["eval_loss_after"]
     assert after < 0.95 * before, (before, after)
     assert metrics["base"]["arch"] == "sd3" and metrics["base"]["prediction"] == "flow"
+    assert metrics["preset"] == ["transformer.attn"]  # the default on a diffusion transformer
     tensors = container.read(run / "adapter.safetensors")[0]
-    assert tensors and all(k.startswith("transformer.transformer_blocks.") for k in tensors)
+    blocks = [k for k in tensors if k.startswith("transformer.transformer_blocks.")]
+    text = [k for k in tensors if k.startswith(("text_encoder.", "text_encoder_2."))]  # DreamBooth's default
+    assert blocks and text and len(blocks) + len(text) == len(tensors)
 
 
 def test_resume_equals_an_unbroken_run(run, subject, tmp_path):

@@ -53,13 +53,15 @@ def _losses(transformer: nn.Module, batch: FlowBatch, sigmas: torch.Tensor, base
     return flow_losses(spec_of(base), transformer, batch)
 
 
-def _preserve(base: DiffusionBase, transformer: nn.Module, text: TextCache, part: FlowBatch, prompt: str) -> FlowBatch:
-    """`part`'s noisy latents and sigmas with `prompt`'s text; the goal is the base's own prediction there
-    (every adapter off, no gradient), in the loss's space."""
+def _preserve(base: DiffusionBase, transformer: nn.Module, text: TextCache, part: FlowBatch,
+              prompt: str | list[str]) -> FlowBatch:
+    """`part`'s noisy latents and sigmas with `prompt`'s text (one prompt for all, or one per sample); the goal
+    is the base's own prediction there (every adapter off, no gradient), in the loss's space."""
     spec = spec_of(base)
-    emb = text([prompt] * len(part), part.noisy.device)
+    prompts = [prompt] * len(part) if isinstance(prompt, str) else list(prompt)
+    emb = text(prompts, part.noisy.device)
     with torch.no_grad(), disabled(base.pipe):
-        frozen = text([prompt] * len(part), part.noisy.device) if not text.enabled else emb
+        frozen = text(prompts, part.noisy.device) if not text.enabled else emb
         goal = predict(spec, transformer, part, frozen.hidden, frozen.pooled)
     return FlowBatch(part.noisy, part.sigmas, part.timesteps, emb.hidden, emb.pooled, goal.to(part.goal.dtype))
 
@@ -71,6 +73,7 @@ def _eval_loss(base: DiffusionBase, text: TextCache, items, cached, sigmas: torc
 
 FLOW = TrainingFamily(
     denoiser="transformer",
+    preset="transformer.attn",
     text_encoders=lambda base: dict(TEXT_ENCODERS[spec_of(base).family]),
     multiple_of=_multiple_of,
     resolution=_resolution,

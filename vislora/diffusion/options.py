@@ -60,7 +60,8 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     """The adapter, training, validation and output groups, with the recipe's own defaults where they differ
     (docs/defaults.md: a style trains LoCon on the convs and longer; DreamBooth trains the text encoder)."""
     adapt = p.add_argument_group("adapter")
-    adapt.add_argument("--preset", nargs="+", default=["unet.attn"], help="presets or patterns (default unet.attn)")
+    adapt.add_argument("--preset", nargs="+", help="presets or patterns (default: the denoiser's attention, "
+                       "unet.attn on a UNet, transformer.attn on a diffusion transformer)")
     adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
     adapt.add_argument("--conv-rank", type=int, default=conv_rank,

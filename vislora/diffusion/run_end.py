@@ -57,7 +57,8 @@ def finish(args: argparse.Namespace, session: Session, task: Task, state: dict, 
     accelerator, base = session.accelerator, session.base
     out = Path(args.out)
     history = state["history"]
-    summary = {"task": task.name, "base": base.record, "preset": args.preset, "rank": args.rank,
+    summary = {"task": task.name, "base": base.record, "preset": args.preset or [session.family.preset],
+               "rank": args.rank,
                "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
                "preservation": task.preservation,
                "conv_rank": args.conv_rank, "train_text_encoder": args.train_text_encoder, "steps": state["step"],

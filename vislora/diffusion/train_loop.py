@@ -99,7 +99,7 @@ def adapter_targets(base: DiffusionBase, family: TrainingFamily, args: argparse.
     """LoRA on --preset (and the text encoder(s) with --train-text-encoder), LoCon on the UNet convs with
     --conv-rank; checked against the pipeline's components before anything else is done."""
     lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
-    targets: dict[str, dict] = {p: dict(lora) for p in args.preset}
+    targets: dict[str, dict] = {p: dict(lora) for p in args.preset or [family.preset]}
     if args.conv_rank:
         targets["unet.conv"] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
     if args.train_text_encoder:
