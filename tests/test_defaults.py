@@ -24,6 +24,7 @@ from vislora.diffusion.bases import load_pipeline  # noqa: E402
 from vislora.diffusion.pipeline import generate  # noqa: E402
 from vislora.diffusion.triggers import TriggerWarning, check_trigger, pieces, trigger_words  # noqa: E402
 from vislora.recipes import dreambooth_sd  # noqa: E402
+from stopped_runs import stopped_before  # noqa: E402
 
 BASE = SAMPLES / "digits_sd"
 QUIET = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--eval-images", "0"]
@@ -119,7 +120,6 @@ def test_a_trigger_split_into_pieces_warns_and_suggests_single_tokens():
 def test_a_resumed_prodigy_run_equals_an_unbroken_one(tmp_path):
     """Prodigy's own state (its step-size estimate d and the sums behind it) is checkpointed with the rest."""
     import json
-    import shutil
 
     from vislora.formats import container
 
@@ -132,10 +132,7 @@ def test_a_resumed_prodigy_run_equals_an_unbroken_one(tmp_path):
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert dreambooth_sd.main(args(whole)) == 0
-    shutil.copytree(whole, resumed)  # a run stopped after step 3: its folder less what steps 4-6 wrote
-    for name in ("adapter.safetensors", "metrics.json", "metrics.csv", "loss.png"):
-        (resumed / name).unlink()
-    shutil.rmtree(resumed / "checkpoints" / "ckpt-000000006")
+    stopped_before(whole, resumed, 6)  # a run stopped after step 3: its folder less what steps 4-6 wrote
     assert dreambooth_sd.main([*args(resumed), "--resume"]) == 0
     a, b = (container.read(d / "adapter.safetensors")[0] for d in (whole, resumed))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

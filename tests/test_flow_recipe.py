@@ -5,7 +5,6 @@ an adapter file diffusers' SD3 loader reads with the same outputs."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ from PIL import Image
 
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd
+
+from stopped_runs import stopped_before  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_DIT = ROOT / "samples" / "digits_dit"
@@ -64,11 +65,7 @@ def test_flow_steps_lower_the_eval_loss(run):
 
 
 def test_resume_equals_an_unbroken_run(run, subject, tmp_path):
-    out = tmp_path / "resumed"
-    shutil.copytree(run, out)
-    for name in ("adapter.safetensors", "metrics.json", "metrics.csv", "loss.png"):
-        (out / name).unlink()
-    shutil.rmtree(out / "checkpoints" / "ckpt-000000008")
+    out = stopped_before(run, tmp_path / "resumed", 8)
     assert dreambooth_sd.main(_args(subject, out, "--resume")) == 0
     a, b = (container.read(d / "adapter.safetensors")[0] for d in (run, out))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,6 +20,7 @@ from PIL import Image
 from sd_tiny import save_pipeline
 
 import vislora
+from stopped_runs import stopped_before
 from vislora.diffusion.buckets import bucket_sizes
 from vislora.diffusion.captions import scan_captioned
 from vislora.diffusion.latents import TextCache, cache_latents, load_items
@@ -190,11 +191,7 @@ def test_only_missing_class_images_are_generated(dreambooth, world, tmp_path, ca
 
 
 def test_resume_equals_an_unbroken_run(dreambooth, world, tmp_path):
-    out = tmp_path / "resumed"
-    shutil.copytree(dreambooth, out)
-    for name in ("adapter.safetensors", "metrics.json", "metrics.csv", "loss.png"):
-        (out / name).unlink()
-    shutil.rmtree(out / "checkpoints" / "ckpt-000000008")
+    out = stopped_before(dreambooth, tmp_path / "resumed", 8)
     assert dreambooth_sd.main(_dreambooth(world, out, *EVERY_4, "--resume")) == 0
     a, b = (container.read(d / "adapter.safetensors")[0] for d in (dreambooth, out))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
