@@ -148,32 +148,14 @@ def test_inspect_shows_family_and_block_coverage(tmp_path):
 
 def test_inspect_reads_only_the_header_of_a_large_kohya_flux_file(tmp_path):
     """A 1.2 GB kohya Flux.1-dev file (fused layers split on reading) is described from its header alone."""
-    import json
-    import subprocess
-    import sys
-    import textwrap
-
     from dit_files import sparse_kohya_flux
+    from inspect_probe import describe_in_fresh_process
 
     path, small = tmp_path / "big.safetensors", tmp_path / "small.safetensors"
     modules = sparse_kohya_flux(path)
     sparse_kohya_flux(small, rank=1)
     assert path.stat().st_size > 1.1e9
-    probe = textwrap.dedent(f"""
-        import json, resource, time
-        from vislora.tools.inspect import describe
-        def rss():
-            return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
-        describe({str(small)!r})  # what describe imports on first use is not the file's cost
-        before = max(rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        start = time.perf_counter()
-        info = describe({str(path)!r})
-        seconds = time.perf_counter() - start
-        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-        print(json.dumps({{"seconds": seconds, "grew_mb": grew, "info": info}}, default=str))
-    """)
-    out = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                                    text=True).stdout.splitlines()[-1])
+    out = describe_in_fresh_process(path, small)
     print(f"inspect on a {path.stat().st_size / 1e9:.2f} GB kohya Flux file: {out['seconds']:.3f} s, "
           f"RSS +{out['grew_mb']:.0f} MB")
     info = out["info"]

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 from conftest import checksum, tiny_vit
+from inspect_probe import describe_in_fresh_process
 
 import vislora
 import vislora.tools.convert
@@ -303,24 +304,9 @@ def test_inspect_reads_only_the_header_of_a_1gb_file(tmp_path):
     path = _large_header_valid_file(tmp_path / "big.safetensors")
     small = _large_header_valid_file(tmp_path / "small.safetensors", gigabytes=0.001)
     assert path.stat().st_size > 1e9
-    probe = textwrap.dedent(f"""
-        import json, resource, time
-        from vislora.tools.inspect import describe
-        def rss():
-            return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
-        describe({str(small)!r})  # what describe imports on first use is not the file's cost
-        before = max(rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        start = time.perf_counter()
-        info = describe({str(path)!r})
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({{"seconds": seconds, "grew_mb": peak - before, "modules": info["modules"],
-                           "parameters": info["parameters"]}}))
-    """)
-    out = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                                    text=True).stdout.splitlines()[-1])
+    out = describe_in_fresh_process(path, small)
     print(f"inspect on a {path.stat().st_size / 1e9:.2f} GB file: {out['seconds']:.3f} s, RSS +{out['grew_mb']:.0f} MB")
-    assert out["parameters"] * 4 == path.stat().st_size - 8 - struct.unpack("<Q", path.read_bytes()[:8])[0]
+    assert out["info"]["parameters"] * 4 == path.stat().st_size - 8 - struct.unpack("<Q", path.read_bytes()[:8])[0]
     assert out["seconds"] < 1.0
     assert out["grew_mb"] < 100  # the file is 1,000 MB
 
