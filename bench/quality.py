@@ -44,8 +44,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from quality_scores import (GOALS, ROOT, STYLE_MEASURES, legibility, monotone, moved, one_token,  # noqa: E402
-                            pixels_equal, reads, style_value, tile)
+                            pixels_equal, reads, style_value)
 from quality_report import pictures, table  # noqa: E402
+from vislora.train.plots import tile  # noqa: E402
 from digit_scorer import split  # noqa: E402
 from digit_styles import write_style_folder  # noqa: E402
 from digits import DIGIT_WORDS, digit_caption, paper_digits, to_rgb_uint8, write_digits  # noqa: E402

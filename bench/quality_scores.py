@@ -13,7 +13,6 @@ dark ink on light paper; `digits` is the digit each drawing was asked for, [N] i
                                                    1 = the training pictures
     monotone(values) -> bool                       never falls by more than MONOTONE_SLACK of the full move
     one_token(tokenizer, word) -> bool             the tokenizer keeps `word` whole
-    tile(images, columns) -> PIL image             several drawings as one grid cell
 """
 
 from __future__ import annotations
@@ -114,16 +113,3 @@ def pixels_equal(a, b, tolerance: int = 2) -> bool:
     """Two batches of drawings are the same picture for picture, within `tolerance` of 255 per pixel."""
     x, y = (np.stack([np.asarray(im.convert("RGB"), dtype=np.int16) for im in batch]) for batch in (a, b))
     return bool(np.abs(x - y).max() <= tolerance)
-
-
-def tile(images, columns: int = 4, gap: int = 1):
-    """Several drawings as one cell: `columns` across, as many rows as needed, a grey line between them."""
-    from PIL import Image
-
-    images = list(images)
-    w, h = images[0].size
-    rows = -(-len(images) // columns)
-    cell = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), (170, 170, 170))
-    for i, im in enumerate(images):
-        cell.paste(im.convert("RGB"), ((i % columns) * (w + gap), (i // columns) * (h + gap)))
-    return cell

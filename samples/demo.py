@@ -6,7 +6,8 @@ image folder, fine-tunes the base on them with the recipe (LoRA on the attention
 head), then predicts a few held-out images with the adapter file alone. Then samples/demo_sd.py runs the
 Stable Diffusion part on the digits diffusion base: DreamBooth with and without prior preservation, and
 bold and italic style adapters at several strengths, each measured (digit classifier, stroke width, slant).
-Last, samples/demo_blend.py mixes the two style adapters in a 3x3 grid and measures every cell.
+Then samples/demo_blend.py mixes the two style adapters in a 3x3 grid and measures every cell. Last, the same
+recipes with the same defaults train a DreamBooth subject and a bold style on the digits SD3 transformer base.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def main() -> int:
     print(f"try:   .venv/bin/vislora generate --model samples/digits_sd --lora {style.relative_to(ROOT)}/bold/"
           f"adapter.safetensors:0.7 --lora {style.relative_to(ROOT)}/italic/adapter.safetensors:0.5 "
           f"--prompt 'a handwritten digit seven' --n 8 --out runs/demo/seven.png")
+
+    # Diffusion transformers: the same recipes, unchanged defaults, on the digits SD3 base (samples/digits_dit).
+    transformer = "the digits SD3 transformer base"
+    demo_sd.dreambooth(demo_sd.DIGITS_DIT, OUT / "dit" / "dreambooth", variants=("prior",), title=transformer)
+    demo_sd.styles(demo_sd.DIGITS_DIT, OUT / "dit" / "style", names=("bold",), title=transformer)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -41,6 +41,7 @@ from vislora.diffusion.pipeline import generate  # noqa: E402
 from vislora.train.plots import save_grid  # noqa: E402
 
 BASE = ROOT / "samples" / "digits_sd"
+DIGITS_DIT = ROOT / "samples" / "digits_dit"  # the diffusion-transformer base (StableDiffusion3Pipeline)
 OUT = ROOT / "runs" / "demo"
 SUBJECT = 7                   # the digit taught as "sks"
 SUBJECT_PROMPT, CLASS_PROMPT = "a sks digit", "a handwritten digit"
@@ -88,14 +89,17 @@ def subject_folder(root: Path, n: int = 5) -> Path:
     return root
 
 
-def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
-    """Teach the subject with and without prior preservation; measure subject fidelity and drift."""
+def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth", variants: tuple[str, ...] = ("prior", "no_prior"),
+               title: str = "the digits base") -> dict:
+    """Teach the subject with prior preservation and without (`variants`); measure subject fidelity and drift."""
     started = time.perf_counter()
     data = subject_folder(out / "instance")
     prompts = {SUBJECT_PROMPT: SUBJECT, **{f"a handwritten digit {DIGIT_WORDS[d]}": d for d in OTHER_DIGITS}}
     pipe = load_pipeline(str(base)).pipe
     drawn = {"base": {p: _draw(pipe, [p] * N_DRAWN) for p in prompts}}
-    for name, extra in (("prior", ["--prior-preservation", "--class-prompt", CLASS_PROMPT]), ("no_prior", [])):
+    preservation = {"prior": ["--prior-preservation", "--class-prompt", CLASS_PROMPT], "no_prior": []}
+    for name in variants:
+        extra = preservation[name]
         status = dreambooth_sd.main(["--model", str(base), "--instance-data", str(data), "--instance-prompt",
                                      SUBJECT_PROMPT, "--out", str(out / name), *COMMON, *DREAMBOOTH, *extra])
         if status:
@@ -106,9 +110,9 @@ def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
     rates = {k: {p: _share(images, prompts[p]) for p, images in by_prompt.items()} for k, by_prompt in drawn.items()}
     shown = [SUBJECT_PROMPT, *[f"a handwritten digit {DIGIT_WORDS[d]}" for d in (3, 6)]]
     grid = save_grid(out / "compare.png", [drawn[k][p][:8] for k in drawn for p in shown],
-                     [f"{k}: {p}" for k in drawn for p in shown], "DreamBooth on the digits base", scale=2)
-    steps = json.loads((out / "prior" / "metrics.json").read_text())["steps"]
-    print(f"\nDreamBooth: 5 scans of a {SUBJECT} taught as {SUBJECT_PROMPT!r}, the recipe's defaults ({steps} "
+                     [f"{k}: {p}" for k in drawn for p in shown], f"DreamBooth on {title}", scale=2)
+    steps = json.loads((out / variants[0] / "metrics.json").read_text())["steps"]
+    print(f"\nDreamBooth on {title}: 5 scans of a {SUBJECT} taught as {SUBJECT_PROMPT!r}, the recipe's defaults ({steps} "
           f"steps; {N_DRAWN} drawings per prompt, read by the digit classifier)")
     width = len(repr(SUBJECT_PROMPT))
     print(f"  {'model':<31} {'fidelity':>{width}}   preservation: 'a handwritten digit X' draws an X, X =")
@@ -118,19 +122,20 @@ def dreambooth(base: Path = BASE, out: Path = OUT / "dreambooth") -> dict:
         kept = list(by_prompt.values())[1:]
         print(f"  {labels[key]:<31} {100 * by_prompt[SUBJECT_PROMPT]:>{width - 1}.0f}%   " +
               " ".join(f"{100 * r:>3.0f}%" for r in kept) + f"   {100 * min(kept):>4.0f}%")
-    losses = _eval_losses({labels[k].removeprefix("adapter, "): out / k for k in ("prior", "no_prior")})
+    losses = _eval_losses({labels[k].removeprefix("adapter, "): out / k for k in variants})
     print(_eval_line(losses))
-    print(f"  grids: {_relative(grid)}, {_relative(out / 'prior' / 'samples')}/")
+    print(f"  grids: {_relative(grid)}, {_relative(out / variants[0] / 'samples')}/")
     print(f"  ({time.perf_counter() - started:.0f} s)")
     return {"rates": rates, "grid": str(grid), "eval_loss": losses}
 
 
-def styles(base: Path = BASE, out: Path = OUT / "style") -> dict:
-    """Train bold and italic adapters; measure stroke width and slant at strengths 0, 0.5, 1."""
+def styles(base: Path = BASE, out: Path = OUT / "style", names: tuple[str, ...] = ("bold", "italic"),
+           title: str = "the digits base") -> dict:
+    """Train style adapters (bold, italic); measure stroke width and slant at strengths 0, 0.5, 1."""
     started = time.perf_counter()
     pipe = load_pipeline(str(base)).pipe
     results, rows, labels = {}, [], []
-    for style in ("bold", "italic"):
+    for style in names:
         data = write_style_folder(out / f"{style}_data", style, per_digit=8)
         status = style_sd.main(["--model", str(base), "--data", str(data), "--out", str(out / style), *COMMON, *STYLE])
         if status:
@@ -145,16 +150,15 @@ def styles(base: Path = BASE, out: Path = OUT / "style") -> dict:
             rows.append(images[:10])
             labels.append(f"{style} at strength {strength:g}")
         vislora.remove(pipe, style)
-    grid = save_grid(out / "strengths.png", rows, labels, "style adapters at strength 0, 0.5, 1", scale=2)
-    print(f"\nStyle: bold and italic adapters from {8 * 10} captioned pictures each "
+    grid = save_grid(out / "strengths.png", rows, labels, f"style adapters on {title} at strength 0, 0.5, 1", scale=2)
+    print(f"\nStyle on {title}: {' and '.join(names)} adapters from {8 * 10} captioned pictures each "
           f"({N_DRAWN} drawings per row, digits 0-9)")
     print(f"  {'adapter':<8} {'strength':>8} {'stroke width (px)':>18} {'slant (deg)':>12} {'read as asked':>14}")
     for (style, strength), (width, lean, readable) in results.items():
         print(f"  {style:<8} {strength:>8g} {width:>18.2f} {lean:>12.1f} {100 * readable:>13.0f}%")
-    losses = _eval_losses({style: out / style for style in ("bold", "italic")})
+    losses = _eval_losses({style: out / style for style in names})
     print(_eval_line(losses))
-    print(f"  adapters: {_relative(out / 'bold' / 'adapter.safetensors')}, "
-          f"{_relative(out / 'italic' / 'adapter.safetensors')}")
+    print("  adapters: " + ", ".join(_relative(out / style / "adapter.safetensors") for style in names))
     print(f"  grid: {_relative(grid)}  ({time.perf_counter() - started:.0f} s)")
     return {"results": {f"{s} {k:g}": v for (s, k), v in results.items()}, "grid": str(grid), "eval_loss": losses}
 

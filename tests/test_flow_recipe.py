@@ -96,3 +96,21 @@ def test_diffusers_loads_the_trained_file_with_the_same_outputs(run):
             x, text, pooled, t).sample
     assert (a - base).abs().max() > 1e-4  # the adapter changes the output
     assert (a - b).abs().max() < 1e-5
+
+
+def test_a_style_on_a_transformer_trains_no_conv(subject, tmp_path, capsys):
+    """The style recipe's LoCon default is for a UNet's convs: on a transformer it trains the attention only,
+    and --conv-rank given there is refused in one line, before any training."""
+    from vislora.recipes import style_sd
+
+    out = tmp_path / "style"
+    assert style_sd.main(["--model", str(DIGITS_DIT), "--data", str(subject), "--caption", "a bold digit",
+                          "--steps", "2", "--out", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["conv_rank"] == 0 and metrics["preset"] == ["transformer.attn"]
+    assert all(k.startswith("transformer.transformer_blocks.") for k in container.read(out / "adapter.safetensors")[0])
+    capsys.readouterr()
+    assert style_sd.main(["--model", str(DIGITS_DIT), "--data", str(subject), "--caption", "a bold digit",
+                          "--conv-rank", "2", "--steps", "2", "--out", str(tmp_path / "refused"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no convs" in err[0] and not (tmp_path / "refused" / "adapter.safetensors").exists()

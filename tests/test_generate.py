@@ -124,13 +124,15 @@ def test_blend_demo_grid_and_measures(model_dir, tmp_path, capsys):
     from demo_blend import blend_grid
 
     measures = blend_grid(model_dir / "bold/adapter.safetensors", model_dir / "italic/adapter.safetensors",
-                          model=model_dir / "pipe", steps=1, values=(0.0, 1.0), samples=2, out=tmp_path)
+                          model=model_dir / "pipe", steps=1, values=(0.0, 1.0), digits=(2, 7), out=tmp_path)
     assert set(measures) == {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)}
     assert all(np.isfinite(v).all() for v in measures.values())
     assert measures[0.0, 0.0] != measures[1.0, 1.0]  # the adapters change the images
     text = capsys.readouterr().out
     assert "stroke width (px) / slant (deg)" in text and "italic=1" in text
-    assert json.loads(_png(tmp_path / "grid.png").text["vislora"])["grid"][0] == ["bold", [0.0, 1.0]]
+    sheet = _png(tmp_path / "grid.png")
+    assert json.loads(sheet.text["vislora"])["grid"][0] == ["bold", [0.0, 1.0]]
+    assert sheet.width >= 2 * 3 * (2 * 32 + 1)  # two cells across, each two drawings side by side, 3x larger
 
 
 def test_pickled_or_missing_model_is_one_error_line(model_dir, tmp_path, capsys):

@@ -19,8 +19,9 @@ pytest.importorskip("sklearn")
 from digit_scorer import split  # noqa: E402
 from digit_styles import INVERSES, STYLES  # noqa: E402
 from digits import paper_digits  # noqa: E402
-from quality_scores import (legibility, monotone, moved, one_token, reads, style_value,  # noqa: E402
-                            tile)
+from quality_scores import legibility, monotone, moved, one_token, reads, style_value  # noqa: E402
+
+from vislora.train.plots import tile  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,9 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
                        "unet.attn on a UNet, transformer.attn on a diffusion transformer)")
     adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
-    adapt.add_argument("--conv-rank", type=int, default=conv_rank,
-                       help="LoCon on the UNet convs with this rank (0: none)")
+    adapt.add_argument("--conv-rank", type=int, help=f"LoCon on the UNet convs with this rank (0: none; default "
+                       f"{conv_rank} on a UNet, none on a diffusion transformer)")
+    p.set_defaults(unet_conv_rank=conv_rank)
     adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
     adapt.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=train_text_encoder,
                        help=f"also LoRA on the text encoder(s) (default: {'on' if train_text_encoder else 'off'})")

@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import UsageError
 from ..inject import inject, trainable_parameters
 from ..train import runfolder, verdict
 from ..train.metrics import peak_rss_mb
@@ -100,8 +101,12 @@ def adapter_targets(base: DiffusionBase, family: TrainingFamily, args: argparse.
     --conv-rank; checked against the pipeline's components before anything else is done."""
     lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
     targets: dict[str, dict] = {p: dict(lora) for p in args.preset or [family.preset]}
-    if args.conv_rank:
-        targets["unet.conv"] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
+    rank = family.conv_rank(args)
+    if rank:
+        if family.conv_preset is None:
+            raise UsageError(f"--conv-rank {rank}: this {family.denoiser} has no convs to adapt (LoCon is for "
+                             "UNets); leave --conv-rank out")
+        targets[family.conv_preset] = {"rank": rank, "alpha": args.conv_alpha or rank}
     if args.train_text_encoder:
         for preset in family.text_encoders(base).values():
             targets[preset] = dict(lora)

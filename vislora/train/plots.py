@@ -72,3 +72,14 @@ def image_grid(rows: list[list[Image.Image]], row_labels: list[str], title: str 
 def save_grid(path: Path, rows: list[list[Image.Image]], row_labels: list[str], title: str = "",
               scale: int = 1) -> Path:
     return save_png(path, image_grid(rows, row_labels, title, scale))
+
+
+def tile(images: list[Image.Image], columns: int = 4, gap: int = 1) -> Image.Image:
+    """Several drawings as one cell: `columns` across, as many rows as needed, a grey line between them."""
+    images = list(images)
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    cell = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), (170, 170, 170))
+    for i, im in enumerate(images):
+        cell.paste(im.convert("RGB"), ((i % columns) * (w + gap), (i // columns) * (h + gap)))
+    return cell
