@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,8 +75,9 @@ class Scorecard:
         self.args, self.out = args, Path(args.out).resolve()
         args.base = str(Path(args.base).resolve())  # the training processes run in the repository root
         self.n_fidelity, self.n_preserve, self.n_style = (16, 8, 30) if args.quick else (32, 16, 50)
-        self.common = ["--no-progress", *(["--threads", str(args.threads)] if args.threads else [])]
-        self.results: dict = {"runs": {}, "base": {}}
+        self.common = ["--no-progress", *(["--threads", str(args.threads)] if args.threads else []),
+                       *shlex.split(args.recipe_flags)]
+        self.results: dict = {"runs": {}, "base": {}, "recipe_flags": args.recipe_flags}
         import torch
 
         torch.set_num_threads(1)  # drawing 32 px digits gains nothing from a second thread on shared cores
@@ -362,6 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="score runs already trained under OUT/runs instead of "
                    "training them again (their seconds are those recorded when they were trained)")
     p.add_argument("--keep", action="store_true", help="add to OUT/quality.json instead of starting afresh")
+    p.add_argument("--recipe-flags", default="", help="flags added to every vislora training, to measure an "
+                   "alternative to the defaults (e.g. \"--preset transformer.blocks\"); the scorecard passes none")
     p.add_argument("--threads", type=int, default=1, help="per training process (default 1: shared cores)")
     p.add_argument("--pictures", help="also copy the sample grids to this folder (e.g. docs/quality)")
     p.add_argument("--report-from", nargs="+", metavar="OUT", help="train nothing: merge these folders' "

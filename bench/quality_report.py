@@ -152,6 +152,8 @@ def pictures(results: dict, folder: Path, copy_to: str | None = None) -> list[Pa
     for name, (mine, cells, title) in plans.items():
         if not mine:
             continue
+        if not any(c.startswith("peer") for r in mine for c in r["cells"]):  # a vislora-only scorecard
+            title = title.replace(" | peer at 0.5, 1", "").replace(" | peer", "")
         rows, labels = [], []
         for r in mine:
             rows.append([ImageOps.expand(Image.open(r["cells"][c]), border=4, fill="white")  # a margin between cells
