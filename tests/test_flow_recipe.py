@@ -99,16 +99,18 @@ def test_diffusers_loads_the_trained_file_with_the_same_outputs(run):
 
 
 def test_a_style_on_a_transformer_trains_no_conv(subject, tmp_path, capsys):
-    """The style recipe's LoCon default is for a UNet's convs: on a transformer it trains the attention only,
-    and --conv-rank given there is refused in one line, before any training."""
+    """The style recipe's LoCon default is for a UNet's convs: on a transformer a style trains the blocks'
+    attention and feed-forwards (transformer.blocks), and --conv-rank given there is refused in one line."""
     from vislora.recipes import style_sd
 
     out = tmp_path / "style"
     assert style_sd.main(["--model", str(DIGITS_DIT), "--data", str(subject), "--caption", "a bold digit",
                           "--steps", "2", "--out", str(out), *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["conv_rank"] == 0 and metrics["preset"] == ["transformer.attn"]
-    assert all(k.startswith("transformer.transformer_blocks.") for k in container.read(out / "adapter.safetensors")[0])
+    assert metrics["conv_rank"] == 0 and metrics["preset"] == ["transformer.blocks"]
+    keys = list(container.read(out / "adapter.safetensors")[0])
+    assert all(k.startswith("transformer.transformer_blocks.") for k in keys)
+    assert any(".ff." in k for k in keys) and any(".attn.to_q." in k for k in keys)
     capsys.readouterr()
     assert style_sd.main(["--model", str(DIGITS_DIT), "--data", str(subject), "--caption", "a bold digit",
                           "--conv-rank", "2", "--steps", "2", "--out", str(tmp_path / "refused"), *FAST]) == 2

@@ -32,6 +32,9 @@ class TrainingFamily:
     denoiser:        the name of the pipeline component the adapters train and the loss calls ("unet"); it
                      also names its parameters in checkpoints
     preset:          the adapter preset trained when --preset is not given (the denoiser's attention)
+    style_preset:    the preset a style trains when --preset is not given: a style reshapes every drawing, so
+                     more of the denoiser than a subject needs (a transformer's feed-forwards too; a UNet's
+                     convs come through conv_preset)
     conv_preset:     the preset --conv-rank trains with LoCon (the UNet's convs); None where the denoiser has
                      no convs to adapt (a transformer's only conv is its patch embedding)
     text_encoders:   the text encoder components --train-text-encoder trains, each with its adapter preset
@@ -49,6 +52,7 @@ class TrainingFamily:
 
     denoiser: str
     preset: str
+    style_preset: str
     conv_preset: str | None
     text_encoders: Callable[[DiffusionBase], dict[str, str]]
     multiple_of: Callable[[DiffusionBase], int]
@@ -60,6 +64,10 @@ class TrainingFamily:
     preserve: Callable[[DiffusionBase, nn.Module, TextCache, object, str | list[str]], object]
     eval_loss: Callable[..., float]
     zero_loss: Callable[[float], float]
+
+    def presets(self, args) -> list[str]:
+        """--preset, or else the family's default for the recipe's task."""
+        return list(args.preset or [self.style_preset if args.task == "style" else self.preset])
 
     def conv_rank(self, args) -> int:
         """--conv-rank, or else the recipe's default where the denoiser has convs (none on a transformer)."""
@@ -92,6 +100,7 @@ def _unet_eval_loss(base: DiffusionBase, text: TextCache, items: Items, cached, 
 UNET = TrainingFamily(
     denoiser="unet",
     preset="unet.attn",
+    style_preset="unet.attn",
     conv_preset="unet.conv",
     text_encoders=lambda base: {"text_encoder": "text.attn",
                                 **({"text_encoder_2": "text2.attn"} if base.is_sdxl else {})},

@@ -61,7 +61,8 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     (docs/defaults.md: a style trains LoCon on the convs and longer; DreamBooth trains the text encoder)."""
     adapt = p.add_argument_group("adapter")
     adapt.add_argument("--preset", nargs="+", help="presets or patterns (default: the denoiser's attention, "
-                       "unet.attn on a UNet, transformer.attn on a diffusion transformer)")
+                       "unet.attn on a UNet, transformer.attn on a diffusion transformer; a style trains "
+                       "transformer.blocks there, the feed-forwards too)")
     adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
     adapt.add_argument("--conv-rank", type=int, help=f"LoCon on the UNet convs with this rank (0: none; default "

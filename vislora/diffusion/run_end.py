@@ -57,7 +57,7 @@ def finish(args: argparse.Namespace, session: Session, task: Task, state: dict, 
     accelerator, base = session.accelerator, session.base
     out = Path(args.out)
     history = state["history"]
-    summary = {"task": task.name, "base": base.record, "preset": args.preset or [session.family.preset],
+    summary = {"task": task.name, "base": base.record, "preset": session.family.presets(args),
                "rank": args.rank,
                "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
                "preservation": task.preservation,

@@ -100,7 +100,7 @@ def adapter_targets(base: DiffusionBase, family: TrainingFamily, args: argparse.
     """LoRA on --preset (and the text encoder(s) with --train-text-encoder), LoCon on the UNet convs with
     --conv-rank; checked against the pipeline's components before anything else is done."""
     lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
-    targets: dict[str, dict] = {p: dict(lora) for p in args.preset or [family.preset]}
+    targets: dict[str, dict] = {p: dict(lora) for p in family.presets(args)}
     rank = family.conv_rank(args)
     if rank:
         if family.conv_preset is None:
