@@ -1,6 +1,7 @@
-"""The diffusion recipes' defaults learn on the shipped digits base with nothing tuned (docs/defaults.md):
-a DreamBooth subject is drawn by its trigger while the other digits keep their prompts, and a style moves
-the drawings toward its training pictures while they stay legible. Also the trigger-word warning."""
+"""The diffusion recipes' defaults learn on the two shipped digits bases, the UNet and the SD3 transformer,
+with nothing tuned (docs/defaults.md): a DreamBooth subject is drawn by its trigger while the other digits
+keep their prompts, and a style moves the drawings toward its training pictures while they stay legible.
+Also the trigger-word warning."""
 
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ BASE = SAMPLES / "digits_sd"
 QUIET = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "--eval-images", "0"]
 N, STEPS, GUIDANCE = 32, 10, 5.0
 SUBJECT = 5
-# What the defaults reach here, with a margin for 32 drawings per prompt. This test's own runs measured fidelity
-# 0.72, the other digits 0.99 mean and 0.94 worst (digit 3); bold (80 pictures) 54% of the way, legible 1.0.
-# The preservation goals are asserted; the scorecard's fidelity (0.9) and style (80% of the way) goals are not
-# reached yet (docs/defaults.md).
-FIDELITY, PRESERVED_MEAN, PRESERVED_WORST = 0.55, 0.9, 0.75
-STYLE_MOVED, LEGIBLE = 0.45, 0.85
+# What the defaults reach on each base, with a margin for 32 drawings per prompt: (fidelity, other digits' mean,
+# their worst, bold's share of the way). On the UNet this test's own runs measured fidelity 0.72, the other
+# digits 0.99 mean and 0.94 worst (digit 3), bold (80 pictures) 54% of the way; on the transformer every
+# scorecard goal of DreamBooth (1.0 / 1.0 / 1.0 measured), bold 64% of the way. The scorecard's fidelity goal
+# (0.9) on the UNet and its style goal (80% of the way) are not reached (docs/defaults.md).
+REACHED = {"digits_sd": (0.55, 0.9, 0.75, 0.45), "digits_dit": (0.9, 0.9, 0.75, 0.45)}
+LEGIBLE = 0.85
 
 
 def _draw(pipe, prompts: list[str]) -> np.ndarray:
@@ -54,15 +56,21 @@ def _subject(folder: Path, digit: int) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", params=sorted(REACHED))
+def base(request) -> Path:
+    return SAMPLES / request.param
+
+
 @pytest.fixture(scope="module")
-def pipe():
+def pipe(base):
     torch.set_num_threads(2)
-    return load_pipeline(str(BASE)).pipe
+    return load_pipeline(str(base)).pipe
 
 
-def test_dreambooth_defaults_learn_the_subject_and_keep_the_other_digits(pipe, tmp_path):
+def test_dreambooth_defaults_learn_the_subject_and_keep_the_other_digits(base, pipe, tmp_path):
+    fidelity_least, mean_least, worst_least, _ = REACHED[base.name]
     data = _subject(tmp_path / "subject", SUBJECT)
-    assert dreambooth_sd.main(["--model", str(BASE), "--instance-data", str(data), "--instance-prompt",
+    assert dreambooth_sd.main(["--model", str(base), "--instance-data", str(data), "--instance-prompt",
                                "a sks digit", "--prior-preservation", "--class-prompt", "a handwritten digit",
                                "--out", str(tmp_path / "run"), *QUIET]) == 0
     vislora.load_adapter(pipe, tmp_path / "run" / "adapter.safetensors", name="subject")
@@ -73,15 +81,15 @@ def test_dreambooth_defaults_learn_the_subject_and_keep_the_other_digits(pipe, t
         kept = (drawn.reshape(len(others), N) == np.array(others)[:, None]).mean(axis=1)
     finally:
         vislora.remove(pipe, "subject")
-    print("MEASURED dreambooth", fidelity, dict(zip(others, kept)))
-    assert fidelity >= FIDELITY, fidelity
-    assert kept.mean() >= PRESERVED_MEAN and kept.min() >= PRESERVED_WORST, dict(zip(others, kept))
+    print("MEASURED dreambooth", base.name, fidelity, dict(zip(others, kept)))
+    assert fidelity >= fidelity_least, fidelity
+    assert kept.mean() >= mean_least and kept.min() >= worst_least, dict(zip(others, kept))
 
 
-def test_style_defaults_move_toward_the_pictures_and_stay_legible(pipe, tmp_path):
+def test_style_defaults_move_toward_the_pictures_and_stay_legible(base, pipe, tmp_path):
     caption = "a handwritten digit {word} in bold style"
     data = write_style_folder(tmp_path / "bold", "bold", per_digit=8, template=caption)
-    assert dreambooth_sd.main(["--model", str(BASE), "--data", str(data), "--out", str(tmp_path / "run"), *QUIET],
+    assert dreambooth_sd.main(["--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"), *QUIET],
                               task="style") == 0
     asked = np.arange(N) % 10
     prompts = [caption.format(word=DIGIT_WORDS[d]) for d in asked]
@@ -98,9 +106,9 @@ def test_style_defaults_move_toward_the_pictures_and_stay_legible(pipe, tmp_path
     width = {k: float(np.mean(stroke_width(v))) for k, v in drawn.items()}
     paper, _ = paper_digits(32)
     target = float(np.mean(stroke_width(STYLES["bold"](paper[:300]))))  # the training pictures' stroke width
-    print("MEASURED style", width, target)
+    print("MEASURED style", base.name, width, target)
     assert width[0.0] < width[0.5] < width[1.0]
-    assert (width[1.0] - width[0.0]) / (target - width[0.0]) >= STYLE_MOVED, (width, target)
+    assert (width[1.0] - width[0.0]) / (target - width[0.0]) >= REACHED[base.name][3], (width, target)
     assert float((classify(drawn[1.0]) == asked).mean()) >= LEGIBLE
 
 

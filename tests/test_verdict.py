@@ -65,6 +65,7 @@ def test_diffusion_learned_reports_its_numbers():
 @pytest.mark.parametrize("kw, flag", [
     (dict(eval_after=0.06399, moved=0.0001, toward=0.0), "--lr"),       # nothing moved: the step is too small
     (dict(eval_after=0.060, moved=0.04, toward=0.06), "--steps"),       # the loss falls, the samples lag
+    (dict(eval_after=0.06399, moved=0.09, toward=-0.2), "--lr"),       # moved a little, and not closer
     (dict(eval_after=0.06399, moved=0.01, toward=None), "--lr"),        # no training pictures to compare
 ])
 def test_diffusion_barely_changed_names_the_flag(kw, flag):
@@ -133,3 +134,10 @@ def test_diffusion_without_an_eval_loss_judges_by_the_samples():
     assert v.outcome == LEARNED and v.reason.startswith("samples moved 0.2700")
     still = _diffusion(eval_before=None, eval_after=None, moved=0.001)
     assert still.flag == "--lr" and still.reason.startswith("samples moved 0.0010")
+
+
+def test_samples_that_moved_far_changed_whichever_way_they_went():
+    """A few-step sampler's drawings need not come closer to any training picture: moving them this much is
+    a change, not 'barely changed'."""
+    v = _diffusion(eval_after=0.06399, moved=0.18, toward=-0.18)
+    assert v.outcome == "learned" and "-18% closer" in v.reason

@@ -37,6 +37,8 @@ LOSS_LEARNED = 0.10     # while the eval loss fell less than this share (a strok
                         # stroke a little: the drawings keep their shapes, so they come no closer pixel by pixel
                         # to other pictures of the style, while the loss on those pictures falls by a fifth; a
                         # subject the base already drew now and then: -11%, 6% closer, drawn 81% of the time)
+CHANGED = 0.10          # samples that move more than this changed, whichever way: not "barely changed" for
+                        # coming no closer (a few-step sampler's drawings need not resemble any training picture)
 COLLAPSE = 0.25         # samples' spread across seeds below this share of the base's: collapsed
 LOSS_MOVED = 0.05       # eval loss fell less than this share: the step size is the problem (--lr), else --steps
 # At the end, classification.
@@ -142,7 +144,8 @@ def diffusion_verdict(*, eval_before: float | None, eval_after: float | None, mo
     if toward is not None:
         moved_text += f", {100 * toward:.0f}% closer to the training pictures"
     small = [f"moved under {MOVED}"] if moved is not None and moved < MOVED else []
-    lagging = toward is not None and toward < TOWARD and (change is None or -change < LOSS_LEARNED)
+    lagging = (toward is not None and toward < TOWARD and (change is None or -change < LOSS_LEARNED)
+               and (moved is None or moved < CHANGED))
     small += [f"closer by under {100 * TOWARD:.0f}%"] if lagging else []
     if small:
         flag, now = ("--lr", f"{lr:g}") if change is None or -change < LOSS_MOVED else ("--steps", str(steps))
