@@ -33,10 +33,11 @@ N, STEPS, GUIDANCE = 32, 10, 5.0
 SUBJECT = 5
 # What the defaults reach on each base, with a margin for 32 drawings per prompt: (fidelity, other digits' mean,
 # their worst, bold's share of the way). On the UNet this test's own runs measured fidelity 0.72, the other
-# digits 0.99 mean and 0.94 worst (digit 3), bold (80 pictures) 54% of the way; on the transformer every
-# scorecard goal of DreamBooth (1.0 / 1.0 / 1.0 measured), bold 64% of the way. The scorecard's fidelity goal
-# (0.9) on the UNet and its style goal (80% of the way) are not reached (docs/defaults.md).
-REACHED = {"digits_sd": (0.55, 0.9, 0.75, 0.45), "digits_dit": (0.9, 0.9, 0.75, 0.45)}
+# digits 0.99 mean and 0.94 worst (digit 3), bold (80 pictures) 54% of the way; on the transformer fidelity
+# 1.0, the other digits 0.97 mean and 0.75 worst ("eight"; 0.88 at worst over the scorecard's ten subjects).
+# The scorecard's fidelity goal (0.9) on the UNet and its style goal (80% of the way) are not reached on
+# either base (docs/defaults.md).
+REACHED = {"digits_sd": (0.55, 0.9, 0.75, 0.45), "digits_dit": (0.9, 0.9, 0.6, 0.45)}
 LEGIBLE = 0.85
 
 
