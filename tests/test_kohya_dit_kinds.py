@@ -149,6 +149,18 @@ def test_dora_per_input_column_on_a_fused_layer_is_refused_and_elsewhere_loads(t
     assert (run(model, "Flux.1") - run(tiny("Flux.1"), "Flux.1")).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("parts", [
+    {"hada_w1_a": (48, 2), "hada_w1_b": (2, 16), "hada_w2_a": (40, 2), "hada_w2_b": (2, 16)},  # rows disagree
+    {"lokr_w1": (5, 4), "lokr_w2_a": (7, 2), "lokr_w2_b": (2, 4)},  # kron of 35 rows, qkv has 48
+    {"lora_down.weight": (2, 16), "lora_up.weight": (48, 2), "dora_scale": (40, 1)},
+], ids=["loha", "lokr", "dora"])
+def test_malformed_factors_on_a_fused_layer_are_a_shape_error(parts):
+    tensors = {f"lora_unet_double_blocks_0_img_attn_qkv.{k}": torch.randn(v) for k, v in parts.items()}
+    with pytest.raises(AdapterFormatError) as e:
+        kohya.read(tensors, {}, "x")
+    assert e.value.category == "shape-mismatch"
+
+
 def test_other_kinds_fuse_on_writing_only_where_one_module_has_their_effect(tmp_path):
     """Split LoHa parts trained apart share no factors: no one LoHa is their sum, so kohya names refuse them
     (--to lycoris keeps them); full weights always stack."""

@@ -28,9 +28,13 @@ def is_flux2(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> boo
     `modelspec.architecture`."""
     for name, w in modules.items():
         for rx, ratio in _FLUX2_WIDE:
-            rows = row_blocks.out_rows(w) if rx.match(name) else None
-            if rows is not None:
-                return rows == ratio * KINDS[w.kind].in_features(w.factors)
+            if rx.match(name):
+                try:
+                    rows = row_blocks.out_rows(w)
+                except row_blocks.Malformed:  # reading reports it
+                    continue
+                if rows is not None:
+                    return rows == ratio * KINDS[w.kind].in_features(w.factors)
     named = family_named(metadata)
     return named is not None and named.name == "Flux.2"
 

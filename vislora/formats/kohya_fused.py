@@ -10,8 +10,9 @@ only its columns (`down[C_j]`, `up[rows_j, C_j]`, alpha scaled by |C_j| / R so t
 every part shares the whole down (rank R, same alpha). Both give each part's delta exactly; a LoRA part whose
 rows are all zero is left out (its delta is zero; not with DoRA, whose magnitude still rescales the rows).
 Writing fuses split LoRAs exactly: downs stacked, ups block-diagonal, ranks summed, alpha = scale * R (parts
-with another scale get it folded into their up). So split -> fused -> split is bit-exact when the parts share
-a scale (as one training run's do). Other kinds fuse only where one module has exactly the parts' effect
+with another scale get it folded into their up); parts that share one down (read from a LoRA trained fused)
+stack back to it. So split -> fused -> split is bit-exact when the parts share a scale (as one training
+run's do). Other kinds fuse only where one module has exactly the parts' effect
 (row_blocks.stack: full weights, or parts that share every factor but their rows, as a split file's do); else
 writing is refused. Unfused layers map 1:1 and keep any kind. adaLN layers whose (shift, scale) halves
 diffusers stores swapped are swapped row-wise on the way in and out, any kind.
@@ -91,12 +92,14 @@ def _split(name: str, w: ModuleWeights, layer: Layer, path: str) -> list[ModuleW
         sizes = [m * _width(w) for m in layer.rows]
         rows = row_blocks.out_rows(w)
         if rows is not None and sum(sizes) != rows:
-            raise AdapterFormatError(f"module {name!r}: {rows} output rows, but its parts need "
-                                     f"{' + '.join(map(str, sizes))}", path=path, category="shape-mismatch")
+            raise row_blocks.Malformed(f"{rows} output rows, but its parts need {' + '.join(map(str, sizes))}")
         parts = row_blocks.cut(w, sizes)
+    except row_blocks.Malformed as e:
+        raise AdapterFormatError(f"module {name!r}: {e}", path=path, category="shape-mismatch") from None
     except ValueError as e:
-        raise AdapterFormatError(f"module {name!r} is fused ({', '.join(layer.parts)}); a {w.kind} adapter on it "
-                                 f"cannot be split exactly: {e}", path=path, category="unsupported-kind") from None
+        how = "is fused" if len(layer.parts) > 1 else "has its halves swapped in"
+        raise AdapterFormatError(f"module {name!r} {how} ({', '.join(layer.parts)}); a {w.kind} adapter on it "
+                                 f"cannot be cut by rows exactly: {e}", path=path, category="unsupported-kind") from None
     return _own_columns(parts) if w.kind == "lora" else parts
 
 

@@ -18,6 +18,10 @@ from ..functional import KINDS
 from .adapter import ModuleWeights
 
 
+class Malformed(ValueError):
+    """Factors whose shapes do not agree (a malformed file), as against an adapter that has no exact cut."""
+
+
 def _rows(w: ModuleWeights) -> tuple[tuple[str, ...], int] | None:
     """(row factors present, output rows per factor row), or None where the kind's rows are mixed."""
     found = getattr(KINDS[w.kind], "output_rows", lambda f: None)(w.factors)
@@ -25,9 +29,15 @@ def _rows(w: ModuleWeights) -> tuple[tuple[str, ...], int] | None:
 
 
 def out_rows(w: ModuleWeights) -> int | None:
-    """delta W's output rows, from the factors' shapes (None where the kind does not say)."""
+    """delta W's output rows, from the factors' shapes (None where the kind does not say). ValueError where
+    the row factors disagree (a malformed file)."""
     found = _rows(w)
-    return None if found is None else w.factors[found[0][0]].shape[0] * found[1]
+    if found is None:
+        return None
+    rows = {w.factors[n].shape[0] * found[1] for n in found[0]}
+    if len(rows) > 1:
+        raise Malformed(f"its {', '.join(found[0])} disagree on the output rows ({sorted(rows)})")
+    return rows.pop()
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -48,7 +58,7 @@ def _magnitudes(w: ModuleWeights, sizes: list[int]) -> list[torch.Tensor | None]
                          "wd_on_output=False): each column's norm spans every part's rows, so no part's "
                          "decomposition is its own")
     if m.shape[0] != sum(sizes) or any(d != 1 for d in m.shape[1:]):
-        raise ValueError(f"its DoRA magnitude {tuple(m.shape)} does not have its {sum(sizes)} output rows")
+        raise Malformed(f"its DoRA magnitude {tuple(m.shape)} does not have its {sum(sizes)} output rows")
     return list(torch.split(m, sizes))
 
 
@@ -60,7 +70,10 @@ def delta(w: ModuleWeights, rows: int) -> torch.Tensor:
     if any(t.is_meta for t in w.factors.values()):  # a header-only read: small factors have values, large not
         return torch.empty(rows, kind.in_features(w.factors), dtype=dtype, device="meta")
     factors = {n: t.to(dtype) for n, t in w.factors.items()}
-    return (kind.delta_weight(factors, None) * w.scale).reshape(rows, -1)
+    try:
+        return (kind.delta_weight(factors, None) * w.scale).reshape(rows, -1)
+    except RuntimeError as e:  # factors that do not multiply (a malformed file)
+        raise Malformed(f"its factors do not make a [{rows}, ...] weight: {e}") from None
 
 
 def cut(w: ModuleWeights, sizes: list[int]) -> list[ModuleWeights]:
