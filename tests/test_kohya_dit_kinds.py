@@ -13,6 +13,7 @@ import torch
 
 import vislora
 from dit_models import run, tiny
+import kohya_files
 from kohya_files import module_parts, with_dora
 from vislora.errors import AdapterFormatError
 from vislora.formats import container, kohya
@@ -76,11 +77,12 @@ def _file(tmp_path, family: str, kind: str):
     hand: (file path, expected model, file tensors)."""
     model, expected = tiny(family), tiny(family)
     base, dora = kind.partition("+")[::2]
+    kohya_files._gen.manual_seed(3)  # the same factors whichever tests ran before
     tensors = {}
     for name, parts in LAYERS[family].items():
         swap = "adaLN" in name
         weight, bias = _fused(model, parts, swap)
-        file_parts = module_parts(base, tuple(weight.shape), rank=2)
+        file_parts = {k: v if k == "alpha" else 2 * v for k, v in module_parts(base, tuple(weight.shape), 2).items()}
         if dora:
             file_parts = with_dora(file_parts, weight.float(), "out")
         tensors.update({f"{name}.{k}": v for k, v in file_parts.items()})
@@ -106,7 +108,7 @@ def _file(tmp_path, family: str, kind: str):
 def test_lycoris_kinds_on_fused_layers_load_as_the_fused_delta_split_by_hand(tmp_path, family, kind):
     path, expected, tensors = _file(tmp_path, family, kind)
     want = run(expected, family)
-    assert (want - run(tiny(family), family)).abs().max() > 1e-3
+    assert (want - run(tiny(family), family)).abs().max() > 1e-2
     model = tiny(family)
     report = vislora.load_adapter(model, path)
     assert not report.unmatched
