@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 
+from ..functional import KINDS
 from ..targets.families import MODELSPEC_KEY, family_named, family_of
-from . import kohya_flux, kohya_fused, kohya_sd3
+from . import kohya_flux, kohya_fused, kohya_sd3, row_blocks
 from .adapter import ModuleWeights
 
 # family (targets.families) -> its kohya name map.
@@ -27,8 +28,13 @@ def is_flux2(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> boo
     `modelspec.architecture`."""
     for name, w in modules.items():
         for rx, ratio in _FLUX2_WIDE:
-            if rx.match(name) and w.kind == "lora":
-                return w.factors["up"].shape[0] == ratio * w.factors["down"].shape[1]
+            if rx.match(name):
+                try:
+                    rows = row_blocks.out_rows(w)
+                except row_blocks.Malformed:  # reading reports it
+                    continue
+                if rows is not None:
+                    return rows == ratio * KINDS[w.kind].in_features(w.factors)
     named = family_named(metadata)
     return named is not None and named.name == "Flux.2"
 
@@ -52,7 +58,7 @@ def write(modules: dict[str, ModuleWeights], metadata: dict[str, str], naming: s
     """Transformer modules under kohya names, or None when the adapter is not of a mapped family (by its
     names, else by its `modelspec.architecture`, which adapter files taken from a model carry: q/v alone do
     not tell Flux.1 from SD3). naming "kohya": the original layout's names, fused where the original layer
-    is (LoRA only there); "lycoris": `lycoris_` + the diffusers path, one module each, any kind (what
+    is (other kinds only where one module has the parts' exact effect); "lycoris": `lycoris_` + the diffusers path, one module each, any kind (what
     LyCORIS' wrapper writes on a diffusers transformer: SimpleTuner's files). Names already in a kohya
     form stay."""
     sections = NAME_MAPS.get(_family(modules, metadata))

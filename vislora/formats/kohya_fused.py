@@ -2,15 +2,20 @@
 (Flux `img_attn_qkv`, `single_blocks_N_linear1` = q, k, v and the MLP input; SD3 `attn_qkv`) is several
 diffusers layers. A family's map (`kohya_flux`, `kohya_sd3`) is a table; this module does the exact maths.
 
-Reading splits a fused LoRA by output rows. The delta of part j is `scale * up[rows_j] @ down`; where the
-up rows of different parts use disjoint sets of rank columns (a file written from split adapters: up
-block-diagonal), part j keeps only its columns (`down[C_j]`, `up[rows_j, C_j]`, alpha scaled by |C_j| / R so
-the scale is unchanged), else every part shares the whole down (rank R, same alpha). Both give each part's
-delta exactly; a part whose rows are all zero is left out (its delta is zero).
+Reading splits a fused layer's adapter by output rows (row_blocks: any kind; LoHa and LoKr keep their kind
+where their row factors allow, else each part gets the exact full-weight difference; DoRA magnitudes per output
+row are cut with the rows). A LoRA part's delta is `scale * up[rows_j] @ down`; where the up rows of different
+parts use disjoint sets of rank columns (a file written from split adapters: up block-diagonal), part j keeps
+only its columns (`down[C_j]`, `up[rows_j, C_j]`, alpha scaled by |C_j| / R so the scale is unchanged), else
+every part shares the whole down (rank R, same alpha). Both give each part's delta exactly; a LoRA part whose
+rows are all zero is left out (its delta is zero; not with DoRA, whose magnitude still rescales the rows).
 Writing fuses split LoRAs exactly: downs stacked, ups block-diagonal, ranks summed, alpha = scale * R (parts
-with another scale get it folded into their up). So split -> fused -> split is bit-exact when the parts share
-a scale (as one training run's do). Unfused layers map 1:1 and keep any kind. adaLN layers whose (shift,
-scale) halves diffusers stores swapped are swapped row-wise on the way in and out (LoRA and full kinds).
+with another scale get it folded into their up); parts that share one down (read from a LoRA trained fused)
+stack back to it. So split -> fused -> split is bit-exact when the parts share a scale (as one training
+run's do). Other kinds fuse only where one module has exactly the parts' effect
+(row_blocks.stack: full weights, or parts that share every factor but their rows, as a split file's do); else
+writing is refused. Unfused layers map 1:1 and keep any kind. adaLN layers whose (shift, scale) halves
+diffusers stores swapped are swapped row-wise on the way in and out, any kind.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import AdapterFormatError
+from ..functional import KINDS
+from . import row_blocks
 from .adapter import ModuleWeights
 
 TRANSFORMER_PREFIX = "lora_transformer"  # kohya-style name of a diffusers transformer path (OneTrainer's)
@@ -64,55 +71,60 @@ def _regex(sections: tuple[Section, ...]) -> list[tuple[re.Pattern, Section]]:
     return out
 
 
-def _swap(t: torch.Tensor) -> torch.Tensor:
-    if t.is_meta:  # a header-only read: the shape is all there is (and cat on meta would load torch's compiler)
-        return t
-    half = t.shape[0] // 2
-    return torch.cat([t[half:], t[:half]])
+def _width(w: ModuleWeights) -> int:
+    """The layer's input width, from the factors' shapes."""
+    return KINDS[w.kind].in_features(w.factors)
 
 
-def _swapped(name: str, w: ModuleWeights, layer: Layer) -> ModuleWeights:
-    """`w` with its (shift, scale) output halves exchanged where `layer` needs it."""
-    key = "up" if w.kind == "lora" else "diff"
-    if not layer.swap or key not in w.factors:
-        if layer.swap and w.kind != "lora":
-            raise ValueError(f"{name}: a {w.kind} adapter on an adaLN layer cannot be reordered exactly (LoRA and "
-                             "full weights only)")
+def _swapped(w: ModuleWeights, layer: Layer) -> ModuleWeights:
+    """`w` with its (shift, scale) output halves exchanged where `layer` needs it (row_blocks: any kind, as
+    itself where its row factors allow, else as full weights)."""
+    if not layer.swap or row_blocks.out_rows(w) != 2 * _width(w):
         return w
-    t = w.factors[key]
-    width = w.factors["down"].shape[1] if key == "up" else t.shape[1]
-    if t.shape[0] != 2 * width or w.magnitude is not None:
-        if w.magnitude is not None:
-            raise ValueError(f"{name}: a DoRA adapter on an adaLN layer cannot be reordered exactly")
-        return w
-    return ModuleWeights(w.kind, dict(w.factors, **{key: _swap(t)}), w.rank, w.alpha, w.rslora)
+    half = [_width(w)] * 2
+    return row_blocks.stack(row_blocks.cut(w, half)[::-1], half)
 
 
 def _split(name: str, w: ModuleWeights, layer: Layer, path: str) -> list[ModuleWeights | None]:
-    if len(layer.parts) == 1:
-        try:
-            return [_swapped(name, w, layer)]
-        except ValueError as e:
-            raise AdapterFormatError(str(e), path=path, category="unsupported-kind") from None
-    if w.kind != "lora" or w.magnitude is not None:
-        raise AdapterFormatError(f"module {name!r} is fused ({', '.join(layer.parts)}); a {w.kind} adapter on it "
-                                 "cannot be split exactly (LoRA only)", path=path, category="unsupported-kind")
-    down, up = w.factors["down"], w.factors["up"]
-    width = down.shape[1]
-    sizes = [m * width for m in layer.rows]
-    if sum(sizes) != up.shape[0]:
-        raise AdapterFormatError(f"module {name!r}: {up.shape[0]} output rows, but its parts need "
-                                 f"{' + '.join(map(str, sizes))}", path=path, category="shape-mismatch")
-    blocks = torch.split(up, sizes)
-    if up.is_meta:  # a header-only read: which columns each part uses is known only from the values
-        return [ModuleWeights("lora", {"down": down, "up": b}, w.rank, w.alpha, w.rslora) for b in blocks]
-    used = [(b != 0).any(0).nonzero().flatten() for b in blocks]
+    try:
+        if len(layer.parts) == 1:
+            return [_swapped(w, layer)]
+        sizes = [m * _width(w) for m in layer.rows]
+        rows = row_blocks.out_rows(w)
+        if rows is not None and sum(sizes) != rows:
+            raise row_blocks.Malformed(f"{rows} output rows, but its parts need {' + '.join(map(str, sizes))}")
+        parts = row_blocks.cut(w, sizes)
+    except row_blocks.Malformed as e:
+        raise AdapterFormatError(f"module {name!r}: {e}", path=path, category="shape-mismatch") from None
+    except ValueError as e:
+        how = "is fused" if len(layer.parts) > 1 else "has its halves swapped in"
+        raise AdapterFormatError(f"module {name!r} {how} ({', '.join(layer.parts)}); a {w.kind} adapter on it "
+                                 f"cannot be cut by rows exactly: {e}", path=path, category="unsupported-kind") from None
+    return _own_columns(parts) if w.kind == "lora" else parts
+
+
+def _own_columns(parts: list[ModuleWeights]) -> list[ModuleWeights | None]:
+    """LoRA parts cut from one fused LoRA (each the whole down, its rows of up), each with only the rank columns
+    its up uses where no two parts use the same one (a file written from split adapters)."""
+    up = [p.factors["up"] for p in parts]
+    if up[0].is_meta:  # a header-only read: which columns each part uses is known only from the values
+        return parts
+    used = [(b != 0).any(0).nonzero().flatten() for b in up]
     columns = torch.cat(used)
-    if len(columns) == len(set(columns.tolist())):  # disjoint: each part keeps its own columns
-        return [None if len(c) == 0 else ModuleWeights(
-            "lora", {"down": down[_columns(c)], "up": b[:, _columns(c)]}, len(c), w.alpha * len(c) / w.rank, w.rslora)
-            for b, c in zip(blocks, used)]
-    return [ModuleWeights("lora", {"down": down, "up": b.contiguous()}, w.rank, w.alpha, w.rslora) for b in blocks]
+    dora = parts[0].magnitude is not None  # a DoRA part with a zero delta still rescales its rows: kept
+    if len(columns) != len(set(columns.tolist())) or (dora and any(len(c) == 0 for c in used)):
+        return parts
+    out: list[ModuleWeights | None] = []
+    for p, c in zip(parts, used):
+        if len(c) == 0:
+            out.append(None)  # its delta is zero
+            continue
+        down = p.factors["down"][_columns(c)]
+        q = ModuleWeights("lora", {"down": down, "up": p.factors["up"][:, _columns(c)]}, len(c),
+                          p.alpha * len(c) / p.rank, p.rslora)
+        q.magnitude = p.magnitude
+        out.append(q)
+    return out
 
 
 def _columns(c: torch.Tensor) -> torch.Tensor | slice:
@@ -144,16 +156,31 @@ def to_diffusers(modules: dict[str, ModuleWeights], sections: tuple[Section, ...
 
 
 def _fuse(name: str, layer: Layer, present: dict[int, ModuleWeights]) -> ModuleWeights:
-    if len(layer.parts) == 1:
-        return _swapped(name, next(iter(present.values())), layer)
-    if any(w.kind != "lora" or w.slices or w.magnitude is not None for w in present.values()):
-        raise ValueError(f"{name} fuses {', '.join(layer.parts)}: only plain LoRA parts fuse exactly; write "
-                         "--to lycoris (one module per diffusers layer, any kind)")
+    try:
+        if len(layer.parts) == 1:
+            return _swapped(next(iter(present.values())), layer)
+        width = _width(next(iter(present.values())))
+        parts, sizes = [present.get(j) for j in range(len(layer.parts))], [m * width for m in layer.rows]
+        if all(w.kind == "lora" and not w.slices for w in present.values()):
+            try:  # parts that share one down (read from a LoRA trained fused) stack back to it
+                return row_blocks.stack(parts, sizes)
+            except ValueError:
+                return _fuse_lora(layer, present)
+        return row_blocks.stack(parts, sizes)
+    except ValueError as e:
+        raise ValueError(f"{name} fuses {', '.join(layer.parts)}: no one module has exactly their effect "
+                         f"({e}); write --to lycoris (one module per diffusers layer, any "
+                         "kind)") from None
+
+
+def _fuse_lora(layer: Layer, present: dict[int, ModuleWeights]) -> ModuleWeights:
+    """Split LoRAs as one: downs stacked, ups block-diagonal, ranks summed, alpha = scale * R (parts with
+    another scale get it folded into their up); DoRA magnitudes (per row, every part) stacked."""
     first = next(iter(present.values()))
     width = first.factors["down"].shape[1]
     rank = sum(w.rank for w in present.values())
     alpha = first.alpha * rank / first.rank  # scale * R, multiplied first so integer alphas stay exact
-    downs, ups = [], []
+    downs = []
     column = 0
     up = first.factors["up"].new_zeros(sum(m * width for m in layer.rows), rank)
     row = 0
@@ -166,7 +193,9 @@ def _fuse(name: str, layer: Layer, present: dict[int, ModuleWeights]) -> ModuleW
             downs.append(w.factors["down"])
             column += w.rank
         row += m * width
-    return ModuleWeights("lora", {"down": torch.cat(downs), "up": up}, rank, alpha, first.rslora)
+    out = ModuleWeights("lora", {"down": torch.cat(downs), "up": up}, rank, alpha, first.rslora)
+    out.magnitude = row_blocks.stacked_magnitude([present.get(j) for j in range(len(layer.rows))])
+    return out
 
 
 def to_kohya(modules: dict[str, ModuleWeights], sections: tuple[Section, ...]) -> dict[str, ModuleWeights]:

@@ -30,6 +30,9 @@ and its file-facing facts, which vislora.formats, blend and tools read (none nam
     file_rank(params) -> int | None               the rank a file's alpha divides; None (or absent): no
                                                      rank, read back as rank = alpha = 1 (scale 1)
     in_features(params) -> int                    the base weight's input width the factors were made for
+    output_rows(params) -> (names, n) | None      optional: the factors whose rows are delta W's output rows,
+                                                     n rows of it each (LoKr's W1: W2's height), the others
+                                                     shared by every row; None: rows are mixed (Tucker cores)
     MATRIX_PRODUCT = True                         optional: delta W = up @ down as matrices, so adapters
                                                      stack (merge, blend) exactly by concatenating the rank
     fit(factors, weight_shape) -> (kind, factors) optional: a file's factors for a layer (LoRA on a 1 x 1

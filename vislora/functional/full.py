@@ -72,3 +72,8 @@ FILE_ALPHA = False  # files carry no alpha: the scale is 1
 
 def in_features(params: dict[str, torch.Tensor]) -> int:
     return params["diff"].shape[1]
+
+
+def output_rows(params: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], int]:
+    """diff's rows and diff_b's entries are the output rows."""
+    return ("diff", "diff_b"), 1

@@ -102,3 +102,9 @@ def file_rank(params: dict[str, torch.Tensor]) -> int:
 def in_features(params: dict[str, torch.Tensor]) -> int:
     """The input width (a conv's is flattened with its kernel in files; cross-attention is Linear)."""
     return params["w1_b"].shape[1]
+
+
+def output_rows(params: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], int] | None:
+    """w1_a's and w2_a's rows are delta W's rows (one each: the Hadamard product is row by row); the `_b`
+    factors are shared. None with Tucker cores, whose w1_a / w2_a are transposed into the core."""
+    return None if "t1" in params else (("w1_a", "w2_a"), 1)

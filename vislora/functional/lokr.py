@@ -148,6 +148,16 @@ def in_features(params: dict[str, torch.Tensor]) -> int:
     return b * d
 
 
+def output_rows(params: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], int]:
+    """W1's rows (w1, or w1_a of a low-rank W1), each of which makes W2's row count of delta W's rows (kron);
+    W2 (and w1_b) are shared."""
+    if "w2" in params:
+        c = params["w2"].shape[0]
+    else:
+        c = params["w2_a"].shape[1 if "t2" in params else 0]  # Tucker's w2_a is [r, c]
+    return ("w1",) if "w1" in params else ("w1_a",), c
+
+
 def carry_scale(params: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """Both sides whole: readers take scale 1 whatever alpha says, so a scale other than 1 goes into W1."""
     return {**params, "w1": params["w1"] * scale}

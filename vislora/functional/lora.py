@@ -86,6 +86,11 @@ def in_features(params: dict[str, torch.Tensor]) -> int:
     return params["down"].shape[1]
 
 
+def output_rows(params: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], int]:
+    """up's rows are delta W's rows (one each); down is shared by every row."""
+    return ("up",), 1
+
+
 def fit(factors: dict[str, torch.Tensor], weight_shape: tuple[int, ...]) -> tuple[str, dict[str, torch.Tensor]]:
     """(kind, factors) for a base weight of this shape: on a 1 x 1 conv, LoCon with the factors unsqueezed."""
     if len(weight_shape) == 4 and tuple(weight_shape[2:]) == (1, 1):
