@@ -1,0 +1,124 @@
+"""`--quantize-base int8`: the recipe trains a LoRA on the embedded SD3 base (samples/digits_dit) with its
+transformer quantized by torchao through diffusers' TorchAoConfig. The eval loss falls; the file has the same
+keys, shapes and dtypes as a run on the plain base; it loads on the plain base and changes its output. The
+adapter layer runs beside a quantized Linear without touching its weight, and refuses to merge into it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vislora
+from vislora.errors import AdapterCompatError, AdapterStateError
+from vislora.formats import container
+from vislora.layers import AdapterLayer, quantized
+from vislora.recipes import dreambooth_sd
+
+from digit_subjects import bold_threes  # noqa: E402
+
+torchao = pytest.importorskip("torchao")
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_DIT = ROOT / "samples" / "digits_dit"
+FAST = ["--threads", "1", "--no-progress", "--sample-steps", "1", "--validation-seeds", "0", "--eval-images", "6"]
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory) -> Path:
+    return bold_threes(tmp_path_factory.mktemp("subject"))
+
+
+def _args(subject: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(DIGITS_DIT), "--instance-data", str(subject), "--instance-prompt", "a sks digit",
+            "--steps", "6", "--optimizer", "adamw", "--lr", "3e-3", "--no-train-text-encoder", "--out", str(out),
+            *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(subject, tmp_path_factory) -> dict[str, Path]:
+    """The same run on the int8 base and on the plain base."""
+    if not DIGITS_DIT.exists():
+        pytest.skip("samples/digits_dit is not in this checkout")
+    root = tmp_path_factory.mktemp("quantized")
+    done = {}
+    for name, extra in {"int8": ["--quantize-base", "int8"], "plain": []}.items():
+        assert dreambooth_sd.main(_args(subject, root / name, *extra)) == 0
+        done[name] = root / name
+    return done
+
+
+def test_the_quantized_run_learns_and_records_its_base(runs):
+    metrics = json.loads((runs["int8"] / "metrics.json").read_text())
+    before, after = metrics["eval_loss_before"], metrics["eval_loss_after"]
+    assert after < 0.9 * before, (before, after)
+    assert metrics["base"]["quantized"] == {"scheme": "int8", "library": "torchao", "version": torchao.__version__}
+    assert "quantized" not in json.loads((runs["plain"] / "metrics.json").read_text())["base"]
+    settings = json.loads((runs["int8"] / "run.json").read_text())["settings"]
+    assert settings["quantize_base"] == "int8"  # part of the run's identity: --resume on another base is refused
+
+
+def test_the_file_has_the_plain_runs_layout(runs):
+    (q, q_meta), (p, p_meta) = (container.read(runs[n] / "adapter.safetensors")[:2] for n in ("int8", "plain"))
+    assert q.keys() == p.keys() and len(q) > 0
+    assert all(q[k].shape == p[k].shape and q[k].dtype == p[k].dtype == torch.float32 for k in q)
+    assert any(not torch.equal(q[k], p[k]) for k in q)  # trained on another base: not the same numbers
+
+
+def test_the_file_loads_on_the_plain_base_and_changes_its_output(runs):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(DIGITS_DIT, torch_dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([300.0, 800.0])
+    text, pooled = torch.randn(2, 30, 128, generator=g), torch.randn(2, 128, generator=g)
+    with torch.no_grad():
+        before = pipe.transformer(x, text, pooled, t).sample
+        vislora.load_adapter(pipe, runs["int8"] / "adapter.safetensors")
+        after = pipe.transformer(x, text, pooled, t).sample
+    assert (after - before).abs().max() > 1e-3
+
+
+def _int8_linear() -> torch.nn.Linear:
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48))
+    quantize_(model, Int8WeightOnlyConfig())
+    return model[0].requires_grad_(False)
+
+
+def test_the_adapter_runs_beside_a_quantized_linear_and_never_merges_into_it():
+    base = _int8_linear()
+    assert quantized(base.weight) and not quantized(torch.nn.Linear(2, 2).weight)
+    layer = AdapterLayer(base)
+    slot = layer.new_slot("lora", 4, 4.0)
+    torch.nn.init.normal_(slot.params["up"])
+    layer.add("default", slot)
+    x = torch.randn(5, 32, requires_grad=True)
+    y = layer(x)
+    expected = base(x) + (x @ slot.params["down"].T) @ slot.params["up"].T  # scale 1
+    assert (y - expected).abs().max() < 1e-5 and (y - base(x)).abs().max() > 1e-2
+    y.square().sum().backward()
+    assert slot.params["up"].grad is not None and x.grad is not None
+    weight = base.weight
+    with pytest.raises(AdapterStateError, match="quantized"):
+        layer.merge(["default"])
+    with pytest.raises(AdapterStateError, match="quantized"):
+        layer.weight
+    assert base.weight is weight and not layer.merged
+    with pytest.raises(AdapterCompatError, match="DoRA"):
+        layer.new_slot("lora", 4, 4.0, dora=True)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--quantize-base", "int3"], "--quantize-base int3: must be one of int8, nf4"),
+    (["--quantize-base", "int8", "--dora"], "--dora with --quantize-base int8"),
+])
+def test_bad_quantization_flags_are_one_line(subject, tmp_path, capsys, extra, words):
+    assert dreambooth_sd.main(_args(subject, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # refused before anything was loaded or written
