@@ -1,7 +1,8 @@
 """`--quantize-base int8`: the recipe trains a LoRA on the embedded SD3 base (samples/digits_dit) with its
 transformer quantized by torchao through diffusers' TorchAoConfig. The eval loss falls; the file has the same
 keys, shapes and dtypes as a run on the plain base; it loads on the plain base and changes its output. The
-adapter layer runs beside a quantized Linear without touching its weight, and refuses to merge into it."""
+adapter layer runs beside a quantized Linear without touching its weight, and refuses to merge into it; the
+quantized layers keep no dense weight for backward."""
 
 from __future__ import annotations
 
@@ -81,17 +82,17 @@ def test_the_file_loads_on_the_plain_base_and_changes_its_output(runs):
     assert (after - before).abs().max() > 1e-3
 
 
-def _int8_linear() -> torch.nn.Linear:
+def _int8(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's Linears quantized by torchao (int8 weights, one scale per row), frozen."""
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 48))
     quantize_(model, Int8WeightOnlyConfig())
-    return model[0].requires_grad_(False)
+    return model.requires_grad_(False)
 
 
 def test_the_adapter_runs_beside_a_quantized_linear_and_never_merges_into_it():
-    base = _int8_linear()
+    torch.manual_seed(0)
+    base = _int8(torch.nn.Sequential(torch.nn.Linear(32, 48)))[0]
     assert quantized(base.weight) and not quantized(torch.nn.Linear(2, 2).weight)
     layer = AdapterLayer(base)
     slot = layer.new_slot("lora", 4, 4.0)
@@ -111,6 +112,41 @@ def test_the_adapter_runs_beside_a_quantized_linear_and_never_merges_into_it():
     assert base.weight is weight and not layer.merged
     with pytest.raises(AdapterCompatError, match="DoRA"):
         layer.new_slot("lora", 4, 4.0, dora=True)
+
+
+def test_only_the_denoiser_is_quantized_and_lean():
+    from vislora.diffusion.bases import load_pipeline
+    from vislora.diffusion.quantize import LeanQuantizedLinear
+
+    pipe = load_pipeline(str(DIGITS_DIT), quantize="int8").pipe
+    linears = [m for m in pipe.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is LeanQuantizedLinear and quantized(m.weight) for m in linears)
+    assert not any(quantized(p) for name in ("text_encoder", "vae") for p in getattr(pipe, name).parameters())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_lean_backward_gives_autograds_input_gradient_without_keeping_the_weight(autocast):
+    import copy
+
+    from vislora.diffusion.quantize import lean_backward
+
+    plain = _int8(torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 16)))
+    lean = copy.deepcopy(plain)
+    assert lean_backward(lean) == 2 and lean.state_dict().keys() == plain.state_dict().keys()
+    grads, kept = [], []
+    for model in (plain, lean):
+        x = torch.randn(6, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = model(x)
+        y.float().square().sum().backward()
+        grads.append(x.grad)
+        kept.append(shapes)
+    assert (32, 48) in kept[0] and (48, 16) in kept[0]  # autograd keeps each dense weight (transposed)
+    assert not any(len(s) == 2 and s[0] != 6 for s in kept[1])  # lean: activations only
+    tolerance = 1e-2 if autocast else 1e-6  # bf16 rounds the two products differently
+    assert (grads[0] - grads[1]).abs().max() <= tolerance * grads[0].abs().max()
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -25,7 +25,7 @@ import torch
 from ..errors import UnsafeFormatError, VisloraError
 from ..formats.container import sniff
 from ..basics import sha256_file
-from .quantize import describe as describe_quantization, quantization
+from .quantize import describe as describe_quantization, lean_backward, quantization
 
 # Cross-attention width -> architecture (SD1.x: CLIP ViT-L; SD2.x: OpenCLIP ViT-H). SDXL has text_encoder_2.
 ARCH_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2"}
@@ -298,12 +298,13 @@ def load_pipeline(model: str, *, config: str | None = None, revision: str | None
     denoiser quantized as it loads, recorded as the record's "quantized"."""
     with _loading_bars(progress):
         pipe, record = _load(model, config, revision, quantize)
-    if quantize:
-        record["quantized"] = describe_quantization(quantize)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if denoiser is None or getattr(pipe, "vae", None) is None:
         raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet (or transformer) and vae to "
                              "train on")
+    if quantize:
+        record["quantized"] = describe_quantization(quantize)
+        lean_backward(denoiser)  # no dense copy of each weight kept from forward to backward
     pipe.set_progress_bar_config(disable=True)
     flow = getattr(pipe, "unet", None) is None  # SD3 and Flux: flow matching (vislora.diffusion.flow)
     prediction = "flow" if flow else pipe.scheduler.config.get("prediction_type", "epsilon")
