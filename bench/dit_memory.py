@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dit_train import OUR_TARGETS, RANK  # noqa: E402
+from dit_train import OUR_TARGETS, RANK, flux1_transformer  # noqa: E402
 from harness import status_mib, in_subprocess, table  # noqa: E402
-from sd_train import _random  # noqa: E402
 
 import vislora  # noqa: E402
 from vislora.diffusion.quantize import lean_backward  # noqa: E402
@@ -50,14 +49,8 @@ VARIANTS = {"bf16": (None, False, False), "bf16 + checkpointing": (None, True, F
 
 def save_base(folder: Path, double: int, single: int) -> None:
     """dit_train.py's transformer, random weights, saved in bf16 (once per shape)."""
-    from diffusers import FluxTransformer2DModel
-
-    if (folder / "config.json").is_file():
-        return
-    torch.manual_seed(0)
-    model = _random(lambda: FluxTransformer2DModel(in_channels=64, num_layers=double, num_single_layers=single,
-                                                   guidance_embeds=True))
-    model.to(torch.bfloat16).save_pretrained(folder)
+    if not (folder / "config.json").is_file():
+        flux1_transformer(double, single).to(torch.bfloat16).save_pretrained(folder)
 
 
 def load(folder: Path, quantize: str | None):

@@ -25,6 +25,7 @@ import torch
 from ..errors import UnsafeFormatError, VisloraError
 from ..formats.container import sniff
 from ..basics import sha256_file
+from ..quiet import DropWarnings
 from .quantize import describe as describe_quantization, lean_backward, quantization
 
 # Cross-attention width -> architecture (SD1.x: CLIP ViT-L; SD2.x: OpenCLIP ViT-H). SDXL has text_encoder_2.
@@ -114,35 +115,16 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class _DropWarnings(logging.Filter):
-    def __init__(self, phrases: tuple[str, ...]) -> None:
-        super().__init__()
-        self.phrases = phrases
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(p in record.getMessage() for p in self.phrases)
-
-
 @contextlib.contextmanager
 def _quiet(logger_name: str, *phrases: str) -> Iterator[None]:
     """The logger's records that contain any of `phrases` dropped for the block only."""
     logger = logging.getLogger(logger_name)
-    quiet = _DropWarnings(phrases)
+    quiet = DropWarnings(phrases)
     logger.addFilter(quiet)
     try:
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-# With torchao installed, any pipeline import imports it, and three warnings follow that ask nothing of the user:
-# diffusers' quantizer cannot import older torchao releases' tensor classes (they only matter for checkpoints
-# saved quantized: pickles, refused here); integer quantization "wants bf16" (int8 weight-only dequantizes to the
-# base's dtype, fp32 here, and runs there); and torch deprecates how torchao registers its enums. They are
-# dropped, before the import, for the whole process.
-logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").addFilter(
-    _DropWarnings(("Unable to import `torchao` Tensor objects", "for integer quantization")))
-logging.getLogger("torch.utils._pytree").addFilter(_DropWarnings(("is an Enum subclass and is now natively",)))
 
 
 def _quiet_fp32_cast_warning() -> contextlib.AbstractContextManager:
