@@ -159,3 +159,16 @@ def test_bad_quantization_flags_are_one_line(subject, tmp_path, capsys, extra, w
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()  # refused before anything was loaded or written
+
+
+def test_a_missing_library_or_gpu_is_named_with_its_fix(monkeypatch):
+    import importlib.util
+
+    from vislora.diffusion import quantize
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    assert quantize.quantizer_rule("int8") == "needs torchao, which is not installed: pip install 'vislora[quantized]'"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # bitsandbytes "installed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "CUDA GPU only" in quantize.quantizer_rule("nf4")
