@@ -108,6 +108,8 @@ def test_the_adapter_runs_beside_a_quantized_linear_and_never_merges_into_it():
     weight = base.weight
     with pytest.raises(AdapterStateError, match="quantized"):
         layer.merge(["default"])
+    with pytest.raises(AdapterStateError, match="1 layer.* quantized base weight"):
+        vislora.merge(torch.nn.Sequential(layer))
     with pytest.raises(AdapterStateError, match="quantized"):
         layer.weight
     assert base.weight is weight and not layer.merged
