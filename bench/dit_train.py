@@ -50,13 +50,21 @@ OUR_TARGETS = (r"re:(single_)?transformer_blocks\.\d+\.attn\."
                r"(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)")
 
 
-def base(double: int, single: int, text_tokens: int) -> SimpleNamespace:
-    """Flux.1-dev's transformer width and VAE (AutoencoderKL, 16 latent channels), random weights."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+def flux1_transformer(double: int, single: int) -> torch.nn.Module:
+    """Flux.1-dev's transformer at full width (3072, 24 heads of 128, T5 width 4096, guidance embedding) with
+    `double` / `single` blocks, random weights (seed 0), fp32."""
+    from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    transformer = _random(lambda: FluxTransformer2DModel(in_channels=64, num_layers=double,
-                                                         num_single_layers=single, guidance_embeds=True))
+    return _random(lambda: FluxTransformer2DModel(in_channels=64, num_layers=double, num_single_layers=single,
+                                                  guidance_embeds=True))
+
+
+def base(double: int, single: int, text_tokens: int) -> SimpleNamespace:
+    """Flux.1-dev's transformer width and VAE (AutoencoderKL, 16 latent channels), random weights."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    transformer = flux1_transformer(double, single)
     vae = _random(lambda: AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,

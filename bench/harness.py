@@ -98,7 +98,7 @@ class SavedActivations:
         return sum(self.seen.values()) / 2**20
 
 
-def _status_mib(field: str) -> float:
+def status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -114,11 +114,11 @@ def step_peak_mib(step: Callable[[], None]) -> float:
     returned to the system rather than kept in the heap.
     """
     step()  # warm up: lazy state, optimizer moments
-    before = _status_mib("VmRSS")
+    before = status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     step()
-    return _status_mib("VmHWM") - before
+    return status_mib("VmHWM") - before
 
 
 def in_subprocess(script: str, args: list[str], for_memory: bool = False) -> dict:

@@ -62,6 +62,7 @@ RULES = options.rules(num_class_images=checks.count(1), prior_loss_weight=checks
 def check_args(args: argparse.Namespace) -> None:
     """Every flag, the flag combinations, the data folder and the run folder, before any file is read."""
     checks.check(args, RULES)
+    options.check_pairs(args)
     if args.prior_preservation and not args.class_prompt:
         raise checks.UsageError("--prior-preservation needs --class-prompt (e.g. \"a dog\")")
     # The defaults that depend on other flags, resolved before the run folder's identity is taken.

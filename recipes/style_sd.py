@@ -46,6 +46,7 @@ RULES = options.rules()
 def check_args(args: argparse.Namespace) -> None:
     """Every flag, the data folder (and its caption files) and the run folder, before any file is read."""
     checks.check(args, RULES)
+    options.check_pairs(args)
     options.resolve_defaults(args)  # the defaults that depend on other flags, before the run's identity is taken
     image_files(Path(args.data), "--data")
     if args.caption is None:  # the caption files are read: one not UTF-8 is found now

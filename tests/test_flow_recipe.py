@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vislora.formats import container
 from vislora.recipes import dreambooth_sd
 
+from digit_subjects import bold_threes  # noqa: E402
 from stopped_runs import stopped_before  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,18 +24,7 @@ FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> Path:
-    """Six bold threes, the subject (32 px, dark ink on white)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "samples"))
-    from digit_styles import STYLES
-    from digits import paper_digits
-
-    folder = tmp_path_factory.mktemp("subject")
-    paper, labels = paper_digits(32)
-    for i, im in enumerate(STYLES["bold"](paper[labels == 3][:6])):
-        Image.fromarray(np.rint(im * 255).astype(np.uint8)).convert("RGB").save(folder / f"{i}.png")
-    return folder
+    return bold_threes(tmp_path_factory.mktemp("subject"))
 
 
 def _args(subject: Path, out: Path, *extra: str) -> list[str]:

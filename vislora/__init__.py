@@ -13,6 +13,7 @@
 its unet and text_encoder).
 """
 
+from . import quiet  # noqa: F401  (first: optional libraries' warnings that ask nothing of the user)
 from .bank import AdapterBank
 from .config import AdapterConfig
 from .errors import (

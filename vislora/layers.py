@@ -7,6 +7,10 @@
 blend factor. Merging writes W + sum strength * scale * delta W into the base weight (and b + sum strength *
 scale * delta b into the bias, for full-weight adapters with a diff_b), computed in fp32 from kept pristine
 copies, so unmerging restores the original tensors exactly (no subtraction drift).
+
+A quantized base layer (its weight a tensor subclass: torchao's Int8Tensor, bitsandbytes' Params4bit, ...) runs
+as it is, its own forward, with the adapters added to its output through autograd: never folded, merged or
+added to its weight, which would dequantize it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AdapterStateError, NonFiniteError
+from .errors import AdapterCompatError, AdapterStateError, NonFiniteError
 from . import kernels
 from .functional import RowLayout, op_for
 from .functional.dora import init_magnitude, per_channel
 from .blend import bias_deltas, merged_bias, merged_weight, stacked_terms, terms_of
 from .slot import AdapterSlot
+
+
+def quantized(weight: torch.Tensor) -> bool:
+    """Whether a weight is stored quantized or packed (a tensor subclass), not as a plain tensor of its dtype."""
+    return type(weight) not in (torch.Tensor, nn.Parameter)
 
 
 class AdapterLayer(nn.Module):
@@ -53,6 +62,9 @@ class AdapterLayer(nn.Module):
         magnitude is the norm of W + scale * delta W per output row (PEFT's rule): the gain starts at exactly 1,
         so with up = 0 it is an exact no-op."""
         weight = self.base_layer.weight
+        if dora and quantized(weight):
+            raise AdapterCompatError(f"DoRA rescales by the base weight's norms, and this layer's weight is quantized "
+                                     f"({type(weight).__name__}); train a plain LoRA on a quantized base")
         slot = AdapterSlot(kind, weight, self.layout_for(slices), rank, alpha, rslora=rslora, dropout=dropout,
                            init=init)
         if dora:
@@ -80,6 +92,9 @@ class AdapterLayer(nn.Module):
         slots = self.active()
         if not slots:
             return base
+        if quantized(base):
+            raise AdapterStateError(f"this layer's base weight is quantized ({type(base).__name__}): its adapters "
+                                    "run in its forward only, and W + delta W would dequantize it")
         delta = sum(s.weighted_delta(base) for s in slots)
         return base + delta.to(base.dtype)
 
@@ -100,6 +115,8 @@ class AdapterLayer(nn.Module):
         slots = self.active()
         if not slots:
             return self.base_layer(x)
+        if quantized(self.base_layer.weight):  # the base's own quantized forward, the adapters beside it
+            return self.reference_forward(x, slots)
         if not (all(s.fast for s in slots) and kernels.covers(self.op, self._base_trainable())):
             return self.reference_forward(x, slots)
         if not torch.is_grad_enabled() and not (self.training and any(s.dropout for s in slots)):
@@ -224,6 +241,9 @@ class AdapterLayer(nn.Module):
         re-blends) an already merged layer's own merged tensor is overwritten instead.
         """
         weight = self.base_layer.weight
+        if quantized(weight):
+            raise AdapterStateError(f"cannot merge {names} into a quantized base weight ({type(weight).__name__}): "
+                                    "merging would dequantize it; merge on the unquantized base, or run unmerged")
         pristine = self._pristine if self._pristine is not None else weight.data
         if pristine_device is not None:
             pristine = pristine.to(pristine_device)  # a copy only when it moves

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from .errors import AdapterStateError, NonFiniteError
 from .inject import adapter_layers, check_known
+from .layers import quantized
 from .strengths import Spec, adapter_places, resolve
 
 
@@ -27,6 +28,7 @@ def merge(model: Any, names: list[str] | str | None = None) -> int:
     wanted = [(path, layer, [n for n, s in layer.adapters.items() if s.enabled and (names is None or n in names)])
               for path, layer in adapter_layers(model)]
     refuse_bias_free(wanted)
+    refuse_quantized(wanted)
     before = [layer.snapshot() for _, layer, _ in wanted]
     changed = 0
     try:
@@ -53,6 +55,16 @@ def refuse_bias_free(wanted: list[tuple[str, Any, list[str]]]) -> None:
         raise AdapterStateError(f"{len(refused)} layer(s) have no bias for their adapters' diff_b: {where}{more}; "
                                 "merging would need new parameters, so nothing was merged. Run those adapters "
                                 "unmerged, or merge the others by name")
+
+
+def refuse_quantized(wanted: list[tuple[str, Any, list[str]]]) -> None:
+    """Raise AdapterStateError, before anything changes, if a merge would write into a quantized base weight
+    (it would dequantize it)."""
+    refused = [path for path, layer, names in wanted if names and quantized(layer.base_layer.weight)]
+    if refused:
+        raise AdapterStateError(f"{len(refused)} layer(s) have a quantized base weight, e.g. {refused[0]}; merging "
+                                "would dequantize them, so nothing was merged. Run the adapters unmerged, or load "
+                                "the base unquantized to merge")
 
 
 def unmerge(model: Any, names: list[str] | str | None = None) -> int:

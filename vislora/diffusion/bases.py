@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import re
 import sys
@@ -24,6 +25,8 @@ import torch
 from ..errors import UnsafeFormatError, VisloraError
 from ..formats.container import sniff
 from ..basics import sha256_file
+from ..quiet import DropWarnings
+from .quantize import describe as describe_quantization, lean_backward, quantization
 
 # Cross-attention width -> architecture (SD1.x: CLIP ViT-L; SD2.x: OpenCLIP ViT-H). SDXL has text_encoder_2.
 ARCH_BY_CROSS_WIDTH = {768: "sd1", 1024: "sd2"}
@@ -112,23 +115,23 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class _DropFp32CastWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32" not in record.getMessage()
-
-
 @contextlib.contextmanager
-def _quiet_fp32_cast_warning() -> Iterator[None]:
-    """from_single_file casts each model with `.to(dtype)`, and diffusers then warns that modules "should be
-    kept in float32" (listing none, []). Bases load in float32 here, so nothing is cast below it and the
-    warning never applies; it is dropped for this call only."""
-    logger = logging.getLogger("diffusers.models.modeling_utils")
-    quiet = _DropFp32CastWarning()
+def _quiet(logger_name: str, *phrases: str) -> Iterator[None]:
+    """The logger's records that contain any of `phrases` dropped for the block only."""
+    logger = logging.getLogger(logger_name)
+    quiet = DropWarnings(phrases)
     logger.addFilter(quiet)
     try:
         yield
     finally:
         logger.removeFilter(quiet)
+
+
+def _quiet_fp32_cast_warning() -> contextlib.AbstractContextManager:
+    """from_single_file casts each model with `.to(dtype)`, and diffusers then warns that modules "should be
+    kept in float32" (listing none, []). Bases load in float32 here, so nothing is cast below it and the
+    warning never applies; it is dropped for this call only."""
+    return _quiet("diffusers.models.modeling_utils", "should be kept in float32")
 
 
 def _from_single_file(path: Path, config: str | None) -> Any:
@@ -151,26 +154,33 @@ def _from_single_file(path: Path, config: str | None) -> Any:
                              "--model-config with a diffusers folder of the same architecture") from None
 
 
-def _from_folder(path: Path, flag: str) -> Any:
-    """DiffusionPipeline.from_pretrained on a folder in fp32; a damaged component (a truncated or corrupt
-    weights file, a bad config) is a BaseModelError in one line, not diffusers' traceback."""
+def _from_folder(path: Path, flag: str, quantize: str | None) -> Any:
+    """DiffusionPipeline.from_pretrained on a folder in fp32, the denoiser quantized as `quantize` names (None:
+    not); a damaged component (a truncated or corrupt weights file, a bad config) is a BaseModelError in one
+    line, not diffusers' traceback."""
     from diffusers import DiffusionPipeline
 
     try:
+        components = json.loads((path / "model_index.json").read_text())
+        kwargs = {"quantization_config": quantization(quantize, components)} if quantize else {}
         return DiffusionPipeline.from_pretrained(str(path), use_safetensors=True,
-                                                 **{_dtype_keyword(): torch.float32})
+                                                 **{_dtype_keyword(): torch.float32}, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise BaseModelError(f"{flag}: a component does not load ({_first_line(e)}); the folder is "
                              "damaged or incomplete: copy or download it again") from None
 
 
-def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, dict[str, Any]]:
+def _load(model: str, config: str | None, revision: str | None,
+          quantize: str | None = None) -> tuple[Any, dict[str, Any]]:
     from diffusers import DiffusionPipeline
 
     path = Path(model)
     if revision and path.exists():
         raise BaseModelError(f"--revision {revision}: it picks a hub commit, and --model {model} is a local "
                              f"{'file' if path.is_file() else 'folder'}")
+    if quantize and path.is_file():
+        raise BaseModelError(f"--quantize-base {quantize}: quantizes a diffusers folder or hub id as it loads, and "
+                             f"--model {model} is a single file; convert it to a diffusers folder first")
     if path.is_file():
         refuse_pickle(path)
         pipe = _from_single_file(path, config)
@@ -182,7 +192,7 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
             raise BaseModelError(f"--model {path}: not a diffusion model: a diffusers pipeline folder has a "
                                  "model_index.json, and this folder has none")
         _check_folder(path)
-        pipe = _from_folder(path, f"--model {model}")
+        pipe = _from_folder(path, f"--model {model}", quantize)
         weights = sorted((path / "unet").glob("*.safetensors"))
         return pipe, {"source": "folder", "path": str(path.resolve()),
                       "unet_sha256": sha256_file(weights[0]) if weights else None}
@@ -197,7 +207,7 @@ def _load(model: str, config: str | None, revision: str | None) -> tuple[Any, di
         raise BaseModelError(f"--model {model}: not a local file or folder, and the hub id does not load "
                              f"({_first_line(e)})") from None
     _check_folder(snapshot)
-    pipe = _from_folder(snapshot, f"--model {model}")
+    pipe = _from_folder(snapshot, f"--model {model}", quantize)
     return pipe, {"source": "hub", "name": model, "commit": snapshot.name}
 
 
@@ -263,16 +273,20 @@ def load_sampler(model: str, *, config: str | None = None, revision: str | None 
 
 
 def load_pipeline(model: str, *, config: str | None = None, revision: str | None = None,
-                  progress: bool = False) -> DiffusionBase:
+                  progress: bool = False, quantize: str | None = None) -> DiffusionBase:
     """A Stable Diffusion pipeline from a diffusers folder, a hub id (at `revision`: a branch, tag or commit),
     or one .safetensors checkpoint (`config`: a local diffusers folder or hub id giving its configs, for
-    offline use), in fp32."""
+    offline use), in fp32; with `quantize` (vislora.diffusion.quantize: "int8", "nf4"), a folder's or hub id's
+    denoiser quantized as it loads, recorded as the record's "quantized"."""
     with _loading_bars(progress):
-        pipe, record = _load(model, config, revision)
+        pipe, record = _load(model, config, revision, quantize)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if denoiser is None or getattr(pipe, "vae", None) is None:
         raise BaseModelError(f"--model {model}: a {type(pipe).__name__} has no unet (or transformer) and vae to "
                              "train on")
+    if quantize:
+        record["quantized"] = describe_quantization(quantize)
+        lean_backward(denoiser)  # no dense copy of each weight kept from forward to backward
     pipe.set_progress_bar_config(disable=True)
     flow = getattr(pipe, "unet", None) is None  # SD3 and Flux: flow matching (vislora.diffusion.flow)
     prediction = "flow" if flow else pipe.scheduler.config.get("prediction_type", "epsilon")

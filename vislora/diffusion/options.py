@@ -18,6 +18,7 @@ from .. import checks
 from ..helpformat import HelpFormatter
 from ..train.optimizers import DEFAULT_LR, OPTIMIZERS
 from .bases import add_source_options
+from .quantize import QUANTIZERS, quantizer_rule
 
 # Arguments that do not change what is trained; everything else must match to resume.
 NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "keep", "progress", "validate_every",
@@ -27,7 +28,7 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
 DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
 STYLE_STEPS, STYLE_CONV_RANK = 1000, 4  # a style reshapes every drawing: LoCon, and longer
 
-_MODEL_RULES = {"resolution": checks.count(8)}
+_MODEL_RULES = {"resolution": checks.count(8), "quantize_base": quantizer_rule}
 _TRAINING_RULES = {
     "rank": checks.count(1), "alpha": checks.positive("4; left out, alpha = rank"), "conv_rank": checks.count(0),
     "conv_alpha": checks.positive("4; left out, alpha = conv rank"), "dropout": checks.share(example="0.1"),
@@ -52,6 +53,10 @@ def parser(description: str, task: str) -> checks.Parser:
     model.add_argument("--model", required=True, help="diffusers folder, hub id, or a single .safetensors file")
     add_source_options(model)
     model.add_argument("--resolution", type=int, help="training size in pixels (default: the model's)")
+    model.add_argument("--quantize-base", metavar="|".join(QUANTIZERS),
+                       help="load the frozen UNet or transformer quantized: " + "; ".join(
+                           f"{name}: {q.what}" for name, q in QUANTIZERS.items()) + ". The adapters train in full "
+                       "precision and their file is the same as without (docs/diffusion.md)")
     return p
 
 
@@ -114,6 +119,13 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     out.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: at the end)")
     out.add_argument("--keep", type=int, default=2)
     out.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def check_pairs(args: argparse.Namespace) -> None:
+    """The flag combinations every diffusion recipe refuses, before anything is loaded."""
+    if args.quantize_base and args.dora:
+        raise checks.UsageError(f"--dora with --quantize-base {args.quantize_base}: DoRA rescales by the base "
+                                "weight's norms, which a quantized base does not keep; drop one of the two")
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:

@@ -120,7 +120,7 @@ def start(args: argparse.Namespace) -> Session:
         torch.set_num_threads(args.threads)
     accelerator = make_accelerator(args.mixed_precision, args.cpu)
     base = load_pipeline(args.model, config=args.model_config, revision=args.revision,
-                         progress=accelerator.is_main_process and args.progress)
+                         progress=accelerator.is_main_process and args.progress, quantize=args.quantize_base)
     base.pipe.to(accelerator.device)
     family = family_of(base)
     return Session(accelerator, base, family, adapter_targets(base, family, args))
