@@ -151,7 +151,8 @@ def styles(base: Path = BASE, out: Path = OUT / "style", names: tuple[str, ...] 
             labels.append(f"{style} at strength {strength:g}")
         vislora.remove(pipe, style)
     grid = save_grid(out / "strengths.png", rows, labels, f"style adapters on {title} at strength 0, 0.5, 1", scale=2)
-    print(f"\nStyle on {title}: {' and '.join(names)} adapters from {8 * 10} captioned pictures each "
+    each = "s from 80 captioned pictures each" if len(names) > 1 else " from 80 captioned pictures"
+    print(f"\nStyle on {title}: {' and '.join(names)} adapter{each} "
           f"({N_DRAWN} drawings per row, digits 0-9)")
     print(f"  {'adapter':<8} {'strength':>8} {'stroke width (px)':>18} {'slant (deg)':>12} {'read as asked':>14}")
     for (style, strength), (width, lean, readable) in results.items():
