@@ -1,6 +1,6 @@
 """`vislora dreambooth` on the embedded transformer base (samples/digits_dit, a StableDiffusion3Pipeline): the
 shared training loop with the flow-matching family lowers the evaluation loss, resumes bit for bit, and writes
-an adapter file diffusers' SD3 loader reads with the same outputs."""
+an adapter file diffusers' SD3 loader reads with the same outputs; two processes train what one does."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from vislora.formats import container
 from vislora.recipes import dreambooth_sd
 
 from stopped_runs import stopped_before  # noqa: E402
+from two_processes import adapter_gap, launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_DIT = ROOT / "samples" / "digits_dit"
 pytestmark = pytest.mark.skipif(not DIGITS_DIT.exists(), reason="samples/digits_dit is not in this checkout")
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
+SMALL = ["--steps", "2", "--lr", "1e-3", "--eval-images", "0", "--validation-seeds", "0"]  # an equivalence: no evaluation
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,21 @@ def test_diffusers_loads_the_trained_file_with_the_same_outputs(run):
             x, text, pooled, t).sample
     assert (a - base).abs().max() > 1e-4  # the adapter changes the output
     assert (a - b).abs().max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference(subject, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """One process, batch 2, 2 steps: the adapter two processes x batch 1 must train."""
+    out = tmp_path_factory.mktemp("dit") / "reference"
+    assert dreambooth_sd.main(_args(subject, out, *SMALL, "--batch-size", "2")) == 0
+    return container.read(out / "adapter.safetensors")[0]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(subject, reference, tmp_path):
+    """torchrun, 2 CPU processes (gloo) x batch 1 == 1 process x batch 2 on the SD3 base: the transformer
+    through its distributed wrapper, the three text encoders' gradients averaged by hand."""
+    two = tmp_path / "two"
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _args(subject, two, *SMALL, "--batch-size", "1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert adapter_gap(two / "adapter.safetensors", reference) < 1e-5
+    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2

@@ -36,7 +36,7 @@ from .batches import Batches, draw_seeds, neighbour_seeds
 from .family import TrainingFamily, family_of
 from .latents import Items, TextCache, cache_latents
 from .options import DEFAULT_BATCH, NOT_TRAJECTORY
-from .pipeline import check_presets
+from .pipeline import check_presets, prompt_tokenizer
 from .preserve import NeighbourPrompts
 from .run_end import finish, validate
 from .shift import as_targets
@@ -160,7 +160,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     trainable = trainable_parameters(pipe)
     optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
     preserving = task.preservation is not None
-    neighbours = (NeighbourPrompts(task.class_prompt, pipe.tokenizer,
+    neighbours = (NeighbourPrompts(task.class_prompt, prompt_tokenizer(pipe),
                                    set(trigger_words(task.info.get("instance_prompt") or "", task.class_prompt)))
                   if task.preservation == "base-prediction" else None)
     batch = args.batch_size
