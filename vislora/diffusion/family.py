@@ -32,6 +32,8 @@ class TrainingFamily:
     denoiser:        the name of the pipeline component the adapters train and the loss calls ("unet"); it
                      also names its parameters in checkpoints
     preset:          the adapter preset trained when --preset is not given (the denoiser's attention)
+    conv_preset:     the preset --conv-rank trains LoCon on (None: the denoiser has no convs to adapt, and
+                     --conv-rank, the style recipe's default among them, adds nothing)
     text_encoders:   the text encoder components --train-text-encoder trains, each with its adapter preset
     multiple_of:     image sides must divide by this (the VAE's downsampling times the denoiser's)
     resolution:      the training size in pixels a base was made for
@@ -47,6 +49,7 @@ class TrainingFamily:
 
     denoiser: str
     preset: str
+    conv_preset: str | None
     text_encoders: Callable[[DiffusionBase], dict[str, str]]
     multiple_of: Callable[[DiffusionBase], int]
     resolution: Callable[[DiffusionBase], int]
@@ -83,6 +86,7 @@ def _unet_eval_loss(base: DiffusionBase, text: TextCache, items: Items, cached, 
 UNET = TrainingFamily(
     denoiser="unet",
     preset="unet.attn",
+    conv_preset="unet.conv",
     text_encoders=lambda base: {"text_encoder": "text.attn",
                                 **({"text_encoder_2": "text2.attn"} if base.is_sdxl else {})},
     multiple_of=_unet_multiple_of,

@@ -74,6 +74,7 @@ def _eval_loss(base: DiffusionBase, text: TextCache, items, cached, sigmas: torc
 FLOW = TrainingFamily(
     denoiser="transformer",
     preset="transformer.attn",
+    conv_preset=None,  # linear layers only: the patch embedding is the one conv (SD3), outside the blocks
     text_encoders=lambda base: dict(TEXT_ENCODERS[spec_of(base).family]),
     multiple_of=_multiple_of,
     resolution=_resolution,

@@ -65,7 +65,8 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     adapt.add_argument("--rank", type=int, default=DEFAULT_RANK)
     adapt.add_argument("--alpha", type=float, help="default: the rank (scale 1)")
     adapt.add_argument("--conv-rank", type=int, default=conv_rank,
-                       help="LoCon on the UNet convs with this rank (0: none)")
+                       help="LoCon on the UNet convs with this rank (0: none; a diffusion transformer has no convs "
+                            "to adapt: none)")
     adapt.add_argument("--conv-alpha", type=float, help="default: the conv rank")
     adapt.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=train_text_encoder,
                        help=f"also LoRA on the text encoder(s) (default: {'on' if train_text_encoder else 'off'})")

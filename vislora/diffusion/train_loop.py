@@ -97,11 +97,11 @@ def check_run_folder(args: argparse.Namespace) -> None:
 
 def adapter_targets(base: DiffusionBase, family: TrainingFamily, args: argparse.Namespace) -> dict[str, dict]:
     """LoRA on --preset (and the text encoder(s) with --train-text-encoder), LoCon on the UNet convs with
-    --conv-rank; checked against the pipeline's components before anything else is done."""
+    --conv-rank (a transformer has none); checked against the pipeline's components before anything else."""
     lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
     targets: dict[str, dict] = {p: dict(lora) for p in args.preset or [family.preset]}
-    if args.conv_rank:
-        targets["unet.conv"] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
+    if args.conv_rank and family.conv_preset:
+        targets[family.conv_preset] = {"rank": args.conv_rank, "alpha": args.conv_alpha or args.conv_rank}
     if args.train_text_encoder:
         for preset in family.text_encoders(base).values():
             targets[preset] = dict(lora)
