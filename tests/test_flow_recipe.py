@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS_DIT = ROOT / "samples" / "digits_dit"
 pytestmark = pytest.mark.skipif(not DIGITS_DIT.exists(), reason="samples/digits_dit is not in this checkout")
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
-SMALL = ["--steps", "2", "--lr", "1e-3", "--eval-images", "0", "--validation-seeds", "0"]  # an equivalence: no evaluation
+# An equivalence: two steps, no evaluation, one sample.
+SMALL = ["--steps", "2", "--lr", "1e-3", "--eval-images", "0", "--validation-seeds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,17 @@ def test_two_processes_match_one_with_the_same_global_batch(subject, reference, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert adapter_gap(two / "adapter.safetensors", reference) < 1e-5
     assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_fsdp_with_two_processes_matches_one(subject, reference, tmp_path):
+    """accelerate launch configured for FSDP, 2 CPU processes (gloo) x batch 1: the frozen transformer sharded,
+    whole again for an evaluation and a sample grid between the steps; the same adapter as one process."""
+    out = tmp_path / "fsdp"
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py",
+                  _args(subject, out, *SMALL, "--batch-size", "1", "--eval-images", "2", "--validate-every", "1"),
+                  fsdp=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert adapter_gap(out / "adapter.safetensors", reference) < 1e-5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fsdp"] and metrics["world_size"] == 2 and [e["step"] for e in metrics["evals"]] == [0, 1, 2]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000001.png", "step-000002.png"]
