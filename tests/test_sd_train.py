@@ -247,6 +247,17 @@ def test_two_processes_match_one_with_the_same_global_batch(world, reference, tm
     assert done.stdout.count("adapter:") == 1
 
 
+
+def test_fsdp_with_two_processes_matches_one(world, reference, tmp_path):
+    """accelerate launch configured for FSDP: the UNet's frozen weights sharded over 2 CPU processes x batch 1,
+    class pictures and the text encoder trained too; the adapter 1 process x batch 2 trains."""
+    out = tmp_path / "fsdp"
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _dreambooth(world, out, *SMALL, "--batch-size", "1"),
+                  fsdp=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert adapter_gap(out / "adapter.safetensors", reference) < 1e-5
+    assert json.loads((out / "metrics.json").read_text())["fsdp"]
+
 def test_sdxl_trains_the_unet_and_both_text_encoders(world, tmp_path):
     """SDXL through the same code: two text encoders (text.attn and text2.attn LoRA), pooled embedding and
     size/crop micro-conditioning; the file holds all three components."""

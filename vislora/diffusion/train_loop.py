@@ -287,7 +287,8 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
         accelerator.print(f"{task.name}: {stopped}; stopped, keeping the weights of step {good.step}")
     return finish(args, session, task, state,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
-                   "batch_size": batch, "fsdp": fsdp, "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
+                   "batch_size": batch, "fsdp": fsdp, "images": len(items.pixels),
+                   "class_images": len(classes.pixels) if classes else 0,
                    "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
                    "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
                    "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []},

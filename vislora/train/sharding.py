@@ -39,10 +39,6 @@ def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
-def is_sharded(module: nn.Module) -> bool:
-    return bool(_fsdp_modules(module))
-
-
 def shard_frozen(module: nn.Module, trainable: list[nn.Parameter], accelerator: Accelerator) -> None:
     """Shard `module`'s frozen weights over the processes: each block of its block lists (a transformer's
     blocks, a UNet's down and up blocks) as a unit, then the rest. `trainable` stays whole everywhere."""
@@ -63,6 +59,7 @@ def _blocks(module: nn.Module) -> list[nn.Module]:
     for child in module.children():
         found.extend(child if isinstance(child, nn.ModuleList) else _blocks(child))
     return found
+
 
 def gather(module: nn.Module) -> None:
     """Every process: the whole weights back in `module` (an all-gather per unit) and kept whole after each
