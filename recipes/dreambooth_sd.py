@@ -19,8 +19,8 @@ from pathlib import Path
 
 from vislora import checks
 from vislora.diffusion import (Captioned, Session, Task, bucketed, check_run_folder, check_trigger, draw_class_images,
-                               image_files, options, report, run_main, scan_captioned, start, train, training_size,
-                               trigger_words, warn_long_prompts)
+                               image_files, options, prompt_tokenizer, report, run_main, scan_captioned, start, train,
+                               training_size, trigger_words, warn_long_prompts)
 from vislora.diffusion import METADATA_KEY, multiple_of  # noqa: F401  (named here by scripts that read the files)
 
 PRESERVATION = ("base-prediction", "class-images")
@@ -88,7 +88,7 @@ def load_task(args: argparse.Namespace, session: Session) -> Task:
         prompts[f"--validation-prompt {i + 1}"] = prompt
     warn_long_prompts(base, prompts, main)
     if main:
-        check_trigger(base.pipe.tokenizer, trigger_words(args.instance_prompt, args.class_prompt), "--instance-prompt")
+        check_trigger(prompt_tokenizer(base.pipe), trigger_words(args.instance_prompt, args.class_prompt), "--instance-prompt")
     items = bucketed(base, data, resolution, square=True)
     preservation = args.preservation if args.prior_preservation else None
     classes = None

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from vislora import checks
 from vislora.diffusion import (Session, Task, bucketed, check_caption_files, check_run_folder, check_trigger,
-                               image_files, options, report, run_main, scan_captioned, start, train,
-                               training_size, trigger_words, warn_long_prompts)
+                               image_files, options, prompt_tokenizer, report, run_main, scan_captioned, start,
+                               train, training_size, trigger_words, warn_long_prompts)
 
 
 # -- 1. the flags ----------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def load_task(args: argparse.Namespace, session: Session) -> Task:
         prompts[f"--validation-prompt {i + 1}"] = prompt
     warn_long_prompts(base, prompts, main)
     if main and args.trigger:
-        check_trigger(base.pipe.tokenizer, trigger_words(args.trigger), "--trigger")
+        check_trigger(prompt_tokenizer(base.pipe), trigger_words(args.trigger), "--trigger")
     items = bucketed(base, data, resolution, square=not args.buckets)
     return Task("style", items, resolution, prompts=args.validation_prompt or list(dict.fromkeys(data.captions))[:2],
                 info={"caption": args.caption, "trigger": args.trigger})

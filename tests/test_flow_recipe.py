@@ -1,6 +1,6 @@
 """`vislora dreambooth` on the embedded transformer base (samples/digits_dit, a StableDiffusion3Pipeline): the
 shared training loop with the flow-matching family lowers the evaluation loss, resumes bit for bit, and writes
-an adapter file diffusers' SD3 loader reads with the same outputs."""
+an adapter file diffusers' SD3 loader reads with the same outputs; two processes train what one does."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from vislora.recipes import dreambooth_sd
 
 from digit_subjects import bold_threes  # noqa: E402
 from stopped_runs import stopped_before  # noqa: E402
+from two_processes import adapter_gap, launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_DIT = ROOT / "samples" / "digits_dit"
 pytestmark = pytest.mark.skipif(not DIGITS_DIT.exists(), reason="samples/digits_dit is not in this checkout")
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
+# An equivalence: two steps, no evaluation, one sample.
+SMALL = ["--steps", "2", "--lr", "1e-3", "--eval-images", "0", "--validation-seeds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +107,34 @@ def test_a_style_on_a_transformer_trains_no_conv(subject, tmp_path, capsys):
                           "--conv-rank", "2", "--steps", "2", "--out", str(tmp_path / "refused"), *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no convs" in err[0] and not (tmp_path / "refused" / "adapter.safetensors").exists()
+
+@pytest.fixture(scope="module")
+def reference(subject, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """One process, batch 2, 2 steps: the adapter two processes x batch 1 must train."""
+    out = tmp_path_factory.mktemp("dit") / "reference"
+    assert dreambooth_sd.main(_args(subject, out, *SMALL, "--batch-size", "2")) == 0
+    return container.read(out / "adapter.safetensors")[0]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(subject, reference, tmp_path):
+    """torchrun, 2 CPU processes (gloo) x batch 1 == 1 process x batch 2 on the SD3 base: the transformer
+    through its distributed wrapper, the three text encoders' gradients averaged by hand."""
+    two = tmp_path / "two"
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _args(subject, two, *SMALL, "--batch-size", "1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert adapter_gap(two / "adapter.safetensors", reference) < 1e-5
+    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_fsdp_with_two_processes_matches_one(subject, reference, tmp_path):
+    """accelerate launch configured for FSDP, 2 CPU processes (gloo) x batch 1: the frozen transformer sharded,
+    whole again for an evaluation and a sample grid between the steps; the same adapter as one process."""
+    out = tmp_path / "fsdp"
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py",
+                  _args(subject, out, *SMALL, "--batch-size", "1", "--eval-images", "2", "--validate-every", "1"),
+                  fsdp=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert adapter_gap(out / "adapter.safetensors", reference) < 1e-5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fsdp"] and metrics["world_size"] == 2 and [e["step"] for e in metrics["evals"]] == [0, 1, 2]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000001.png", "step-000002.png"]

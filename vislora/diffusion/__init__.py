@@ -26,7 +26,7 @@ _EXPORTS = {
     "TrainingFamily": "family", "family_of": "family", "multiple_of": "family",
     # bases and pipelines
     "DiffusionBase": "bases", "load_pipeline": "bases", "add_source_options": "bases",
-    "add_threads_option": "bases", "encode_prompts": "pipeline",
+    "add_threads_option": "bases", "encode_prompts": "pipeline", "prompt_tokenizer": "pipeline",
 }
 _RECIPE_SUPPORT = {"run_main": "..train.runs"}  # a recipe's error handling, shared with classify
 

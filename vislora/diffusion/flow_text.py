@@ -21,11 +21,13 @@ MAX_SEQUENCE_LENGTH = {"SD3": 77, "Flux.1": 512, "Flux.2": 512}
 
 
 def transformer_family(pipe: Any) -> str | None:
-    """"SD3", "Flux.1" or "Flux.2" by the pipeline's transformer class; None for other pipelines."""
+    """"SD3", "Flux.1" or "Flux.2" by the pipeline's transformer class (or the class it derives from: FSDP makes
+    a subclass of a module it shards); None for other pipelines."""
     transformer = getattr(pipe, "transformer", None)
-    name = type(transformer).__name__ if transformer is not None else ""
-    return {"SD3Transformer2DModel": "SD3", "FluxTransformer2DModel": "Flux.1",
-            "Flux2Transformer2DModel": "Flux.2"}.get(name)
+    families = {"SD3Transformer2DModel": "SD3", "FluxTransformer2DModel": "Flux.1",
+                "Flux2Transformer2DModel": "Flux.2"}
+    classes = type(transformer).__mro__ if transformer is not None else ()
+    return next((families[c.__name__] for c in classes if c.__name__ in families), None)
 
 
 def encode_flow_prompts(pipe: Any, prompts: list[str], device: torch.device | str | None = None,

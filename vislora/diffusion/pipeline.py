@@ -25,6 +25,12 @@ class PromptEmbeds:
     pooled: torch.Tensor | None = None
 
 
+def prompt_tokenizer(pipe: Any) -> Any:
+    """The pipeline's (first) text tokenizer; Flux2Pipeline's `tokenizer` is a processor that holds one."""
+    tokenizer = pipe.tokenizer
+    return getattr(tokenizer, "tokenizer", tokenizer)
+
+
 def _tokenizers(pipe: Any) -> list[tuple[Any, Any]]:
     pairs = [(pipe.tokenizer, pipe.text_encoder)]
     if getattr(pipe, "text_encoder_2", None) is not None:
@@ -36,7 +42,7 @@ def _tokenizers(pipe: Any) -> list[tuple[Any, Any]]:
 
 def tokens_cut(pipe: Any, prompt: str) -> int:
     """How many tokens of `prompt` the (first) tokenizer drops at its length limit (start/end tokens kept)."""
-    tokenizer = pipe.tokenizer
+    tokenizer = prompt_tokenizer(pipe)
     ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
     return max(0, len(ids) - tokenizer.model_max_length)
 
@@ -48,7 +54,7 @@ def check_prompts(pipe: Any, prompts: dict[str, str]) -> list[str]:
         cut = tokens_cut(pipe, prompt)
         if cut:
             found.append(f"{where}: the prompt is {cut} tokens longer than the tokenizer takes "
-                         f"({pipe.tokenizer.model_max_length}); {cut} tokens were cut: {prompt[:60]!r}")
+                         f"({prompt_tokenizer(pipe).model_max_length}); {cut} tokens were cut: {prompt[:60]!r}")
     return found
 
 
@@ -104,7 +110,7 @@ def generate(pipe: Any, prompts: list[str], seeds: list[int], *, steps: int = 20
     size = size or default_size(pipe)
     device = denoiser.device
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+    return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                 generator=generators, output_type="pil").images
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..checks import UsageError
 from ..inject import inject, trainable_parameters
-from ..train import runfolder, verdict
+from ..train import runfolder, sharding, verdict
 from ..train.metrics import peak_rss_mb
 from ..train.optimizers import make_optimizer, step_size
 from ..train.runs import (LastGood, average_gradients, config_hash, count_time, lr_at, make_accelerator,
@@ -37,7 +37,7 @@ from .batches import Batches, draw_seeds, neighbour_seeds
 from .family import TrainingFamily, family_of
 from .latents import Items, TextCache, cache_latents
 from .options import DEFAULT_BATCH, NOT_TRAJECTORY
-from .pipeline import check_presets
+from .pipeline import check_presets, prompt_tokenizer
 from .preserve import NeighbourPrompts
 from .run_end import finish, validate
 from .shift import as_targets
@@ -98,7 +98,7 @@ def check_run_folder(args: argparse.Namespace) -> None:
 
 def adapter_targets(base: DiffusionBase, family: TrainingFamily, args: argparse.Namespace) -> dict[str, dict]:
     """LoRA on --preset (and the text encoder(s) with --train-text-encoder), LoCon on the UNet convs with
-    --conv-rank; checked against the pipeline's components before anything else is done."""
+    --conv-rank (a transformer has none); checked against the pipeline's components before anything else."""
     lora = {"rank": args.rank, "alpha": args.alpha or args.rank}
     targets: dict[str, dict] = {p: dict(lora) for p in family.presets(args)}
     rank = family.conv_rank(args)
@@ -165,7 +165,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     trainable = trainable_parameters(pipe)
     optimizer = make_optimizer(trainable, args.optimizer, args.lr, eight_bit=args.use_8bit_adam)
     preserving = task.preservation is not None
-    neighbours = (NeighbourPrompts(task.class_prompt, pipe.tokenizer,
+    neighbours = (NeighbourPrompts(task.class_prompt, prompt_tokenizer(pipe),
                                    set(trigger_words(task.info.get("instance_prompt") or "", task.class_prompt)))
                   if task.preservation == "base-prediction" else None)
     batch = args.batch_size
@@ -194,14 +194,21 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     if main and args.eval_images and state["step"] == 0:
         state["evals"] = [evaluation()]
     # Only the denoiser runs through its distributed wrapper. The text encoders are called by the pipeline's
-    # prompt encoding directly, so a wrapper would never see their gradients: they are averaged by hand.
-    wrapped = {family.denoiser: accelerator.prepare(denoiser)}
-    encoder_params = [p for name in encoders for p in getattr(pipe, name).parameters() if p.requires_grad]
-    optimizer = accelerator.prepare(optimizer)
+    # prompt encoding directly, so a wrapper would never see their gradients: they are averaged by hand. With
+    # FSDP the denoiser's frozen weights are sharded instead, and every trained parameter is averaged by hand.
+    fsdp = sharding.fsdp_requested(accelerator)
+    if fsdp:
+        sharding.check_precision(accelerator)
+        sharding.shard_frozen(denoiser, trainable, accelerator)
+        wrapped, hand_averaged = {family.denoiser: denoiser}, trainable
+    else:
+        wrapped = {family.denoiser: accelerator.prepare(denoiser)}
+        hand_averaged = [p for name in encoders for p in getattr(pipe, name).parameters() if p.requires_grad]
+        optimizer = accelerator.prepare(optimizer)
     accelerator.print(f"{task.name}: {report.trainable_params:,} trainable parameters in {len(report.matched)} "
                       f"modules; {len(items.pixels)} images{f' + {len(classes.pixels)} class images' if classes else ''}"
-                      f" at {task.resolution} px; {args.steps} steps on {world} x {device}; base {base.arch}, "
-                      f"{base.prediction}")
+                      f" at {task.resolution} px; {args.steps} steps on {world} x {device}{', FSDP' if fsdp else ''}; "
+                      f"base {base.arch}, {base.prediction}")
 
     step = state["step"]
     window = verdict.watch_window(args.steps, least=5)  # a diffusion step's loss swings with its timestep
@@ -245,7 +252,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
                                  device=device)
-        average_gradients(accelerator, encoder_params)
+        average_gradients(accelerator, hand_averaged)
         finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
         inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
@@ -267,22 +274,26 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
         if step % window == 0 and verdict.healthy(losses, window, ceiling):
             good.keep(step)
         validating = bool(args.validate_every) and step % args.validate_every == 0 and step < args.steps
-        if main and args.eval_images and (validating or step == args.steps):
-            state["evals"].append(evaluation())
-        if main and validating:
-            state["samples"].append(str(validate(session, args, task.prompts, step, task.resolution)))
-            for m in trained.values():
-                m.train()
+        evaluating = bool(args.eval_images) and (validating or step == args.steps)
+        with sharding.whole(denoiser) if evaluating or validating else contextlib.nullcontext():  # every process
+            if main and evaluating:
+                state["evals"].append(evaluation())
+            if main and validating:
+                state["samples"].append(str(validate(session, args, task.prompts, step, task.resolution)))
+                for m in trained.values():
+                    m.train()
         if main and ((args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.steps):
             save_training(run_dir, step, holder, optimizer, state, config_hash=digest, keep=args.keep)
         accelerator.wait_for_everyone()
     bar.close()
+    sharding.gather(denoiser)  # every process; the rest of the run is the main process's alone
     if stopped:
         state["stopped"] = {"reason": stopped, "kept_step": good.restore()}
         accelerator.print(f"{task.name}: {stopped}; stopped, keeping the weights of step {good.step}")
     return finish(args, session, task, state,
                   {"trainable_params": report.trainable_params, "modules": len(report.matched),
-                   "batch_size": batch, "images": len(items.pixels), "class_images": len(classes.pixels) if classes else 0,
+                   "batch_size": batch, "fsdp": fsdp, "images": len(items.pixels),
+                   "class_images": len(classes.pixels) if classes else 0,
                    "skipped_images": len(items.data.skipped), "rss_before_train_mb": rss_before,
                    "eval_images": len(denoise.eval_picks(len(items.pixels), args.eval_images)),
                    "eval_timesteps": denoise.eval_timesteps(len(alphas)) if args.eval_images else []},
