@@ -179,3 +179,17 @@ def save(cls_name: str, root: Path, seed: int = 0) -> Path:
     folder = root / cls_name
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def strong_adapter(pipe, path: Path, format: str = "vislora") -> Path:
+    """A random LoRA on every transformer block of `pipe`, scaled up to move a 2-step image of a random model,
+    saved to `path` (it stays injected)."""
+    import vislora
+
+    torch.manual_seed(3)
+    vislora.inject(pipe, "transformer.blocks", rank=2, alpha=2, init="random")
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if ".up" in name or "lora_B" in name:
+                p.mul_(50)
+    return vislora.save_adapter(pipe, path, format=format)

@@ -9,12 +9,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-import vislora
 from vislora.cli import main as cli
 
-from dit_pipelines import BUILDERS, save
+from dit_pipelines import BUILDERS, save, strong_adapter
 from test_bank import one_thread  # noqa: F401  (autouse: one thread for tiny models)
 
 PIPELINES = list(BUILDERS)
@@ -28,13 +26,7 @@ def base(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     folder = save(request.param, root)
     pipe = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
-    torch.manual_seed(3)
-    vislora.inject(pipe, "transformer.blocks", rank=2, alpha=2, init="random")
-    with torch.no_grad():
-        for name, p in pipe.transformer.named_parameters():
-            if ".up" in name or "lora_B" in name:
-                p.mul_(50)  # strong enough to move a 2-step image of a random model
-    adapter = vislora.save_adapter(pipe, root / "style.safetensors", format="kohya")
+    adapter = strong_adapter(pipe, root / "style.safetensors", format="kohya")
     return request.param, folder, adapter
 
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from studio_fixtures import free_port
+from test_bank import one_thread  # noqa: F401  (autouse: one thread for tiny models)
 from vislora.studio.paths import AdapterFolder, PathRefused
 
 
@@ -126,3 +127,78 @@ def test_mix_becomes_the_bank_spec():
     # sections the adapter has no layers in are left out (the bank refuses keys that match nothing)
     assert Mix(True, 0.7, text_encoder=0.0, mid=0.5, up=0.25).spec(unet_only) == {"*": 0.7, "unet.up": 0.25}
     assert Mix(True, 1.0, lbw="lbw:OUTD").spec(unet_only) == {"*": 1.0, "lbw": "OUTD"}
+
+
+FLUX_PATHS = ["transformer.transformer_blocks.0.attn.to_q", "transformer.single_transformer_blocks.0.proj_mlp",
+              "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"]
+
+
+def test_mix_on_a_transformer_becomes_the_bank_spec():
+    from vislora.studio.mix import Mix, lbw_hint, sections_for
+
+    assert sections_for(FLUX_PATHS) == ["text_encoder", "transformer", "double", "single"]
+    assert Mix(True, 0.8).spec(FLUX_PATHS) == 0.8  # every factor unchanged: a plain number
+    assert Mix(True, 0.8, single=0.25).spec(FLUX_PATHS) == {"*": 0.8, "single": 0.25}
+    assert Mix(True, 1.0, transformer=0.5, double=0.0).spec(FLUX_PATHS) == {"*": 1.0, "transformer": 0.5, "double": 0.0}
+    doubles_only = FLUX_PATHS[:1]
+    # the UNet's sections and the single blocks this adapter has no layers in are left out
+    assert Mix(True, 0.8, single=0.0, up=0.5, unet=0.0).spec(doubles_only) == {"*": 0.8}
+    assert Mix(True, 0.8, single=0.0, double=2.0).spec(doubles_only) == {"*": 0.8, "double": 2.0}
+    # and a UNet adapter never gets the transformer's keys
+    unet_only = ["unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]
+    assert sections_for(unet_only) == ["unet", "up"]
+    assert Mix(True, 0.7, transformer=0.0, double=0.0, single=0.0).spec(unet_only) == {"*": 0.7}
+    assert "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1" in lbw_hint(None)
+    assert lbw_hint((2, 3)) == "lbw: 6 values, BASE then 2 double (joint) blocks, then 3 single blocks (e.g. 1,1,1,0,0,0)"
+    assert lbw_hint((4, 0)).startswith("lbw: 5 values, BASE then 4 double (joint) blocks (e.g. 1,1,1,1,1)")
+
+
+def test_double_factor_on_a_flux_pipeline_draws_the_hand_set_spec(tmp_path, monkeypatch):
+    """A request with double=0 draws what the bank draws with {"double": 0} set by hand, which is neither the
+    default mix nor the adapter switched off (the adapter's single blocks still act); the page shows the
+    transformer's sliders only and labels lbw with its block vector; the export carries the spec."""
+    import numpy as np
+
+    import vislora
+    from dit_pipelines import save, strong_adapter
+    from vislora.diffusion.generate import Source
+    from vislora.studio.app import build
+    from vislora.studio.generation import generate_image, load_pipeline
+    from vislora.studio.mix import Mix, Request
+    from vislora.studio.state import Studio
+
+    folder = save("FluxPipeline", tmp_path)
+    pipe, _ = load_pipeline(Source(str(folder)))
+    (tmp_path / "adapters").mkdir()
+    adapter = strong_adapter(pipe, tmp_path / "adapters" / "style.safetensors")
+
+    studio = Studio(folder, tmp_path / "adapters", tmp_path / "out")
+    assert studio.controls("style.safetensors") == (["transformer", "double", "single"],
+                                                     "lbw: 3 values, BASE then 1 double (joint) blocks, then 1 single "
+                                                     "blocks (e.g. 1,1,0)")
+    request = Request("a red digit", seed=0, steps=2, guidance=3.5, width=32, height=32,
+                      mixes={"style.safetensors": Mix(True, 1.0, double=0.0)})
+    no_doubles = studio.render(request)
+    assert studio.spec("style.safetensors", request.mixes["style.safetensors"]) == {"*": 1.0, "double": 0.0}
+    default = studio.render(Request(**{**request.__dict__, "mixes": {"style.safetensors": Mix(True, 1.0)}}))
+    off = studio.render(Request(**{**request.__dict__, "mixes": {}}))
+
+    pipe, _ = load_pipeline(Source(str(folder)))  # a fresh copy of the base
+    bank = vislora.AdapterBank(pipe)
+    bank.load("style", adapter, strength={"double": 0})
+    by_hand = generate_image(pipe, request)
+    assert no_doubles.image.tobytes() == by_hand.tobytes()
+    pixels = [np.asarray(s.image, dtype=float) for s in (no_doubles, default, off)]
+    assert np.abs(pixels[0] - pixels[1]).mean() > 1.0 and np.abs(pixels[0] - pixels[2]).mean() > 1.0
+
+    studio.render(request)  # the shown image, for the export
+    from vislora.studio.handlers import Handlers
+    import gradio as gr
+
+    cmd, code, files, note = Handlers(studio, gr).export()
+    assert "per-section strengths of style.safetensors" in cmd
+    assert "strength={'*': 1.0, 'double': 0.0}" in code
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # build sets it; restored after the test
+    sliders = {c.elem_id: c.visible for c in build(studio).blocks.values() if c.elem_id and "-style" in c.elem_id}
+    hidden = {k.split("-")[0] for k, v in sliders.items() if v is False}
+    assert hidden == {"unet", "text_encoder", "down", "mid", "up"}, sliders

@@ -425,11 +425,11 @@ def test_live_preview_waits_for_generate_on_a_slow_base(studio_server):
     """Previews follow the sliders only while an image (scaled to the asked steps) takes under live_seconds."""
     import gradio
 
-    from vislora.studio.handlers import Handlers
+    from vislora.studio.handlers import MIX_FIELDS, Handlers
 
     studio, _ = studio_server
     studio.render(Request("a handwritten digit one", steps=2))
-    rows = [False, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, ""] * len(studio.names)
+    rows = [getattr(Mix(), f) for f in MIX_FIELDS] * len(studio.names)  # each row switched off, factors at 1
     values = ["a handwritten digit one", "", 0, 2, 5.0, 32, 32, False, *rows]
     handlers, saved = Handlers(studio, gradio), studio.live_seconds
     try:

@@ -81,13 +81,18 @@ def adapter_places(model: Any, name: str) -> list[tuple[LayerPlace, AdapterLayer
     """Every layer that carries adapter `name`, with its place (what strength specs address), in model order."""
     found = []
     parts = components(model)
-    dit = next((b for b in map(_dit_blocks, parts.values()) if b is not None), None)
+    dit = dit_blocks(model)
     for comp, root in parts.items():
         lpb = _layers_per_block(root)
         for local, module in root.named_modules():
             if isinstance(module, AdapterLayer) and name in module.adapters:
                 found.append((place(comp, local, lpb, dit), module))
     return found
+
+
+def dit_blocks(model: Any) -> tuple[int, int] | None:
+    """The (double or joint, single) block counts of the model's diffusion transformer, else None."""
+    return next((b for b in map(_dit_blocks, components(model).values()) if b is not None), None)
 
 
 def _dit_blocks(root: torch.nn.Module) -> tuple[int, int] | None:

@@ -18,7 +18,7 @@ from .mix import SECTIONS
 from .state import Studio
 
 QUEUE = dict(concurrency_limit=1, concurrency_id="render")
-SECTION_SLIDERS = tuple(SECTIONS)  # unet, text_encoder, down, mid, up: the order of Mix's fields
+SECTION_SLIDERS = tuple(SECTIONS)  # unet ... up, transformer, double, single: the order of Mix's fields
 
 
 def build(studio: Studio) -> Any:
@@ -41,11 +41,13 @@ def build(studio: Studio) -> Any:
                         gr.Markdown(f"**{key}** — {facts.summary()}", elem_classes=["adapter-facts"])
                         on = gr.Checkbox(False, label="on", elem_id=f"on-{key}")
                         strength = gr.Slider(-1, 2, 1.0, step=0.05, label="strength", elem_id=f"strength-{key}")
+                        # every row has every slider (handlers read rows by position); those of sections
+                        # this adapter has no layers in are hidden
+                        shown, hint = studio.controls(key)
                         with gr.Accordion("advanced", open=False):
-                            sections = [gr.Slider(-1, 2, 1.0, step=0.05, label=f"{s} factor",
-                                                  elem_id=f"{s}-{key}") for s in SECTION_SLIDERS]
-                            lbw = gr.Textbox("", label="lbw (e.g. 1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1 or OUTD)",
-                                             elem_id=f"lbw-{key}")
+                            sections = [gr.Slider(-1, 2, 1.0, step=0.05, label=f"{s} factor", elem_id=f"{s}-{key}",
+                                                  visible=s in shown) for s in SECTION_SLIDERS]
+                            lbw = gr.Textbox("", label=hint, elem_id=f"lbw-{key}")
                     rows += [on, strength, *sections, lbw]
             with gr.Column(scale=1):
                 prompt = gr.Textbox("a handwritten digit three", label="prompt", elem_id="prompt")

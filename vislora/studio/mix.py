@@ -3,6 +3,7 @@
     Mix(on=True, strength=0.7).spec(...)                       0.7
     Mix(on=True, strength=0.7, text_encoder=0.0).spec(...)     {"*": 0.7, "text_encoder": 0.0}
     Mix(on=True, strength=1, up=0.5, lbw="OUTD").spec(...)     {"*": 1.0, "unet.up": 0.5, "lbw": "OUTD"}
+    Mix(on=True, strength=0.8, single=0.0).spec(...)           {"*": 0.8, "single": 0.0}   (a Flux adapter)
 
 A section factor left at 1 is left out of the spec, and so is a section the adapter has no layers in (the
 bank refuses keys that match nothing), so the simplest mix stays a plain number, as on the command line.
@@ -25,7 +26,29 @@ SECTIONS = {
     "down": ("unet.down", "unet.down_blocks."),
     "mid": ("unet.mid", "unet.mid_block."),
     "up": ("unet.up", "unet.up_blocks."),
+    # diffusion transformers: Flux's double (SD3's joint) blocks and Flux's single blocks
+    "transformer": ("transformer", "transformer."),
+    "double": ("double", "transformer.transformer_blocks."),
+    "single": ("single", "transformer.single_transformer_blocks."),
 }
+UNET_LBW_HINT = "lbw (e.g. 1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1 or OUTD)"
+
+
+def sections_for(layer_paths: list[str]) -> list[str]:
+    """The section sliders that mean something for an adapter with layers at `layer_paths`."""
+    return [s for s, (_, prefix) in SECTIONS.items() if any(p.startswith(prefix) for p in layer_paths)]
+
+
+def lbw_hint(dit_blocks: tuple[int, int] | None) -> str:
+    """The lbw box's label: A1111's 17-value list on a UNet; on a diffusion transformer with (double, single)
+    blocks, its block vector (BASE, each double / joint block, each single block); the example turns the single
+    blocks off."""
+    if dit_blocks is None:
+        return UNET_LBW_HINT
+    doubles, singles = dit_blocks
+    parts = f"{doubles} double (joint) blocks" + (f", then {singles} single blocks" if singles else "")
+    example = ",".join(["1"] * (1 + doubles) + ["0"] * singles)
+    return f"lbw: {1 + doubles + singles} values, BASE then {parts} (e.g. {example})"
 
 
 class StudioInputError(VisloraError):
@@ -49,6 +72,9 @@ class Mix:
     down: float = 1.0
     mid: float = 1.0
     up: float = 1.0
+    transformer: float = 1.0
+    double: float = 1.0
+    single: float = 1.0
     lbw: str = ""
 
     def check(self, name: str) -> None:
@@ -70,10 +96,10 @@ class Mix:
         if self.simple:
             return float(self.strength)
         spec: dict[str, float | str] = {"*": float(self.strength)}
-        for slider, (key, prefix) in SECTIONS.items():
+        for slider in sections_for(layer_paths):
             value = getattr(self, slider)
-            if value != 1.0 and any(p.startswith(prefix) for p in layer_paths):
-                spec[key] = float(value)
+            if value != 1.0:
+                spec[SECTIONS[slider][0]] = float(value)
         if self.lbw.strip():
             spec["lbw"] = self.lbw.strip().removeprefix("lbw:")
         return spec

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..errors import VisloraError
 from .catalogue import AdapterFacts, describe
-from .mix import Mix, Request, StudioInputError
+from .mix import Mix, Request, StudioInputError, lbw_hint, sections_for
 from .paths import AdapterFolder, OutputFolder
 
 LIVE_SECONDS = 1.0
@@ -109,6 +109,12 @@ class Studio:
     def spec(self, key: str, mix: Mix) -> Any:
         """The bank strength spec of `mix` for the loaded file `key`."""
         return mix.spec(list(self.bank.layer_strengths(self.names[key])))
+
+    def controls(self, key: str) -> tuple[list[str], str]:
+        """For the loaded file `key`: the section sliders that apply to its layers, and the lbw box's label."""
+        from ..strengths import dit_blocks
+
+        return sections_for(list(self.bank.layer_strengths(self.names[key]))), lbw_hint(dit_blocks(self.pipe))
 
     def _apply(self, request: Request) -> None:
         """Strengths and fusing as the request says; a spec the bank refuses changes nothing."""
