@@ -26,7 +26,7 @@ browser:
 		echo "chromium not installed: the studio's browser tests will skip"
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --rounds 9 --plot docs/train_step.png

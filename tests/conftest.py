@@ -4,6 +4,7 @@ out as deep copies (`sd_models.fresh`)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 from sd_models import fresh
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core (make test): a second thread would wait on the other
+    torch.set_num_threads(1)
 
 
 @fresh
