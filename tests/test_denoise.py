@@ -18,7 +18,8 @@ from vislora.diffusion.latents import TextCache, cache_latents, load_items
 from vislora.recipes import dreambooth_sd
 from vislora.diffusion.bases import load_pipeline
 from vislora.diffusion import denoise
-from vislora.diffusion.batches import draw_seeds
+from vislora.diffusion.batches import draw_seeds, unconditional_count, unconditional_rows
+from vislora.diffusion.preserve import base_prediction_batch, take_rows
 
 DIGITS_SD = Path(__file__).resolve().parents[1] / "samples" / "digits_sd"
 
@@ -91,6 +92,26 @@ def test_draws_follow_the_seeds_not_the_batch(setup):
                                    seeds[1:], alphas, "cpu", noise_offset=0.1)
     assert torch.equal(alone.noisy[0], whole.noisy[1]) and int(alone.t[0]) == int(whole.t[1])
     assert int(whole.t[0]) != int(whole.t[1])
+
+
+def test_the_empty_prompt_is_kept_by_place_in_the_global_batch(setup):
+    """--keep-unconditional: every 4th sample of the global batch gets an empty-prompt sample, whichever
+    process holds it; its latent and timestep are the instance sample's, its goal the base's prediction for
+    the empty prompt (the adapter off), which the adapter then misses."""
+    assert unconditional_rows(slice(0, 4), 4) == [0] and unconditional_count(4) == 1
+    assert unconditional_rows(slice(0, 2), 4) == [0] and unconditional_rows(slice(2, 4), 4) == []
+    assert unconditional_rows(slice(4, 8), 8) == [0] and unconditional_count(8) == 2
+    assert unconditional_rows(slice(0, 1), 1) == [0] and unconditional_count(1) == 1
+    assert unconditional_rows(slice(0, 9), 9) == [0, 4, 8] and unconditional_count(9) == 3
+    base, sets, cached, text, alphas = setup
+    part = _parts(base, sets, cached, text, alphas)[0]
+    one = take_rows(part, [1])
+    assert len(one) == 1 and torch.equal(one.noisy[0], part.noisy[1]) and int(one.t[0]) == int(part.t[1])
+    empty = base_prediction_batch(base, base.pipe.unet, text, one, "")
+    assert torch.equal(empty.hidden[0], text([""], "cpu").hidden[0]) and torch.equal(empty.noisy, one.noisy)
+    with torch.no_grad():
+        adapted = base.pipe.unet(empty.noisy, empty.t, empty.hidden).sample
+    assert float((adapted - empty.goal).abs().max()) > 1e-4
 
 
 def test_eval_loss_is_fixed_and_sees_the_adapter(setup):

@@ -22,7 +22,8 @@ DIGITS_DIT = ROOT / "samples" / "digits_dit"
 pytestmark = pytest.mark.skipif(not DIGITS_DIT.exists(), reason="samples/digits_dit is not in this checkout")
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
 # An equivalence: two steps, no evaluation, one sample.
-SMALL = ["--steps", "2", "--lr", "1e-3", "--eval-images", "0", "--validation-seeds", "0"]
+# The empty prompt kept on one sample in 4 of the global batch: in one of the two processes only.
+SMALL = ["--steps", "2", "--lr", "1e-3", "--eval-images", "0", "--validation-seeds", "0", "--keep-unconditional", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,9 @@ def test_two_processes_match_one_with_the_same_global_batch(subject, reference, 
     two = tmp_path / "two"
     done = launch(ROOT / "recipes" / "dreambooth_sd.py", _args(subject, two, *SMALL, "--batch-size", "1"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert adapter_gap(two / "adapter.safetensors", reference) < 1e-5
+    # Rounding only: the processes' batches differ in size (one holds the empty-prompt sample), and AdamW's
+    # first steps divide by the gradients' size. A sample weighed wrongly would differ by about the lr (1e-3).
+    assert adapter_gap(two / "adapter.safetensors", reference) < 2e-5
     assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
 
 
@@ -134,7 +137,7 @@ def test_fsdp_with_two_processes_matches_one(subject, reference, tmp_path):
                   _args(subject, out, *SMALL, "--batch-size", "1", "--eval-images", "2", "--validate-every", "1"),
                   fsdp=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert adapter_gap(out / "adapter.safetensors", reference) < 1e-5
+    assert adapter_gap(out / "adapter.safetensors", reference) < 2e-5  # rounding, as with data parallel above
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fsdp"] and metrics["world_size"] == 2 and [e["step"] for e in metrics["evals"]] == [0, 1, 2]
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000001.png", "step-000002.png"]

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SD = ROOT / "samples" / "digits_sd"
 FAST = ["--threads", "1", "--no-progress", "--sample-steps", "2", "--validation-seeds", "0", "1"]
 SMALL = ["--steps", "2", "--optimizer", "adamw", "--lr", "1e-3"]
+KEEP = ["--keep-unconditional", "0.5"]  # the empty prompt on one sample of the global batch: one process's
 EVERY_4 = ["--checkpoint-every", "4", "--keep", "10", "--validate-every", "4"]
 
 
@@ -87,7 +88,7 @@ def reference(world) -> dict[str, torch.Tensor]:
     """One process, batch 2, 2 steps: the adapter that 2 processes x batch 1, gradient checkpointing and
     --no-cache must train too."""
     out = world["root"] / "reference"
-    assert dreambooth_sd.main(_dreambooth(world, out, *SMALL, "--batch-size", "2")) == 0
+    assert dreambooth_sd.main(_dreambooth(world, out, *SMALL, *KEEP, "--batch-size", "2")) == 0
     return container.read(out / "adapter.safetensors")[0]
 
 
@@ -239,7 +240,7 @@ def test_two_processes_match_one_with_the_same_global_batch(world, reference, tm
     """torchrun, 2 CPU processes (gloo) x batch 1 == 1 process x batch 2: each sample's noise and timestep
     follow its place in the global batch, and gradients are averaged."""
     two = tmp_path / "two"
-    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _dreambooth(world, two, *SMALL, "--batch-size", "1"))
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _dreambooth(world, two, *SMALL, *KEEP, "--batch-size", "1"))
     assert done.returncode == 0, done.stderr[-3000:]
     # Adam divides by the gradients' size, so summation-order differences (1e-7) grow to about 1e-6 here.
     assert adapter_gap(two / "adapter.safetensors", reference) < 1e-5
@@ -252,7 +253,7 @@ def test_fsdp_with_two_processes_matches_one(world, reference, tmp_path):
     """accelerate launch configured for FSDP: the UNet's frozen weights sharded over 2 CPU processes x batch 1,
     class pictures and the text encoder trained too; the adapter 1 process x batch 2 trains."""
     out = tmp_path / "fsdp"
-    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _dreambooth(world, out, *SMALL, "--batch-size", "1"),
+    done = launch(ROOT / "recipes" / "dreambooth_sd.py", _dreambooth(world, out, *SMALL, *KEEP, "--batch-size", "1"),
                   fsdp=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert adapter_gap(out / "adapter.safetensors", reference) < 1e-5
@@ -284,7 +285,7 @@ def test_gradient_checkpointing_and_no_cache_train_the_same_adapter(world, refer
     runs = {"checkpointing": ["--gradient-checkpointing"], "no-cache": ["--no-cache"]}
     files = {}
     for name, extra in runs.items():
-        assert dreambooth_sd.main(_dreambooth(world, tmp_path / name, *SMALL, "--batch-size", "2", *extra)) == 0
+        assert dreambooth_sd.main(_dreambooth(world, tmp_path / name, *SMALL, *KEEP, "--batch-size", "2", *extra)) == 0
         files[name] = container.read(tmp_path / name / "adapter.safetensors")[0]
     ref = reference
     assert any(v.abs().max() > 1e-4 for k, v in ref.items() if "lora_B" in k)

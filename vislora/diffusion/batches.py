@@ -5,6 +5,7 @@ of (seed, n): a resumed run, and any number of processes, see the same pictures 
     batches.instance(n)          # item indices of global batch n (n = step x grad_accum + micro)
     batches.prior(n)             # class item indices, in their own order
     draw_seeds(seed, n, first, count)   # one generator seed per sample (see denoise.training_batch)
+    unconditional_rows(share, global_batch)   # rows of a share that also train the empty prompt
 """
 
 from __future__ import annotations
@@ -54,3 +55,18 @@ def draw_seeds(seed: int, n: int, first: int, count: int) -> list[int]:
 def neighbour_seeds(seed: int, n: int, first: int, count: int) -> list[int]:
     """The seeds that pick the preservation prompts of a share, by place in the global batch as draw_seeds."""
     return [derive_seed(seed, n, first + j, purpose=_NEIGHBOURS) for j in range(count)]
+
+
+UNCONDITIONAL_EVERY = 4  # one empty-prompt sample per this many samples of the global batch (--keep-unconditional)
+
+
+def unconditional_rows(share: slice, global_batch: int) -> list[int]:
+    """Rows of a process's share (counted from its start) that get an empty-prompt preservation sample: every
+    UNCONDITIONAL_EVERY-th sample of the global batch, by place, so that any number of processes keep the
+    same samples as one."""
+    return [j - share.start for j in range(share.start, min(share.stop, global_batch)) if j % UNCONDITIONAL_EVERY == 0]
+
+
+def unconditional_count(global_batch: int) -> int:
+    """How many empty-prompt samples a global batch has (over every process)."""
+    return len(range(0, global_batch, UNCONDITIONAL_EVERY))

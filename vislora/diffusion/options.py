@@ -27,6 +27,7 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
 # Chosen by measurement on two digits bases of different widths (docs/defaults.md), with Prodigy.
 DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
 STYLE_STEPS, STYLE_CONV_RANK = 1000, 4  # a style reshapes every drawing: LoCon, and longer
+STYLE_KEEP_UNCONDITIONAL = 0.1  # guidance amplifies a style instead of cancelling it (preserve.py)
 
 _MODEL_RULES = {"resolution": checks.count(8), "quantize_base": quantizer_rule}
 _TRAINING_RULES = {
@@ -34,7 +35,7 @@ _TRAINING_RULES = {
     "conv_alpha": checks.positive("4; left out, alpha = conv rank"), "dropout": checks.share(example="0.1"),
     "steps": checks.count(1), "lr": checks.positive("1.0 with prodigy, 1e-4 with adamw"), "warmup": checks.share(example="0.05"),
     "batch_size": checks.count(1), "grad_accum": checks.count(1), "snr_gamma": checks.positive("5"),
-    "noise_offset": checks.number(0, example="0.05"), "clip_grad": checks.number(0), "threads": checks.count(1),
+    "noise_offset": checks.number(0, example="0.05"), "keep_unconditional": checks.number(0, example="0.1"), "clip_grad": checks.number(0), "threads": checks.count(1),
     "seed": checks.count(0), "validate_every": checks.count(0), "validation_seeds": checks.each(checks.count(0)),
     "sample_steps": checks.count(1), "guidance": checks.number(0, example="7.5"), "eval_images": checks.count(0),
     "checkpoint_every": checks.count(0), "keep": checks.count(1), "out": checks.writable_folder(),
@@ -61,7 +62,7 @@ def parser(description: str, task: str) -> checks.Parser:
 
 
 def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STEPS, conv_rank: int = 0,
-                         train_text_encoder: bool = False) -> None:
+                         train_text_encoder: bool = False, keep_unconditional: float = 0.0) -> None:
     """The adapter, training, validation and output groups, with the recipe's own defaults where they differ
     (docs/defaults.md: a style trains LoCon on the convs and longer; DreamBooth trains the text encoder)."""
     adapt = p.add_argument_group("adapter")
@@ -94,6 +95,10 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
     train.add_argument("--noise-offset", type=float, default=0.0)
+    train.add_argument("--keep-unconditional", type=float, default=keep_unconditional, metavar="WEIGHT",
+                       help="weight of holding the empty prompt's prediction at the base's, on one sample in 4, so "
+                            f"that guidance amplifies what the adapter learned (default {keep_unconditional:g}; "
+                            "0: off; docs/defaults.md)")
     train.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     train.add_argument("--no-cache", dest="cache", action="store_false",
                        help="encode images and prompts every step instead of once")

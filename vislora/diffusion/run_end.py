@@ -22,7 +22,7 @@ from .shift import sample_shift
 if TYPE_CHECKING:  # the loop imports this module; these are its types only
     from .train_loop import Session, Task
 
-HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "seconds")
+HISTORY_COLUMNS = ("step", "lr", "loss", "instance_loss", "prior_loss", "unconditional_loss", "seconds")
 METADATA_KEY = "vislora.diffusion"
 
 

@@ -33,12 +33,12 @@ from ..train.runs import (LastGood, average_gradients, config_hash, count_time, 
 from ..train.trainstate import resume_training, save_training
 from . import denoise
 from .bases import DiffusionBase, load_pipeline
-from .batches import Batches, draw_seeds, neighbour_seeds
+from .batches import Batches, draw_seeds, neighbour_seeds, unconditional_count, unconditional_rows
 from .family import TrainingFamily, family_of
 from .latents import Items, TextCache, cache_latents
 from .options import DEFAULT_BATCH, NOT_TRAJECTORY
 from .pipeline import check_presets, prompt_tokenizer
-from .preserve import NeighbourPrompts
+from .preserve import NeighbourPrompts, take_rows
 from .run_end import finish, validate
 from .shift import as_targets
 from .triggers import trigger_words
@@ -213,7 +213,8 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
     step = state["step"]
     window = verdict.watch_window(args.steps, least=5)  # a diffusion step's loss swings with its timestep
     # Worse than predicting zero is diverging.
-    ceiling = family.zero_loss(args.noise_offset) * (1.0 + (task.prior_loss_weight if preserving else 0.0))
+    ceiling = family.zero_loss(args.noise_offset) * (1.0 + (task.prior_loss_weight if preserving else 0.0)
+                                                     + args.keep_unconditional)
     good, stopped = LastGood(trainable, step), None  # the weights to keep if the run diverges
     rss_before = peak_rss_mb()
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
@@ -224,7 +225,7 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.lr_schedule)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # instance loss sum, prior loss sum, images
+        sums = torch.zeros(5, dtype=torch.float64, device=device)  # instance, prior loss sums, images, empty prompt
         rank = accelerator.process_index
         for micro in range(args.grad_accum):
             n = step * args.grad_accum + micro
@@ -243,23 +244,36 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                 if neighbours is not None:  # the base's own prediction for the class prompt and its neighbours
                     prompts = neighbours(neighbour_seeds(args.seed, n, mine.start, len(parts[0])))
                     parts.append(family.preserve(base, denoiser, text, parts[0], prompts))
+                rows = unconditional_rows(mine, batches.global_batch) if args.keep_unconditional else []
+                # The base's own prediction for the empty prompt (preserve.py: what guidance starts from). With
+                # FSDP every process makes the same denoiser calls, so a process without such a row makes
+                # one on its first sample and leaves it out of the loss.
+                asked = rows or ([0] if fsdp and args.keep_unconditional else [])
+                if asked:
+                    parts.append(family.preserve(base, denoiser, text, take_rows(parts[0], asked), ""))
                 # One denoiser call on instance and class samples together, split after (as diffusers' DreamBooth).
                 losses = family.losses(wrapped[family.denoiser], family.join(parts), alphas, base, args.snr_gamma)
-                inst, prior = losses.split([len(parts[0]), len(losses) - len(parts[0])])
+                inst, prior, empty = losses.split([len(parts[0]), len(losses) - len(parts[0]) - len(asked), len(asked)])
+                empty = empty[:len(rows)]
                 loss = inst.mean()
                 if preserving:
                     loss = loss + task.prior_loss_weight * prior.mean()
+                if rows:  # a mean over the global batch's empty-prompt samples, once processes average
+                    loss = loss + args.keep_unconditional * empty.sum() * world / unconditional_count(
+                        batches.global_batch)
                 accelerator.backward(loss / args.grad_accum)
-            sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst)], dtype=torch.float64,
-                                 device=device)
+            sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst), empty.sum().item(), len(empty)],
+                                 dtype=torch.float64, device=device)
         average_gradients(accelerator, hand_averaged)
         finite = optimizer_step(accelerator, optimizer, trainable, args.clip_grad)
         state["bad_steps"] = 0 if finite else state["bad_steps"] + 1
-        inst_sum, prior_sum, count = accelerator.reduce(sums, "sum").tolist()
+        inst_sum, prior_sum, count, empty_sum, empties = accelerator.reduce(sums, "sum").tolist()
         seconds = time.perf_counter() - started
         row = {"step": step + 1, "lr": step_size(optimizer), "instance_loss": inst_sum / count,
-               "prior_loss": prior_sum / count if preserving else None, "seconds": seconds}
-        row["loss"] = row["instance_loss"] + (task.prior_loss_weight * row["prior_loss"] if preserving else 0.0)
+               "prior_loss": prior_sum / count if preserving else None,
+               "unconditional_loss": empty_sum / empties if empties else None, "seconds": seconds}
+        row["loss"] = (row["instance_loss"] + (task.prior_loss_weight * row["prior_loss"] if preserving else 0.0)
+                       + (args.keep_unconditional * row["unconditional_loss"] if empties else 0.0))
         state["history"].append(row)
         count_time(state, step, seconds)
         step += 1
