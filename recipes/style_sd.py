@@ -32,8 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--trigger", help="a trigger word put first in every caption")
     data.add_argument("--no-buckets", dest="buckets", action="store_false",
                       help="centre-crop every image square instead of aspect-ratio buckets")
-    options.add_training_options(p, steps=options.STYLE_STEPS, conv_rank=options.STYLE_CONV_RANK,
-                                 keep_unconditional=options.STYLE_KEEP_UNCONDITIONAL)
+    options.add_training_options(p, steps=options.STYLE_STEPS, conv_rank=options.STYLE_CONV_RANK)
     args = p.parse_args(argv)
     args.task = "style"
     return args

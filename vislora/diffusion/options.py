@@ -27,7 +27,9 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
 # Chosen by measurement on two digits bases of different widths (docs/defaults.md), with Prodigy.
 DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
 STYLE_STEPS, STYLE_CONV_RANK = 1000, 4  # a style reshapes every drawing: LoCon, and longer
-STYLE_KEEP_UNCONDITIONAL = 0.1  # guidance amplifies a style instead of cancelling it (preserve.py)
+# The empty prompt held at the base's prediction: guidance amplifies what the adapter learned instead of
+# cancelling it (preserve.py); measured on both digits bases, DreamBooth and styles (docs/defaults.md).
+KEEP_UNCONDITIONAL = 0.1
 
 _MODEL_RULES = {"resolution": checks.count(8), "quantize_base": quantizer_rule}
 _TRAINING_RULES = {
@@ -62,7 +64,7 @@ def parser(description: str, task: str) -> checks.Parser:
 
 
 def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STEPS, conv_rank: int = 0,
-                         train_text_encoder: bool = False, keep_unconditional: float = 0.0) -> None:
+                         train_text_encoder: bool = False) -> None:
     """The adapter, training, validation and output groups, with the recipe's own defaults where they differ
     (docs/defaults.md: a style trains LoCon on the convs and longer; DreamBooth trains the text encoder)."""
     adapt = p.add_argument_group("adapter")
@@ -95,9 +97,9 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
     train.add_argument("--noise-offset", type=float, default=0.0)
-    train.add_argument("--keep-unconditional", type=float, default=keep_unconditional, metavar="WEIGHT",
+    train.add_argument("--keep-unconditional", type=float, default=KEEP_UNCONDITIONAL, metavar="WEIGHT",
                        help="weight of holding the empty prompt's prediction at the base's, on one sample in 4, so "
-                            f"that guidance amplifies what the adapter learned (default {keep_unconditional:g}; "
+                            f"that guidance amplifies what the adapter learned (default {KEEP_UNCONDITIONAL:g}; "
                             "0: off; docs/defaults.md)")
     train.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     train.add_argument("--no-cache", dest="cache", action="store_false",
