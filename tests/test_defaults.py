@@ -169,3 +169,30 @@ def test_an_lr_given_alone_means_adamw_at_that_lr(tmp_path, flags, optimizer, lr
     dreambooth_sd.check_args(args)
     assert (args.optimizer, args.lr) == (optimizer, lr)
     assert args.lr_schedule == ("cosine" if optimizer == "prodigy" else "constant")
+
+
+@pytest.mark.parametrize("task, flags, weight", [
+    ("dreambooth", ["--prior-preservation", "--class-prompt", "a handwritten digit"], 0.1),
+    ("dreambooth", [], 0.0),      # no preservation: guidance would amplify every other prompt's drift too
+    ("dreambooth", ["--keep-unconditional", "0.3"], 0.3),
+    ("style", [], 0.1),
+    ("style", ["--keep-unconditional", "0"], 0.0),
+])
+def test_the_empty_prompt_is_held_where_something_else_is(tmp_path, task, flags, weight):
+    from PIL import Image
+
+    from vislora.recipes import style_sd
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (32, 32), "white").save(data / "0.png")
+    (data / "0.txt").write_text("a white square")
+    out = ["--out", str(tmp_path / "out")]
+    if task == "dreambooth":
+        args = dreambooth_sd.parse_args(["--model", str(BASE), "--instance-data", str(data), "--instance-prompt",
+                                         "a sks digit", *out, *flags])
+        dreambooth_sd.check_args(args)
+    else:
+        args = style_sd.parse_args(["--model", str(BASE), "--data", str(data), *out, *flags])
+        style_sd.check_args(args)
+    assert args.keep_unconditional == weight

@@ -28,7 +28,8 @@ NOT_TRAJECTORY = {"out", "resume", "overwrite", "threads", "checkpoint_every", "
 DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_RANK = 600, 4, 4
 STYLE_STEPS, STYLE_CONV_RANK = 1000, 4  # a style reshapes every drawing: LoCon, and longer
 # The empty prompt held at the base's prediction: guidance amplifies what the adapter learned instead of
-# cancelling it (preserve.py); measured on both digits bases, DreamBooth and styles (docs/defaults.md).
+# cancelling it (preserve.py); measured on both digits bases, DreamBooth and styles (docs/defaults.md). Not in
+# DreamBooth without preservation: guidance would amplify the drift of every other prompt as well.
 KEEP_UNCONDITIONAL = 0.1
 
 _MODEL_RULES = {"resolution": checks.count(8), "quantize_base": quantizer_rule}
@@ -97,10 +98,10 @@ def add_training_options(p: argparse.ArgumentParser, *, steps: int = DEFAULT_STE
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (5 is common)")
     train.add_argument("--noise-offset", type=float, default=0.0)
-    train.add_argument("--keep-unconditional", type=float, default=KEEP_UNCONDITIONAL, metavar="WEIGHT",
+    train.add_argument("--keep-unconditional", type=float, metavar="WEIGHT",
                        help="weight of holding the empty prompt's prediction at the base's, on one sample in 4, so "
-                            f"that guidance amplifies what the adapter learned (default {KEEP_UNCONDITIONAL:g}; "
-                            "0: off; docs/defaults.md)")
+                            f"that guidance amplifies what the adapter learned (default {KEEP_UNCONDITIONAL:g}, but 0 "
+                            "in DreamBooth without preservation; 0: off; docs/defaults.md)")
     train.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     train.add_argument("--no-cache", dest="cache", action="store_false",
                        help="encode images and prompts every step instead of once")
@@ -144,3 +145,6 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.lr = DEFAULT_LR[args.optimizer]
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if args.optimizer == "prodigy" else "constant"
+    if args.keep_unconditional is None:
+        unpreserved = args.task == "dreambooth" and not args.prior_preservation
+        args.keep_unconditional = 0.0 if unpreserved else KEEP_UNCONDITIONAL
