@@ -69,4 +69,4 @@ def unconditional_rows(share: slice, global_batch: int) -> list[int]:
 
 def unconditional_count(global_batch: int) -> int:
     """How many empty-prompt samples a global batch has (over every process)."""
-    return len(range(0, global_batch, UNCONDITIONAL_EVERY))
+    return len(unconditional_rows(slice(0, global_batch), global_batch))

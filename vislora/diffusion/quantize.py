@@ -69,9 +69,8 @@ def quantizer_rule(value: str) -> str | None:
     if importlib.util.find_spec(choice.library) is None:
         extra = "'vislora[quantized]'" if choice.library == "torchao" else choice.library
         return f"needs {choice.library}, which is not installed: pip install {extra}"
-    if not choice.runs_on_cpu:
-        if not torch.cuda.is_available():
-            return f"{choice.library} quantizes on a CUDA GPU only, and none is here; use --quantize-base int8"
+    if not choice.runs_on_cpu and not torch.cuda.is_available():
+        return f"{choice.library} quantizes on a CUDA GPU only, and none is here; use --quantize-base int8"
     return None
 
 

@@ -217,6 +217,14 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                                                      + args.keep_unconditional)
     good, stopped = LastGood(trainable, step), None  # the weights to keep if the run diverges
     rss_before = peak_rss_mb()
+    mine = slice(accelerator.process_index * batch, (accelerator.process_index + 1) * batch)  # this process's share
+    # The empty prompt held at the base's prediction (preserve.py: what guidance starts from) on this share's rows
+    # of the global batch. With FSDP every process makes the same denoiser calls, so a process without such a
+    # row makes one on its first sample and leaves it out of the loss. The loss takes a mean over the global
+    # batch's empty-prompt samples once processes average.
+    rows = unconditional_rows(mine, batches.global_batch) if args.keep_unconditional else []
+    asked = rows or ([0] if fsdp and args.keep_unconditional else [])
+    empty_weight = args.keep_unconditional * world / unconditional_count(batches.global_batch)
     bar = tqdm(total=args.steps, initial=step, unit="step", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)
     for m in trained.values():
@@ -226,10 +234,8 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.lr_schedule)
         sums = torch.zeros(5, dtype=torch.float64, device=device)  # instance, prior loss sums, images, empty prompt
-        rank = accelerator.process_index
         for micro in range(args.grad_accum):
             n = step * args.grad_accum + micro
-            mine = slice(rank * batch, (rank + 1) * batch)
             # Gradients are averaged across processes only on the last micro-batch of the step.
             with contextlib.ExitStack() as stack:
                 if micro < args.grad_accum - 1:
@@ -244,11 +250,6 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                 if neighbours is not None:  # the base's own prediction for the class prompt and its neighbours
                     prompts = neighbours(neighbour_seeds(args.seed, n, mine.start, len(parts[0])))
                     parts.append(family.preserve(base, denoiser, text, parts[0], prompts))
-                rows = unconditional_rows(mine, batches.global_batch) if args.keep_unconditional else []
-                # The base's own prediction for the empty prompt (preserve.py: what guidance starts from). With
-                # FSDP every process makes the same denoiser calls, so a process without such a row makes
-                # one on its first sample and leaves it out of the loss.
-                asked = rows or ([0] if fsdp and args.keep_unconditional else [])
                 if asked:
                     parts.append(family.preserve(base, denoiser, text, take_rows(parts[0], asked), ""))
                 # One denoiser call on instance and class samples together, split after (as diffusers' DreamBooth).
@@ -258,9 +259,8 @@ def train(args: argparse.Namespace, session: Session, task: Task) -> dict:
                 loss = inst.mean()
                 if preserving:
                     loss = loss + task.prior_loss_weight * prior.mean()
-                if rows:  # a mean over the global batch's empty-prompt samples, once processes average
-                    loss = loss + args.keep_unconditional * empty.sum() * world / unconditional_count(
-                        batches.global_batch)
+                if rows:
+                    loss = loss + empty_weight * empty.sum()
                 accelerator.backward(loss / args.grad_accum)
             sums += torch.tensor([inst.sum().item(), prior.sum().item(), len(inst), empty.sum().item(), len(empty)],
                                  dtype=torch.float64, device=device)
